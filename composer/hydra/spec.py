@@ -1,0 +1,355 @@
+"""The Hydra on-disk format, read without torch: config parsing and header validation.
+
+Everything here uses only the standard library (``json`` + ``struct`` on the safetensors
+header), so an indexer that must stay torch-free (the registry) can validate a Hydra folder
+and describe it from the first bytes of its weights file. ``composer.hydra.format`` builds on
+this to load and save the tensors themselves. The format is described in
+``docs/hydra-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loradex.errors import InvalidAdapter
+
+FORMAT_NAME = "loradex-hydra"
+FORMAT_VERSION = 1
+CONFIG_NAME = "hydra_config.json"
+WEIGHTS_NAME = "hydra_model.safetensors"
+CARD_NAME = "README.md"
+ROUTER_KINDS = ("linear",)
+
+# <layer>.lora_A.weight | <layer>.lora_B.<j>.weight | <layer>.router.weight | <layer>.router.bias
+_TENSOR_NAME = re.compile(
+    r"^(?P<layer>.+?)\.(?:(?P<a>lora_A)\.weight|lora_B\.(?P<head>\d+)\.weight"
+    r"|router\.(?P<router>weight|bias))$"
+)
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HydraConfig:
+    """What ``hydra_config.json`` holds: the shape of a Hydra module and where it came from."""
+
+    base_model: str = field(metadata={"help": "Base model id or path the module was trained on"})
+    target_modules: tuple[str, ...] = field(
+        metadata={"help": "Names of the wrapped nn.Linear layers (last path component)"}
+    )
+    rank: int = field(metadata={"help": "Rank r of the shared down-projection A"})
+    alpha: float = field(metadata={"help": "LoRA alpha; the update is scaled by alpha / rank"})
+    num_heads: int = field(metadata={"help": "Number N of up-projection heads B_1..B_N"})
+    router_kind: str = field(
+        default="linear", metadata={"help": "Router: 'linear' = softmax((W_g x + b) / T)"}
+    )
+    router_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature T of the router"}
+    )
+    router_bias: bool = field(
+        default=True, metadata={"help": "Whether each router has a bias vector b [N]"}
+    )
+    task: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Task metadata: name, category, dataset files, description"},
+    )
+    head_selection: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "How N was chosen: fixed, auto (k-means elbow + curve) or compose"},
+    )
+    format_version: int = field(
+        default=FORMAT_VERSION, metadata={"help": "Version of this on-disk format"}
+    )
+
+    @property
+    def scale(self) -> float:
+        """The LoRA scaling s = alpha / r."""
+        return self.alpha / self.rank
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON object written to ``hydra_config.json``."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "base_model": self.base_model,
+            "target_modules": list(self.target_modules),
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "num_heads": self.num_heads,
+            "router": {
+                "kind": self.router_kind,
+                "temperature": self.router_temperature,
+                "bias": self.router_bias,
+            },
+            "task": dict(self.task),
+            "head_selection": dict(self.head_selection),
+        }
+
+    @classmethod
+    def from_json_dict(cls, raw: Any, source: str = CONFIG_NAME) -> HydraConfig:
+        """Parse and validate a config object; raise ``InvalidAdapter`` naming ``source``."""
+
+        def bad(what: str) -> InvalidAdapter:
+            return InvalidAdapter(f"{source}: {what}")
+
+        if not isinstance(raw, dict):
+            raise bad("expected a JSON object")
+        if raw.get("format") != FORMAT_NAME:
+            raise bad(f"'format' must be {FORMAT_NAME!r}, got {raw.get('format')!r}")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise bad(
+                f"unsupported format_version {version!r} (this loradex reads {FORMAT_VERSION})"
+            )
+        for key in ("base_model", "target_modules", "rank", "alpha", "num_heads", "router"):
+            if key not in raw:
+                raise bad(f"missing key {key!r}")
+        base_model = raw["base_model"]
+        if not isinstance(base_model, str) or not base_model:
+            raise bad("'base_model' must be a non-empty string")
+        targets = raw["target_modules"]
+        if (
+            not isinstance(targets, list)
+            or not targets
+            or not all(isinstance(t, str) and t for t in targets)
+        ):
+            raise bad("'target_modules' must be a non-empty list of names")
+        rank, num_heads, alpha = raw["rank"], raw["num_heads"], raw["alpha"]
+        if not _is_int(rank) or rank < 1:
+            raise bad(f"'rank' must be a positive integer, got {rank!r}")
+        if not _is_int(num_heads) or num_heads < 1:
+            raise bad(f"'num_heads' must be a positive integer, got {num_heads!r}")
+        if not _is_number(alpha) or alpha <= 0:
+            raise bad(f"'alpha' must be a positive number, got {alpha!r}")
+        router = raw["router"]
+        if not isinstance(router, dict):
+            raise bad("'router' must be an object with 'kind', 'temperature', 'bias'")
+        kind = router.get("kind")
+        if kind not in ROUTER_KINDS:
+            raise bad(f"unknown router kind {kind!r} (known: {', '.join(ROUTER_KINDS)})")
+        temperature = router.get("temperature", 1.0)
+        if not _is_number(temperature) or temperature <= 0:
+            raise bad(f"router 'temperature' must be a positive number, got {temperature!r}")
+        has_bias = router.get("bias", True)
+        if not isinstance(has_bias, bool):
+            raise bad("router 'bias' must be true or false")
+        task = raw.get("task", {})
+        selection = raw.get("head_selection", {})
+        if not isinstance(task, dict) or not isinstance(selection, dict):
+            raise bad("'task' and 'head_selection' must be objects")
+        return cls(
+            base_model=base_model,
+            target_modules=tuple(targets),
+            rank=int(rank),
+            alpha=float(alpha),
+            num_heads=int(num_heads),
+            router_kind=kind,
+            router_temperature=float(temperature),
+            router_bias=has_bias,
+            task=task,
+            head_selection=selection,
+            format_version=FORMAT_VERSION,
+        )
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the safetensors header describes it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HydraLayerShape:
+    """The validated shapes of one wrapped layer: in/out features."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class HydraHeader:
+    """A Hydra folder described from its config and the weights' header only."""
+
+    config: HydraConfig
+    layers: tuple[HydraLayerShape, ...]
+    dtype: str
+    num_parameters: int
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Read a safetensors file's tensor table with ``struct`` + ``json``, without loading data."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise InvalidAdapter(f"{path}: too short to be a safetensors file")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(size - 8, _MAX_HEADER_BYTES):
+                raise InvalidAdapter(f"{path}: safetensors header length {header_len} is invalid")
+            header = json.loads(handle.read(header_len))
+    except OSError as exc:
+        raise InvalidAdapter(f"{path}: cannot read ({exc.strerror})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{path}: safetensors header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise InvalidAdapter(f"{path}: safetensors header is not a JSON object")
+    tensors: dict[str, TensorInfo] = {}
+    data_len = size - 8 - header_len
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = meta["data_offsets"]
+            info = TensorInfo(dtype=str(meta["dtype"]), shape=tuple(int(d) for d in meta["shape"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidAdapter(f"{path}: malformed header entry for tensor {name!r}") from exc
+        if not 0 <= start <= end <= data_len:
+            raise InvalidAdapter(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+        tensors[name] = info
+    return tensors
+
+
+def read_config(folder: Path) -> HydraConfig:
+    """Read and validate ``hydra_config.json`` in ``folder``."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise InvalidAdapter(f"{folder}: no {CONFIG_NAME} (not a Hydra module folder)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
+    return HydraConfig.from_json_dict(raw, source=str(path))
+
+
+def validate_tensor_table(
+    config: HydraConfig, tensors: Mapping[str, TensorInfo], source: str
+) -> tuple[HydraLayerShape, ...]:
+    """Check that the tensors are exactly what ``config`` promises; return the layers' shapes.
+
+    Refuses: unknown tensor names, layers outside ``target_modules``, a missing A, router or
+    head, head indices other than ``0..N-1``, shapes that disagree with ``rank`` / ``num_heads``
+    or with each other, and mixed dtypes.
+    """
+    by_layer: dict[str, dict[str, TensorInfo]] = {}
+    heads: dict[str, dict[int, TensorInfo]] = {}
+    for name, info in tensors.items():
+        match = _TENSOR_NAME.match(name)
+        if match is None:
+            raise InvalidAdapter(f"{source}: unexpected tensor {name!r}")
+        layer = match["layer"]
+        if layer.rsplit(".", 1)[-1] not in config.target_modules:
+            raise InvalidAdapter(
+                f"{source}: tensor {name!r} is on a layer not in target_modules "
+                f"{list(config.target_modules)}"
+            )
+        if match["head"] is not None:
+            heads.setdefault(layer, {})[int(match["head"])] = info
+        else:
+            key = "lora_A" if match["a"] else f"router.{match['router']}"
+            by_layer.setdefault(layer, {})[key] = info
+    if not by_layer and not heads:
+        raise InvalidAdapter(f"{source}: holds no tensors")
+    dtypes = {info.dtype for info in tensors.values()}
+    if len(dtypes) > 1:
+        raise InvalidAdapter(f"{source}: mixed tensor dtypes {sorted(dtypes)}")
+    r, n = config.rank, config.num_heads
+    shapes: list[HydraLayerShape] = []
+    for layer in sorted(set(by_layer) | set(heads)):
+        parts = by_layer.get(layer, {})
+        a = parts.get("lora_A")
+        if a is None:
+            raise InvalidAdapter(f"{source}: layer {layer!r} has no lora_A.weight")
+        if len(a.shape) != 2 or a.shape[0] != r:
+            raise InvalidAdapter(
+                f"{source}: {layer}.lora_A.weight has shape {list(a.shape)}, expected [{r}, in]"
+            )
+        in_features = a.shape[1]
+        router = parts.get("router.weight")
+        if router is None:
+            raise InvalidAdapter(f"{source}: layer {layer!r} has no router.weight")
+        if router.shape != (n, in_features):
+            raise InvalidAdapter(
+                f"{source}: {layer}.router.weight has shape {list(router.shape)}, "
+                f"expected [{n}, {in_features}] (num_heads={n})"
+            )
+        bias = parts.get("router.bias")
+        if config.router_bias and bias is None:
+            raise InvalidAdapter(f"{source}: layer {layer!r} has no router.bias (config says bias)")
+        if not config.router_bias and bias is not None:
+            raise InvalidAdapter(f"{source}: layer {layer!r} has a router.bias the config denies")
+        if bias is not None and bias.shape != (n,):
+            raise InvalidAdapter(
+                f"{source}: {layer}.router.bias has shape {list(bias.shape)}, expected [{n}]"
+            )
+        layer_heads = heads.get(layer, {})
+        if sorted(layer_heads) != list(range(n)):
+            raise InvalidAdapter(
+                f"{source}: layer {layer!r} has heads {sorted(layer_heads)} but num_heads={n} "
+                f"needs lora_B.0 .. lora_B.{n - 1}"
+            )
+        out_features = layer_heads[0].shape[0] if layer_heads[0].shape else -1
+        for j, info in sorted(layer_heads.items()):
+            if len(info.shape) != 2 or info.shape != (out_features, r):
+                raise InvalidAdapter(
+                    f"{source}: {layer}.lora_B.{j}.weight has shape {list(info.shape)}, "
+                    f"expected [{out_features}, {r}]"
+                )
+        shapes.append(HydraLayerShape(layer, in_features, out_features))
+    return tuple(shapes)
+
+
+def inspect_hydra_folder(folder: Path) -> HydraHeader:
+    """Validate a Hydra folder from its config and weights header only (no torch, no tensors)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+            p.name for p in folder.glob("*.pt")
+        )
+        hint = f" (found pickle files {pickles}; loradex reads safetensors only)" if pickles else ""
+        raise InvalidAdapter(f"{folder}: no {WEIGHTS_NAME}{hint}")
+    tensors = read_safetensors_header(weights)
+    layers = validate_tensor_table(config, tensors, str(weights))
+    num_parameters = sum(_numel(info.shape) for info in tensors.values())
+    dtype = next(iter(tensors.values())).dtype
+    return HydraHeader(config=config, layers=layers, dtype=dtype, num_parameters=num_parameters)
+
+
+def is_hydra_folder(folder: Path) -> bool:
+    """Whether ``folder`` looks like a Hydra module (has ``hydra_config.json``)."""
+    return (Path(folder) / CONFIG_NAME).is_file()
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
