@@ -1,0 +1,191 @@
+"""Bringing a registry database's schema up to date with Alembic, from any working directory.
+
+Alembic is configured in code: ``script_location`` is the installed ``migrations`` package,
+so ``loradex db upgrade`` needs no ``alembic.ini`` nearby. ``ensure_schema`` is what every
+CLI command calls first; when the database is already at head it costs one small query and
+never imports Alembic (which keeps ``loradex search`` fast to start).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from loradex.errors import DatabaseError
+from registry.db import make_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+_REVISION = re.compile(r"^revision(?:\s*:\s*str)?\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+_DOWN = re.compile(r"^down_revision(?:\s*:[^=]+)?=\s*(.+)$", re.M)
+
+
+# Backend-specific objects made by hand in the migrations, invisible to the models: the
+# full-text tables (an FTS5 virtual table and its shadow tables on SQLite; a tsvector table
+# on PostgreSQL) and their indexes. Autogenerate must neither drop nor compare them.
+UNMODELLED_PREFIXES: tuple[str, ...] = ("module_fts",)
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic hook: skip reflected tables and indexes the models do not describe."""
+    return not (type_ in ("table", "index") and name and name.startswith(UNMODELLED_PREFIXES))
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic hook: the same rule for objects reached through a modelled table."""
+    return not (type_ in ("table", "index") and name and name.startswith(UNMODELLED_PREFIXES))
+
+
+def migrations_dir() -> Path:
+    """The folder of the installed ``migrations`` package."""
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def script_heads() -> set[str]:
+    """Head revision ids, read from the revision files' text (no Alembic import)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        rev = _REVISION.search(text)
+        if not rev:
+            continue
+        revisions.add(rev.group(1))
+        down = _DOWN.search(text)
+        if down:
+            parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
+    return revisions - parents
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic ``Config`` pointing at the packaged migrations and at ``url``."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # ConfigParser interpolation: a literal % in a URL (encoded options) must be doubled.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _run(url: str, action: str, revision: str) -> None:
+    from alembic import command
+
+    config = alembic_config(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot migrate {_safe(url)}: {exc.orig}") from exc
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Upgrade the database at ``url`` to ``revision`` (default: the newest)."""
+    _run(url, "upgrade", revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Downgrade the database at ``url`` to ``revision`` (default: empty)."""
+    _run(url, "downgrade", revision)
+
+
+def current(url: str) -> set[str]:
+    """The revision ids the database is at (empty set: never migrated)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return _versions(conn)
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot open {_safe(url)}: {exc.orig}") from exc
+    finally:
+        engine.dispose()
+
+
+def _versions(conn: sa.Connection) -> set[str]:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return set()
+    return set(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
+
+
+def ensure_schema(url: str) -> None:
+    """Upgrade ``url`` to head unless it is there already (one cheap query when it is).
+
+    Raises :class:`DatabaseError` when the database is at a revision this version of
+    loradex does not know (made by a newer loradex).
+    """
+    heads = script_heads()
+    found = current(url)
+    if found == heads:
+        return
+    unknown = found - _known_revisions()
+    if unknown:
+        raise DatabaseError(
+            f"{_safe(url)} is at schema revision {', '.join(sorted(unknown))}, "
+            "which this version of loradex does not know; upgrade loradex"
+        )
+    upgrade(url)
+
+
+def _known_revisions() -> set[str]:
+    found = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        rev = _REVISION.search(path.read_text(encoding="utf-8"))
+        if rev:
+            found.add(rev.group(1))
+    return found
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid URL>"
+
+
+def all_metadata() -> sa.MetaData:
+    """``Base.metadata`` with every table loradex defines (registry and, if present, Hub server)."""
+    import importlib
+    import importlib.util
+
+    import registry.models  # noqa: F401
+    from registry.db import Base
+
+    if importlib.util.find_spec("registry.hub_models") is not None:
+        importlib.import_module("registry.hub_models")
+    return Base.metadata
+
+
+def metadata_diff(url: str) -> list[object]:
+    """What Alembic autogenerate would change to make ``url`` match the models (empty: same)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    metadata = all_metadata()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "compare_type": True,
+                    "include_name": include_name,
+                    "include_object": include_object,
+                    "target_metadata": metadata,
+                },
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()

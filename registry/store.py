@@ -1,0 +1,458 @@
+"""The registry store: the only code that reads or writes the module index tables.
+
+``RegistryStore`` takes an engine (pass it in; no globals) and hands out plain entities.
+Writes replace everything known about one ``(source, repo_id)`` in one transaction, so a
+module is never seen half-indexed, and a failed write leaves the previous version intact.
+Full-text search uses the database's own engine: an FTS5 table on SQLite (bm25 ranking) and
+a tsvector column with a GIN index on PostgreSQL (ts_rank); both are called ``module_fts``
+and created by the migration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from loradex.errors import ModuleNotFound
+from registry.entities import Compatibility, Module, SearchQuery, SyncState
+from registry.models import (
+    LineageRow,
+    ModuleFileRow,
+    ModuleRow,
+    ModuleTagRow,
+    ModuleTargetRow,
+    SyncStateRow,
+)
+from registry.normalize import (
+    base_model_key,
+    normalize_base_model,
+    normalize_license,
+    normalize_tags,
+    normalize_targets,
+    target_key,
+)
+
+FTS_TABLE = "module_fts"
+# Card text beyond this adds little to ranking and bloats the index.
+_FTS_CARD_CHARS = 20_000
+# bm25 column weights on SQLite: repo id, task text, tags, card.
+_BM25 = "bm25(module_fts, 8.0, 4.0, 4.0, 1.0)"
+_PG_DOCUMENT = (
+    "setweight(to_tsvector('english', :repo), 'A') || "
+    "setweight(to_tsvector('english', :task), 'B') || "
+    "setweight(to_tsvector('english', :tags), 'B') || "
+    "setweight(to_tsvector('english', :card), 'C')"
+)
+_WORD = re.compile(r"[^\W_]+")
+
+_modules = ModuleRow.__table__
+_tags = ModuleTagRow.__table__
+_targets = ModuleTargetRow.__table__
+_files = ModuleFileRow.__table__
+_lineage = LineageRow.__table__
+_CHILD_TABLES = (_tags, _targets, _files, _lineage)
+
+
+def search_tokens(text: str | None) -> list[str]:
+    """The words of a free-text query, as both full-text engines split them."""
+    return _WORD.findall(text.lower()) if text else []
+
+
+def _fts_text(value: str | None) -> str:
+    return " ".join(_WORD.findall(value)) if value else ""
+
+
+class RegistryStore:
+    """Index, search and look up modules in one registry database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def from_url(cls, url: str, *, ensure_schema: bool = True) -> RegistryStore:
+        """A store on ``url``; by default first brings the schema up to date."""
+        from registry.db import make_engine
+
+        if ensure_schema:
+            from registry.schema import ensure_schema as _ensure
+
+            _ensure(url)
+        return cls(make_engine(url))
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert_module(self, module: Module) -> Module:
+        """Insert or replace one module (and its files, tags, targets, lineage); return it."""
+        with self.engine.begin() as conn:
+            self._write(conn, [module])
+        return self.get_module(module.repo_id, source=module.source)
+
+    def bulk_upsert(self, modules: Iterable[Module], *, batch_size: int = 2000) -> int:
+        """Insert or replace many modules with batched core inserts; return how many.
+
+        Each batch is one transaction; within a batch the last occurrence of a repo wins.
+        """
+        count = 0
+        batch: list[Module] = []
+        for module in modules:
+            batch.append(module)
+            if len(batch) >= batch_size:
+                count += self._write_batch(batch)
+                batch = []
+        if batch:
+            count += self._write_batch(batch)
+        return count
+
+    def _write_batch(self, batch: Sequence[Module]) -> int:
+        unique = list({(m.source, m.repo_id): m for m in batch}.values())
+        with self.engine.begin() as conn:
+            self._write(conn, unique)
+        return len(unique)
+
+    def _write(self, conn: Connection, modules: Sequence[Module]) -> None:
+        self._delete_rows(conn, self._existing_ids(conn, [(m.source, m.repo_id) for m in modules]))
+        now = datetime.now(UTC)
+        rows = [self._module_row(m, now) for m in modules]
+        result = conn.execute(
+            sa.insert(_modules).returning(_modules.c.id, sort_by_parameter_order=True), rows
+        )
+        ids = [row[0] for row in result]
+        tags, targets, files, lineage, fts = [], [], [], [], []
+        for module_id, module, row in zip(ids, modules, rows, strict=True):
+            tags += [{"module_id": module_id, "tag": t} for t in normalize_tags(module.tags)]
+            targets += [
+                {"module_id": module_id, "target": t}
+                for t in normalize_targets(module.target_modules)
+            ]
+            files += [
+                {"module_id": module_id, "path": f.path, "size": f.size, "sha256": f.sha256,
+                 "lfs": f.lfs}
+                for f in {f.path: f for f in module.files}.values()
+            ]
+            lineage += [
+                {"module_id": module_id, "position": i, "parent_repo_id": e.parent_repo_id,
+                 "parent_revision": e.parent_revision, "weight": e.weight, "role": e.role}
+                for i, e in enumerate(module.lineage)
+            ]
+            fts.append(self._fts_row(module_id, module, row))
+        for table, values in ((_tags, tags), (_targets, targets), (_files, files),
+                              (_lineage, lineage)):
+            if values:
+                conn.execute(sa.insert(table), values)
+        if self._sqlite:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {FTS_TABLE} (rowid, repo_id, task, tags, card) "
+                    "VALUES (:id, :repo, :task, :tags, :card)"
+                ),
+                fts,
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {FTS_TABLE} (module_id, document) VALUES (:id, {_PG_DOCUMENT})"
+                ),
+                fts,
+            )
+
+    @staticmethod
+    def _module_row(m: Module, now: datetime) -> dict[str, Any]:
+        base = normalize_base_model(m.base_model)
+        return {
+            "source": m.source,
+            "repo_id": m.repo_id,
+            "revision": m.revision,
+            "kind": m.kind,
+            "num_heads": m.num_heads,
+            "base_model": base,
+            "base_model_key": base.lower(),
+            "base_model_raw": m.base_model_raw if m.base_model_raw is not None else m.base_model,
+            "peft_type": m.peft_type.upper(),
+            "task_type": m.task_type,
+            "rank": m.rank,
+            "alpha": m.alpha,
+            "dropout": m.dropout,
+            "target_key": target_key(m.target_modules),
+            "bias": m.bias,
+            "num_parameters": m.num_parameters,
+            "dtype": m.dtype,
+            "total_size": m.total_size,
+            "author": m.author,
+            "license": normalize_license(m.license),
+            "task_name": m.task_name,
+            "task_category": m.task_category,
+            "dataset": m.dataset,
+            "language": m.language,
+            "description": m.description,
+            "downloads": m.downloads,
+            "likes": m.likes,
+            "created_at": m.created_at,
+            "updated_at": m.updated_at,
+            "card_text": m.card_text,
+            "indexed_at": now,
+        }
+
+    @staticmethod
+    def _fts_row(module_id: int, m: Module, row: dict[str, Any]) -> dict[str, Any]:
+        task = " ".join(
+            v for v in (m.task_name, m.task_category, m.description, m.dataset, m.language,
+                        row["base_model"]) if v
+        )
+        return {
+            "id": module_id,
+            "repo": _fts_text(m.repo_id),
+            "task": _fts_text(task),
+            "tags": _fts_text(" ".join(normalize_tags(m.tags))),
+            "card": _fts_text((m.card_text or "")[:_FTS_CARD_CHARS]),
+        }
+
+    def _existing_ids(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> list[int]:
+        ids: list[int] = []
+        by_source: dict[str, list[str]] = {}
+        for source, repo_id in keys:
+            by_source.setdefault(source, []).append(repo_id)
+        for source, repo_ids in by_source.items():
+            for start in range(0, len(repo_ids), 500):
+                chunk = repo_ids[start : start + 500]
+                ids += conn.scalars(
+                    sa.select(_modules.c.id).where(
+                        _modules.c.source == source, _modules.c.repo_id.in_(chunk)
+                    )
+                ).all()
+        return ids
+
+    def _delete_rows(self, conn: Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            for table in _CHILD_TABLES:
+                conn.execute(sa.delete(table).where(table.c.module_id.in_(chunk)))
+            id_list = sa.bindparam("ids", expanding=True)
+            fts_key = "rowid" if self._sqlite else "module_id"
+            conn.execute(
+                sa.text(f"DELETE FROM {FTS_TABLE} WHERE {fts_key} IN :ids").bindparams(id_list),
+                {"ids": chunk},
+            )
+            conn.execute(sa.delete(_modules).where(_modules.c.id.in_(chunk)))
+
+    def delete_module(self, repo_id: str, source: str | None = None) -> None:
+        """Remove a module and everything attached to it; raises ModuleNotFound."""
+        with self.engine.begin() as conn:
+            module_id = self._resolve_id(conn, repo_id, source)
+            self._delete_rows(conn, [module_id])
+
+    # ------------------------------------------------------------------ reads
+
+    def _resolve_id(self, conn: Connection, repo_id: str, source: str | None) -> int:
+        stmt = sa.select(_modules.c.id).where(_modules.c.repo_id == repo_id)
+        if source is not None:
+            stmt = stmt.where(_modules.c.source == source)
+        # Same repo id from several sources: the most recently indexed one.
+        found = conn.scalar(stmt.order_by(_modules.c.indexed_at.desc(), _modules.c.id.desc()))
+        if found is None:
+            where = f" from {source}" if source else ""
+            raise ModuleNotFound(f"module {repo_id!r}{where} is not in the registry")
+        return int(found)
+
+    def _load(self, session: Session, ids: Sequence[int]) -> list[Module]:
+        if not ids:
+            return []
+        rows = session.scalars(
+            sa.select(ModuleRow)
+            .where(ModuleRow.id.in_(ids))
+            .options(
+                selectinload(ModuleRow.tags),
+                selectinload(ModuleRow.targets),
+                selectinload(ModuleRow.files),
+                selectinload(ModuleRow.lineage),
+            )
+        ).all()
+        by_id = {row.id: row.to_entity() for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def get_module(self, repo_id: str, source: str | None = None) -> Module:
+        """The module with this repo id (from ``source`` if given); raises ModuleNotFound."""
+        with self._sessions() as session:
+            module_id = self._resolve_id(session.connection(), repo_id, source)
+            return self._load(session, [module_id])[0]
+
+    def count(self, query: SearchQuery | None = None) -> int:
+        """How many modules match ``query`` (all modules when None)."""
+        query = query or SearchQuery()
+        with self.engine.connect() as conn:
+            stmt, _score = self._filtered(conn, query)
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+
+    def search(self, query: SearchQuery) -> list[Module]:
+        """One page of modules matching ``query``, in its sort order (see ``count`` for total)."""
+        return self.search_page(query)[0]
+
+    def search_page(self, query: SearchQuery) -> tuple[list[Module], int]:
+        """(one page of matching modules, total number of matches)."""
+        with self._sessions() as session:
+            conn = session.connection()
+            stmt, score = self._filtered(conn, query)
+            total = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+            if total == 0 or query.offset >= total:
+                return [], total
+            ordered = stmt.order_by(*self._order(query, score))
+            ids = list(conn.scalars(ordered.limit(query.limit).offset(query.offset)))
+            return self._load(session, ids), total
+
+    def compatible_with(
+        self, repo_id: str, source: str | None = None, *, limit: int | None = None
+    ) -> list[Compatibility]:
+        """Modules with the same normalised base model and target set; equal ranks first."""
+        with self._sessions() as session:
+            conn = session.connection()
+            ref_id = self._resolve_id(conn, repo_id, source)
+            ref = conn.execute(
+                sa.select(_modules.c.base_model_key, _modules.c.target_key, _modules.c.rank)
+                .where(_modules.c.id == ref_id)
+            ).one()
+            same_rank = sa.case((_modules.c.rank == ref.rank, 0), else_=1)
+            stmt = (
+                sa.select(_modules.c.id)
+                .where(
+                    _modules.c.base_model_key == ref.base_model_key,
+                    _modules.c.target_key == ref.target_key,
+                    _modules.c.id != ref_id,
+                )
+                .order_by(same_rank, _modules.c.downloads.desc(), _modules.c.id)
+            )
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            modules = self._load(session, list(conn.scalars(stmt)))
+        return [
+            Compatibility(module=m, reference_repo_id=repo_id, rank_matches=m.rank == ref.rank)
+            for m in modules
+        ]
+
+    # ------------------------------------------------------------------ query building
+
+    def _fts_subquery(self, tokens: list[str]) -> sa.Subquery:
+        if self._sqlite:
+            match = " ".join(f'"{t}"*' for t in tokens)
+            text = sa.text(
+                f"SELECT rowid AS module_id, -{_BM25} AS score FROM {FTS_TABLE} "
+                f"WHERE {FTS_TABLE} MATCH :match"
+            ).bindparams(match=match)
+        else:
+            tsquery = " & ".join(f"{t}:*" for t in tokens)
+            text = sa.text(
+                f"SELECT module_id, ts_rank(document, q) AS score "
+                f"FROM {FTS_TABLE}, to_tsquery('english', :tsquery) AS q WHERE document @@ q"
+            ).bindparams(tsquery=tsquery)
+        return text.columns(
+            sa.column("module_id", sa.Integer), sa.column("score", sa.Float)
+        ).subquery("fts")
+
+    def _filtered(
+        self, conn: Connection, q: SearchQuery
+    ) -> tuple[sa.Select[Any], sa.ColumnElement[Any] | None]:
+        m = _modules.c
+        stmt: sa.Select[Any] = sa.select(m.id)
+        score: sa.ColumnElement[Any] | None = None
+        tokens = search_tokens(q.text)
+        if tokens:
+            fts = self._fts_subquery(tokens)
+            stmt = stmt.join(fts, fts.c.module_id == m.id)
+            score = fts.c.score
+        if q.base_model:
+            stmt = stmt.where(m.base_model_key == base_model_key(q.base_model))
+        if q.rank is not None:
+            stmt = stmt.where(m.rank == q.rank)
+        if q.min_rank is not None:
+            stmt = stmt.where(m.rank >= q.min_rank)
+        if q.max_rank is not None:
+            stmt = stmt.where(m.rank <= q.max_rank)
+        for target in normalize_targets(q.targets):
+            stmt = stmt.where(
+                m.id.in_(sa.select(_targets.c.module_id).where(_targets.c.target == target))
+            )
+        for tag in normalize_tags(q.tags):
+            stmt = stmt.where(m.id.in_(sa.select(_tags.c.module_id).where(_tags.c.tag == tag)))
+        if q.task:
+            stmt = stmt.where(sa.or_(m.task_name == q.task, m.task_category == q.task))
+        if q.author:
+            stmt = stmt.where(m.author == q.author)
+        if q.license:
+            stmt = stmt.where(m.license == normalize_license(q.license))
+        if q.peft_type:
+            stmt = stmt.where(m.peft_type == q.peft_type.upper())
+        if q.kind:
+            stmt = stmt.where(m.kind == q.kind.lower())
+        if q.source:
+            stmt = stmt.where(m.source == q.source)
+        if q.compatible_with:
+            ref_id = self._resolve_id(conn, q.compatible_with, None)
+            ref = conn.execute(
+                sa.select(m.base_model_key, m.target_key).where(m.id == ref_id)
+            ).one()
+            stmt = stmt.where(
+                m.base_model_key == ref.base_model_key,
+                m.target_key == ref.target_key,
+                m.id != ref_id,
+            )
+        return stmt, score
+
+    @staticmethod
+    def _order(q: SearchQuery, score: sa.ColumnElement[Any] | None) -> list[Any]:
+        m = _modules.c
+        sort = q.effective_sort
+        if sort == "relevance" and score is not None:
+            return [score.desc(), m.downloads.desc(), m.id]
+        if sort == "likes":
+            return [m.likes.desc(), m.id]
+        if sort == "updated":
+            return [m.updated_at.desc().nulls_last(), m.id]
+        if sort == "rank":
+            return [m.rank, m.downloads.desc(), m.id]
+        return [m.downloads.desc(), m.id]
+
+    # ------------------------------------------------------------------ sync state
+
+    def get_sync_state(self, endpoint: str, repo_id: str) -> SyncState | None:
+        """What the last sync of ``repo_id`` from ``endpoint`` recorded, or None."""
+        with self._sessions() as session:
+            row = session.get(SyncStateRow, (endpoint, repo_id))
+            return row.to_entity() if row is not None else None
+
+    def set_sync_state(
+        self,
+        endpoint: str,
+        repo_id: str,
+        *,
+        last_sha: str | None,
+        status: str = "ok",
+        error: str | None = None,
+    ) -> SyncState:
+        """Record the outcome of syncing one repository ('ok', 'skipped' or 'error')."""
+        with self._sessions.begin() as session:
+            row = session.get(SyncStateRow, (endpoint, repo_id))
+            if row is None:
+                row = SyncStateRow(endpoint=endpoint, repo_id=repo_id)
+                session.add(row)
+            row.last_sha = last_sha
+            row.status = status
+            row.error = error
+            row.synced_at = datetime.now(UTC)
+            session.flush()
+            return row.to_entity()
+
+    def sync_states(self, endpoint: str) -> list[SyncState]:
+        """Every recorded sync state of one endpoint, by repo id."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                sa.select(SyncStateRow)
+                .where(SyncStateRow.endpoint == endpoint)
+                .order_by(SyncStateRow.repo_id)
+            ).all()
+            return [row.to_entity() for row in rows]
