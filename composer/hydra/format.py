@@ -134,15 +134,16 @@ def save_hydra(module: HydraModule, folder: str | Path, card: str | None = None)
     # Validate before writing: a module that would not load back is never saved.
     hydra_from_state_dict(module.config, tensors, source=str(folder / WEIGHTS_NAME))
     metadata = {"format": "pt", "loradex_format": "hydra"}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
     if card is not None:
-        _atomic_write(folder / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"))
+        atomic_write(folder / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"))
     config_text = json.dumps(module.config.to_json_dict(), indent=2, sort_keys=False) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(config_text, encoding="utf-8"))
+    atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(config_text, encoding="utf-8"))
     return folder
 
 
-def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then ``os.replace`` it there."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

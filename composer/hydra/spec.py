@@ -274,6 +274,12 @@ def validate_tensor_table(
                 f"{source}: {layer}.lora_A.weight has shape {list(a.shape)}, expected [{r}, in]"
             )
         in_features = a.shape[1]
+        layer_heads = heads.get(layer, {})
+        if sorted(layer_heads) != list(range(n)):
+            raise InvalidAdapter(
+                f"{source}: layer {layer!r} has heads {sorted(layer_heads)} but num_heads={n} "
+                f"needs lora_B.0 .. lora_B.{n - 1}"
+            )
         router = parts.get("router.weight")
         if router is None:
             raise InvalidAdapter(f"{source}: layer {layer!r} has no router.weight")
@@ -290,12 +296,6 @@ def validate_tensor_table(
         if bias is not None and bias.shape != (n,):
             raise InvalidAdapter(
                 f"{source}: {layer}.router.bias has shape {list(bias.shape)}, expected [{n}]"
-            )
-        layer_heads = heads.get(layer, {})
-        if sorted(layer_heads) != list(range(n)):
-            raise InvalidAdapter(
-                f"{source}: layer {layer!r} has heads {sorted(layer_heads)} but num_heads={n} "
-                f"needs lora_B.0 .. lora_B.{n - 1}"
             )
         out_features = layer_heads[0].shape[0] if layer_heads[0].shape else -1
         for j, info in sorted(layer_heads.items()):
