@@ -1,0 +1,76 @@
+"""Index hosted adapters into the registry tables of the server's own database at commit time.
+
+A repo holding ``adapter_config.json`` + ``adapter_model.safetensors`` becomes a registry module
+(source = the server's public URL, or ``local``) as soon as the commit lands, so
+``loradex --db SAME search`` sees uploads at once. The adapter is judged by the registry's own
+``module_from_metadata``; a broken adapter stays stored (this is a Hub) but is not indexed, and
+the reason is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC
+
+from sqlalchemy import Engine
+
+from loradex.errors import InvalidAdapter
+from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, module_from_metadata, read_safetensors_header
+from registry.entities import Module, ModuleFile
+from registry.server.service import HostedCommit, Indexer, ServerConfig
+from registry.store import RegistryStore
+
+log = logging.getLogger("loradex.server")
+
+
+def hosted_module(commit: HostedCommit, source: str) -> Module | None:
+    """The registry Module of a hosted commit, or None when the repo holds no PEFT adapter."""
+    files = {f.path: f for f in commit.files}
+    if ADAPTER_CONFIG not in files or ADAPTER_WEIGHTS not in files:
+        return None
+    label = f"{commit.repo_id}@{commit.sha[:12]}"
+    config_path = commit.blobs.path_for(files[ADAPTER_CONFIG].sha256)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{label}: {ADAPTER_CONFIG} is not valid JSON ({exc})") from exc
+    header = read_safetensors_header(
+        commit.blobs.path_for(files[ADAPTER_WEIGHTS].sha256), name=f"{label}/{ADAPTER_WEIGHTS}"
+    )
+    card = files.get(CARD)
+    card_text = (
+        commit.blobs.path_for(card.sha256).read_text(encoding="utf-8", errors="replace")
+        if card is not None
+        else None
+    )
+    return module_from_metadata(
+        commit.repo_id,
+        config,
+        header,
+        card_text,
+        revision=commit.sha,
+        source=source,
+        files=[ModuleFile(f.path, f.size, f.sha256, f.is_lfs) for f in commit.files
+               if f.path != ".gitattributes"],
+        created_at=commit.created_at.replace(tzinfo=UTC),
+        updated_at=commit.created_at.replace(tzinfo=UTC),
+        label=label,
+    )
+
+
+def make_registry_indexer(engine: Engine, config: ServerConfig) -> Indexer:
+    """An indexer writing hosted adapters into the registry of ``engine``."""
+    store = RegistryStore(engine)
+    source = config.source
+
+    def index(commit: HostedCommit) -> None:
+        try:
+            module = hosted_module(commit, source)
+        except InvalidAdapter as exc:
+            log.warning("stored but not indexed: %s", exc)
+            return
+        if module is not None:
+            store.upsert_module(module)
+
+    return index

@@ -1,0 +1,100 @@
+"""Validation of what a client sends: repo names, file paths, revisions, ranges."""
+
+from __future__ import annotations
+
+import re
+
+from registry.server.errors import HubHTTPError, bad_request
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_NAME_LENGTH = 96
+MAX_PATH_LENGTH = 1000
+
+
+def check_name(name: object, what: str = "repo name") -> str:
+    """A namespace or repo name: ``[A-Za-z0-9][A-Za-z0-9._-]*``, no ``--``/``..``, no ``.git`` end."""
+    if not isinstance(name, str) or not name:
+        raise bad_request(f"invalid {what}: must be a non-empty string")
+    if (
+        len(name) > MAX_NAME_LENGTH
+        or not _NAME_RE.match(name)
+        or "--" in name
+        or ".." in name
+        or name.endswith(".git")
+        or name.endswith(".")
+    ):
+        raise bad_request(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
+            f"(no '--' or '..', not ending in '.git', at most {MAX_NAME_LENGTH} characters)"
+        )
+    return name
+
+
+def check_repo_id(namespace: str, name: str) -> str:
+    """Validate both halves of ``namespace/name`` and return the joined id."""
+    check_name(namespace, "namespace")
+    check_name(name, "repo name")
+    return f"{namespace}/{name}"
+
+
+def check_path(path: object) -> str:
+    """A file path inside a repo: relative, ``/``-separated, no ``..``/``.``/``.git`` segments."""
+    if not isinstance(path, str) or not path:
+        raise bad_request("invalid path: must be a non-empty string")
+    if len(path) > MAX_PATH_LENGTH:
+        raise bad_request(f"invalid path: longer than {MAX_PATH_LENGTH} characters")
+    if "\0" in path or "\\" in path or any(ord(c) < 32 for c in path):
+        raise bad_request(f"invalid path {path!r}: control characters and backslashes are refused")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise bad_request(f"invalid path {path!r}: absolute paths are refused")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise bad_request(f"invalid path {path!r}: empty, '.' or '..' segment")
+        if segment.lower() == ".git":
+            raise bad_request(f"invalid path {path!r}: '.git' segments are refused")
+    return path
+
+
+def is_commit_sha(revision: str) -> bool:
+    """True when ``revision`` looks like a full commit sha (40 lowercase hex)."""
+    return bool(_SHA1_RE.match(revision))
+
+
+def parse_range(header: str, total: int) -> tuple[int, int] | None:
+    """Parse ``Range: bytes=a-b`` / ``a-`` / ``-n`` into inclusive (start, end); None = whole file.
+
+    Raises a 416 :class:`HubHTTPError` when the range cannot be satisfied and a 400 when it is
+    not a single byte range.
+    """
+    header = header.strip()
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec or "," in spec:
+        raise bad_request(f"unsupported Range header {header!r}: expected one 'bytes=a-b' range")
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        raise bad_request(f"malformed Range header {header!r}")
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                raise _unsatisfiable(total)
+            start, end = max(total - suffix, 0), total - 1
+        else:
+            start = int(first)
+            end = int(last) if last else total - 1
+    except ValueError:
+        raise bad_request(f"malformed Range header {header!r}") from None
+    if start < 0 or end < start:
+        raise bad_request(f"malformed Range header {header!r}")
+    if start >= total:
+        raise _unsatisfiable(total)
+    return start, min(end, total - 1)
+
+
+def _unsatisfiable(total: int) -> HubHTTPError:
+    return HubHTTPError(
+        416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{total}"}
+    )
