@@ -319,8 +319,33 @@ def inspect_hydra_folder(folder: Path) -> HydraHeader:
         )
         hint = f" (found pickle files {pickles}; loradex reads safetensors only)" if pickles else ""
         raise InvalidAdapter(f"{folder}: no {WEIGHTS_NAME}{hint}")
-    tensors = read_safetensors_header(weights)
-    layers = validate_tensor_table(config, tensors, str(weights))
+    return _describe(config, read_safetensors_header(weights), str(weights))
+
+
+def describe_hydra(
+    config_raw: Any, header_raw: Mapping[str, Any], label: str = WEIGHTS_NAME
+) -> HydraHeader:
+    """Validate metadata fetched elsewhere (a Hub): the config JSON and a raw safetensors header.
+
+    ``header_raw`` is the header's JSON object (tensor name -> ``{"dtype", "shape", ...}``), as
+    ``registry.adapter_files.read_safetensors_header`` returns it.
+    """
+    config = HydraConfig.from_json_dict(config_raw, source=f"{label}: {CONFIG_NAME}")
+    tensors: dict[str, TensorInfo] = {}
+    for name, meta in header_raw.items():
+        if name == "__metadata__":
+            continue
+        try:
+            tensors[name] = TensorInfo(
+                dtype=str(meta["dtype"]), shape=tuple(int(d) for d in meta["shape"])
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidAdapter(f"{label}: malformed header entry for tensor {name!r}") from exc
+    return _describe(config, tensors, f"{label}: {WEIGHTS_NAME}")
+
+
+def _describe(config: HydraConfig, tensors: Mapping[str, TensorInfo], source: str) -> HydraHeader:
+    layers = validate_tensor_table(config, tensors, source)
     num_parameters = sum(_numel(info.shape) for info in tensors.values())
     dtype = next(iter(tensors.values())).dtype
     return HydraHeader(config=config, layers=layers, dtype=dtype, num_parameters=num_parameters)
