@@ -46,7 +46,8 @@ def migrations_dir() -> Path:
     """The folder of the installed ``migrations`` package."""
     import migrations
 
-    return Path(migrations.__file__).resolve().parent
+    # __path__ rather than __file__: an editable install may map it as a namespace package.
+    return Path(next(iter(migrations.__path__))).resolve()
 
 
 def script_heads() -> set[str]:
@@ -86,7 +87,7 @@ def _run(url: str, action: str, revision: str) -> None:
             config.attributes["connection"] = conn
             getattr(command, action)(config, revision)
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot migrate {_safe(url)}: {exc.orig}") from exc
+        raise DatabaseError(f"cannot migrate {display_url(url)}: {exc.orig}") from exc
     finally:
         engine.dispose()
 
@@ -108,7 +109,7 @@ def current(url: str) -> set[str]:
         with engine.connect() as conn:
             return _versions(conn)
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot open {_safe(url)}: {exc.orig}") from exc
+        raise DatabaseError(f"cannot open {display_url(url)}: {exc.orig}") from exc
     finally:
         engine.dispose()
 
@@ -132,7 +133,7 @@ def ensure_schema(url: str) -> None:
     unknown = found - _known_revisions()
     if unknown:
         raise DatabaseError(
-            f"{_safe(url)} is at schema revision {', '.join(sorted(unknown))}, "
+            f"{display_url(url)} is at schema revision {', '.join(sorted(unknown))}, "
             "which this version of loradex does not know; upgrade loradex"
         )
     upgrade(url)
@@ -147,7 +148,7 @@ def _known_revisions() -> set[str]:
     return found
 
 
-def _safe(url: str) -> str:
+def display_url(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,63 @@
+"""``loradex db``: bring the registry database's schema up to date, or say where it stands."""
+
+from __future__ import annotations
+
+import click
+
+from loradex.settings import Settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_object(Settings) or Settings.resolve()
+
+
+@click.group()
+def db() -> None:
+    """Manage the registry database schema (Alembic migrations).
+
+    \b
+    Examples:
+      loradex db current
+      loradex --db postgresql+psycopg://postgres@127.0.0.1:5432/test db upgrade
+    """
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision id.")
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Upgrade the database schema (creates the tables in an empty database).
+
+    \b
+    Example:
+      loradex db upgrade
+    """
+    from registry import schema
+
+    url = _settings(ctx).db_url
+    schema.upgrade(url, revision)
+    at = ", ".join(sorted(schema.current(url))) or "base"
+    click.echo(f"{schema.display_url(url)}: at revision {at}")
+
+
+@db.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Show the schema revision of the database and whether it is the newest.
+
+    \b
+    Example:
+      loradex db current
+    """
+    from registry import schema
+
+    url = _settings(ctx).db_url
+    found = schema.current(url)
+    heads = schema.script_heads()
+    if not found:
+        state = "empty (run `loradex db upgrade`, or any command, to create the tables)"
+    elif found == heads:
+        state = f"{', '.join(sorted(found))} (head)"
+    else:
+        state = f"{', '.join(sorted(found))} (head is {', '.join(sorted(heads))})"
+    click.echo(f"{schema.display_url(url)}: {state}")
