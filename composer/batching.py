@@ -1,0 +1,253 @@
+"""Batches of tokenised examples and the loss on target tokens, shared by train, compose and eval.
+
+Causal models get either one *packed* row (all examples back to back, a block-diagonal causal
+mask and restarting positions: no padding at all) or right-padded rows. Either way the LM head
+is applied only at the positions that predict a target token, which skips most of the
+vocabulary projection. Seq2seq models get padded encoder inputs and teacher-forced decoder
+inputs. A batch can be *repeated* ``groups`` times along the batch dimension so that a batched
+LoRA layer can evaluate several weight vectors in one forward (see :mod:`composer.lora_runtime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from composer.data import EncodedExample
+
+
+@dataclass
+class TargetBatch:
+    """Model inputs plus where the target tokens are.
+
+    ``target_rows``/``target_cols`` index the hidden state (causal: the position *before* the
+    token; seq2seq: the decoder position) whose logits predict ``target_ids``;
+    ``target_example`` says which example each target token belongs to.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    target_rows: torch.Tensor
+    target_cols: torch.Tensor
+    target_ids: torch.Tensor
+    target_example: torch.Tensor
+    n_examples: int
+    decoder_input_ids: torch.Tensor | None = None
+    decoder_attention_mask: torch.Tensor | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of tokens the model reads (encoder + decoder for seq2seq), padding included."""
+        n = self.input_ids.numel()
+        if self.decoder_input_ids is not None:
+            n += self.decoder_input_ids.numel()
+        return n
+
+    def to(self, device: torch.device) -> TargetBatch:
+        """This batch with every tensor on ``device``."""
+        moved = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items()
+        }
+        return TargetBatch(**moved)
+
+
+def pack_causal(encoded: Sequence[EncodedExample]) -> TargetBatch:
+    """All examples in one row with a block-diagonal causal mask: no padding anywhere."""
+    ids: list[int] = []
+    positions: list[int] = []
+    segments: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    owner: list[int] = []
+    for i, ex in enumerate(encoded):
+        seq = list(ex.prompt_ids) + list(ex.target_ids)
+        start = len(ids)
+        ids.extend(seq)
+        positions.extend(range(len(seq)))
+        segments.extend([i] * len(seq))
+        first_target = start + len(ex.prompt_ids)
+        for j, tok in enumerate(ex.target_ids):
+            # The token at first_target+j is predicted by the hidden state just before it.
+            if first_target + j - 1 >= start:
+                cols.append(first_target + j - 1)
+                targets.append(tok)
+                owner.append(i)
+    seg = torch.tensor(segments)
+    n = len(ids)
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)) & (seg[:, None] == seg[None, :])
+    return TargetBatch(
+        input_ids=torch.tensor([ids]),
+        attention_mask=mask[None, None],
+        position_ids=torch.tensor([positions]),
+        target_rows=torch.zeros(len(cols), dtype=torch.long),
+        target_cols=torch.tensor(cols, dtype=torch.long),
+        target_ids=torch.tensor(targets, dtype=torch.long),
+        target_example=torch.tensor(owner, dtype=torch.long),
+        n_examples=len(encoded),
+    )
+
+
+def pad_causal(encoded: Sequence[EncodedExample], pad_id: int) -> TargetBatch:
+    """One right-padded row per example (the usual layout; used for training batches)."""
+    seqs = [list(ex.prompt_ids) + list(ex.target_ids) for ex in encoded]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    for i, (ex, seq) in enumerate(zip(encoded, seqs, strict=True)):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        for j, tok in enumerate(ex.target_ids):
+            pos = len(ex.prompt_ids) + j - 1
+            if pos >= 0:
+                rows.append(i)
+                cols.append(pos)
+                targets.append(tok)
+    return TargetBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=None,
+        target_rows=torch.tensor(rows, dtype=torch.long),
+        target_cols=torch.tensor(cols, dtype=torch.long),
+        target_ids=torch.tensor(targets, dtype=torch.long),
+        target_example=torch.tensor(rows, dtype=torch.long),
+        n_examples=len(encoded),
+    )
+
+
+def pad_seq2seq(
+    encoded: Sequence[EncodedExample], pad_id: int, decoder_start_id: int
+) -> TargetBatch:
+    """Padded encoder inputs and teacher-forced decoder inputs (targets shifted right)."""
+    enc_width = max(1, max(len(ex.prompt_ids) for ex in encoded))
+    dec_width = max(len(ex.target_ids) for ex in encoded)
+    n = len(encoded)
+    input_ids = torch.full((n, enc_width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, enc_width), dtype=torch.long)
+    dec_ids = torch.full((n, dec_width), pad_id, dtype=torch.long)
+    dec_mask = torch.zeros((n, dec_width), dtype=torch.long)
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    for i, ex in enumerate(encoded):
+        input_ids[i, : len(ex.prompt_ids)] = torch.tensor(ex.prompt_ids, dtype=torch.long)
+        attention[i, : len(ex.prompt_ids)] = 1
+        shifted = [decoder_start_id, *ex.target_ids[:-1]]
+        dec_ids[i, : len(shifted)] = torch.tensor(shifted)
+        dec_mask[i, : len(shifted)] = 1
+        for j, tok in enumerate(ex.target_ids):
+            rows.append(i)
+            cols.append(j)
+            targets.append(tok)
+    return TargetBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=None,
+        target_rows=torch.tensor(rows, dtype=torch.long),
+        target_cols=torch.tensor(cols, dtype=torch.long),
+        target_ids=torch.tensor(targets, dtype=torch.long),
+        target_example=torch.tensor(rows, dtype=torch.long),
+        n_examples=n,
+        decoder_input_ids=dec_ids,
+        decoder_attention_mask=dec_mask,
+    )
+
+
+def make_batch(
+    encoded: Sequence[EncodedExample],
+    model: PreTrainedModel,
+    *,
+    packed: bool = True,
+) -> TargetBatch:
+    """The right batch layout for ``model``: packed (causal, default), padded, or seq2seq."""
+    config = model.config
+    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    if config.is_encoder_decoder:
+        start = config.decoder_start_token_id
+        return pad_seq2seq(encoded, pad_id, start if start is not None else pad_id)
+    return pack_causal(encoded) if packed else pad_causal(encoded, pad_id)
+
+
+def repeat_batch(batch: TargetBatch, groups: int) -> TargetBatch:
+    """``groups`` copies of ``batch`` stacked along the batch dimension (copy g after copy g-1)."""
+    if groups == 1:
+        return batch
+    rows_per_group = batch.input_ids.shape[0]
+
+    def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return t.repeat(groups, *([1] * (t.dim() - 1)))
+
+    return TargetBatch(
+        input_ids=rep(batch.input_ids),  # type: ignore[arg-type]
+        attention_mask=rep(batch.attention_mask),
+        position_ids=rep(batch.position_ids),
+        target_rows=torch.cat([batch.target_rows + g * rows_per_group for g in range(groups)]),
+        target_cols=batch.target_cols.repeat(groups),
+        target_ids=batch.target_ids.repeat(groups),
+        target_example=batch.target_example.repeat(groups),
+        n_examples=batch.n_examples,
+        decoder_input_ids=rep(batch.decoder_input_ids),
+        decoder_attention_mask=rep(batch.decoder_attention_mask),
+    )
+
+
+def _head_only_ok(model: PreTrainedModel) -> bool:
+    # Models that rescale or soft-cap logits after the head need the model's own forward.
+    config = model.config
+    return (
+        not config.is_encoder_decoder
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) is None
+        and model.get_output_embeddings() is not None
+        and hasattr(model, "base_model")
+        and model.base_model is not model
+    )
+
+
+def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
+    """Logits ``[n_target_tokens, vocab]`` at the target positions only."""
+    if _head_only_ok(model):
+        hidden = model.base_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        picked = hidden[batch.target_rows, batch.target_cols]
+        head = model.get_output_embeddings()
+        assert head is not None
+        return head(picked)
+    kwargs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "use_cache": False,
+    }
+    if batch.decoder_input_ids is not None:
+        kwargs["decoder_input_ids"] = batch.decoder_input_ids
+        kwargs["decoder_attention_mask"] = batch.decoder_attention_mask
+    else:
+        kwargs["position_ids"] = batch.position_ids
+    logits = model(**kwargs).logits
+    return logits[batch.target_rows, batch.target_cols]
+
+
+def target_token_losses(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
+    """Cross-entropy of every target token, float32, ``[n_target_tokens]``."""
+    logits = target_logits(model, batch)
+    return F.cross_entropy(logits.float(), batch.target_ids, reduction="none")
+
+
+def mean_target_loss(model: PreTrainedModel, batch: TargetBatch, groups: int = 1) -> torch.Tensor:
+    """Mean target-token cross-entropy per group ``[groups]`` (``batch`` repeated ``groups``x)."""
+    losses = target_token_losses(model, batch)
+    return losses.view(groups, -1).mean(dim=1)

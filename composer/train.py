@@ -1,0 +1,358 @@
+"""Train one LoRA module on ``input``/``target`` pairs with PEFT; write a PEFT adapter folder.
+
+The model is passed in (load it once with :func:`composer.models.load_base_model` and train many
+modules with it): :func:`train_lora` injects a fresh LoRA, trains it, saves it, and removes it
+again, leaving the base model exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from composer.adapter_io import (
+    SAVE_DTYPES,
+    check_output_dir,
+    lora_config_dict,
+    write_adapter_folder,
+)
+from composer.batching import make_batch, mean_target_loss
+from composer.cards import render_card, settings_table
+from composer.data import Example, encode_examples
+from composer.models import LoadedModel
+from loradex import __version__
+from loradex.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a module is for; recorded in its model card and the registry."""
+
+    name: str | None = field(default=None, metadata={"help": "task name, e.g. past_tense"})
+    category: str | None = field(default=None, metadata={"help": "task category, e.g. grammar"})
+    dataset: str | None = field(default=None, metadata={"help": "source dataset id or name"})
+    license: str | None = field(default=None, metadata={"help": "license of the module"})
+    description: str | None = field(default=None, metadata={"help": "one-line description"})
+    tags: tuple[str, ...] = field(default=(), metadata={"help": "extra card tags"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one LoRA training run (defaults work for the embedded SmolLM2)."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)"})
+    targets: tuple[str, ...] = field(
+        default=("q_proj", "v_proj"), metadata={"help": "names of the linear layers to adapt"}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default 100)"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the data (or steps)"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.05, metadata={"help": "linear warm-up share of steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
+    max_length: int = field(default=256, metadata={"help": "max tokens per example"})
+    seed: int = field(default=0, metadata={"help": "seed for LoRA init and data order"})
+    use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
+    save_dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha actually used."""
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for impossible settings (call before loading anything)."""
+        if self.rank < 1:
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give either steps or epochs, not both")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ConfigError("batch size must be >= 1 and max length >= 2")
+        if not self.targets:
+            raise ConfigError("at least one target module is needed")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ConfigError(f"invalid save dtype {self.save_dtype!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out_dir: Path
+    steps: int
+    losses: list[float]
+    seconds: float
+    heldout_loss_before: float | None = None
+    heldout_loss_after: float | None = None
+    front_matter: dict[str, Any] = field(default_factory=dict)
+
+
+def _total_steps(config: TrainConfig, n_examples: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is not None:
+        return max(1, math.ceil(config.epochs * n_examples / config.batch_size))
+    return 100
+
+
+@torch.no_grad()
+def heldout_loss(loaded: LoadedModel, examples: Sequence[Example], config: TrainConfig) -> float:
+    """Mean target-token cross-entropy of ``examples`` under the model as it is now."""
+    encoded = encode_examples(
+        loaded.tokenizer,
+        examples,
+        seq2seq=loaded.is_seq2seq,
+        max_length=config.max_length,
+        use_chat_template=config.use_chat_template,
+    )
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), config.batch_size):
+        chunk = encoded[start : start + config.batch_size]
+        batch = make_batch(chunk, loaded.model, packed=False).to(loaded.device)
+        n_tok = len(batch.target_ids)
+        total += float(mean_target_loss(loaded.model, batch)) * n_tok
+        count += n_tok
+    return total / max(count, 1)
+
+
+def train_lora(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    task: TaskInfo | None = None,
+    heldout: Sequence[Example] = (),
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA on ``examples``, save it as a PEFT adapter folder with a card at ``out_dir``.
+
+    The base model in ``loaded`` is returned to its original state afterwards (the LoRA layers
+    are removed), so one loaded model can train many modules in a row.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, get_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    task = task or TaskInfo()
+    config.validate()
+    out = check_output_dir(out_dir, overwrite)
+    if not examples:
+        raise ConfigError("no training examples")
+
+    model = loaded.model
+    _check_targets(model, config.targets)
+    n_steps = _total_steps(config, len(examples))
+    before = heldout_loss(loaded, heldout, config) if heldout else None
+
+    task_type = "SEQ_2_SEQ_LM" if loaded.is_seq2seq else "CAUSAL_LM"
+    cfg_dict = lora_config_dict(
+        base_model=loaded.name,
+        rank=config.rank,
+        alpha=config.lora_alpha,
+        target_modules=list(config.targets),
+        task_type=task_type,
+        dropout=config.dropout,
+    )
+    torch.manual_seed(config.seed)
+    peft_config = PeftLoraConfig(
+        r=config.rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(config.targets),
+        lora_dropout=config.dropout,
+        bias="none",
+        task_type=task_type,
+    )
+    peft_model = get_peft_model(model, peft_config)
+    losses: list[float] = []
+    started = time.perf_counter()
+    try:
+        encoded = encode_examples(
+            loaded.tokenizer,
+            examples,
+            seq2seq=loaded.is_seq2seq,
+            max_length=config.max_length,
+            use_chat_template=config.use_chat_template,
+        )
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(1, int(config.warmup_fraction * n_steps))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        rng = random.Random(config.seed)
+        order: list[int] = []
+        hf_model = peft_model.get_base_model()
+        peft_model.train()
+        bar = tqdm(range(n_steps), desc="train", unit="step", disable=not progress)
+        for step in bar:
+            if len(order) < config.batch_size:
+                epoch = list(range(len(encoded)))
+                rng.shuffle(epoch)
+                order.extend(epoch)
+            picked = [encoded[i] for i in order[: config.batch_size]]
+            del order[: config.batch_size]
+            batch = make_batch(picked, hf_model, packed=False).to(loaded.device)
+            loss = mean_target_loss(hf_model, batch)[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if on_step is not None:
+                on_step(step, value)
+        bar.close()
+        peft_model.eval()
+        after = heldout_loss(loaded, heldout, config) if heldout else None
+        tensors = dict(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    finally:
+        # Give the caller its plain base model back.
+        restored = peft_model.unload()
+        loaded.model = restored
+        loaded.model.eval()
+    seconds = time.perf_counter() - started
+
+    front_matter = training_front_matter(
+        loaded, config, task, n_examples=len(examples), steps=n_steps,
+        final_loss=_tail_mean(losses), heldout=(before, after, len(heldout)),
+    )
+    card = render_card(front_matter, task.name or out.name, _card_body(front_matter, losses))
+    write_adapter_folder(
+        out,
+        config=cfg_dict,
+        tensors=tensors,
+        card=card,
+        save_dtype=config.save_dtype,
+        overwrite=overwrite,
+        extra_files={"training_log.json": json.dumps({"losses": losses}).encode()},
+    )
+    return TrainResult(
+        out_dir=out,
+        steps=n_steps,
+        losses=losses,
+        seconds=seconds,
+        heldout_loss_before=before,
+        heldout_loss_after=after,
+        front_matter=front_matter,
+    )
+
+
+def _check_targets(model: torch.nn.Module, targets: Sequence[str]) -> None:
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear)}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ConfigError(
+            f"target module(s) {', '.join(missing)} not found among the model's linear layers "
+            f"({', '.join(sorted(names)[:12])}...)"
+        )
+
+
+def _tail_mean(losses: Sequence[float], n: int = 10) -> float | None:
+    tail = list(losses[-n:])
+    return round(sum(tail) / len(tail), 4) if tail else None
+
+
+def training_front_matter(
+    loaded: LoadedModel,
+    config: TrainConfig,
+    task: TaskInfo,
+    *,
+    n_examples: int,
+    steps: int,
+    final_loss: float | None,
+    heldout: tuple[float | None, float | None, int],
+) -> dict[str, Any]:
+    """The YAML front matter of a trained module's card."""
+    tags = ["loradex", "lora", "peft", *task.tags]
+    if task.category:
+        tags.append(task.category)
+    training = {k: v for k, v in asdict(config).items() if k != "alpha"}
+    training["alpha"] = config.lora_alpha
+    training["targets"] = list(config.targets)
+    training["n_examples"] = n_examples
+    training["total_steps"] = steps
+    training["final_train_loss"] = final_loss
+    fm: dict[str, Any] = {
+        "base_model": loaded.name,
+        "library_name": "peft",
+        "license": task.license or "apache-2.0",
+        "tags": tags,
+        "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
+    }
+    if task.dataset:
+        fm["datasets"] = [task.dataset]
+    loradex_block: dict[str, Any] = {
+        "kind": "trained",
+        "version": __version__,
+        "task": {k: v for k, v in asdict(task).items() if v not in (None, ())},
+        "training": training,
+    }
+    if loaded.gguf_file:
+        loradex_block["base_model_file"] = Path(loaded.gguf_file).name
+    before, after, n_held = heldout
+    if after is not None:
+        loradex_block["heldout"] = {
+            "n_examples": n_held,
+            "loss_base": round(before, 4) if before is not None else None,
+            "loss": round(after, 4),
+        }
+    fm["loradex"] = loradex_block
+    return fm
+
+
+def _card_body(fm: dict[str, Any], losses: Sequence[float]) -> str:
+    block = fm["loradex"]
+    task = block.get("task", {})
+    lines = [
+        task.get("description") or "A LoRA module trained with loradex.",
+        "",
+        f"Base model: `{fm['base_model']}`. Load it with PEFT:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, 'path/to/this/folder')",
+        "```",
+        "",
+        "## Training",
+        "",
+        settings_table(block["training"]),
+    ]
+    if "heldout" in block:
+        h = block["heldout"]
+        lines += [
+            "",
+            "## Held-out",
+            "",
+            f"Mean target-token loss on {h['n_examples']} held-out examples: "
+            f"{h['loss']} (base model without the module: {h['loss_base']}).",
+        ]
+    if losses:
+        lines += ["", f"Training loss: first {losses[0]:.4f}, last {losses[-1]:.4f}."]
+    return "\n".join(lines)
