@@ -1,4 +1,4 @@
-"""SQL tables of the built-in Hub server: repos, immutable commits, their trees, blobs, refs, tokens.
+"""SQL tables of the built-in Hub server: repos, immutable commits, trees, blobs, refs, tokens.
 
 A commit is written once and never changed; a branch (``hub_refs``) is the only thing that moves,
 and it moves by compare-and-swap (``UPDATE ... WHERE commit_id = <old head>``), so two racing
@@ -27,7 +27,7 @@ from registry.db import Base
 
 
 class SqlHubRepo(Base):
-    """A model repository ``namespace/name``; ``full_id`` is the two joined for lookups and search."""
+    """A model repository ``namespace/name``; ``full_id`` is the two joined, for lookups."""
 
     __tablename__ = "hub_repos"
 
@@ -146,4 +146,3 @@ class SqlHubNamespaceMember(Base):
 
     namespace: Mapped[str] = mapped_column(String(96), primary_key=True)
     user: Mapped[str] = mapped_column(String(96), primary_key=True)
-

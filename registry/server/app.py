@@ -70,7 +70,9 @@ def error_response(exc: HubHTTPError, head: bool = False) -> Response:
         headers["X-Error-Code"] = exc.code
     if head:
         return Response(status_code=exc.status, headers=headers, media_type="application/json")
-    return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status, headers=headers)
+    return JSONResponse(
+        {"error": exc.message, **exc.extra}, status_code=exc.status, headers=headers
+    )
 
 
 def _header_safe(text: str) -> str:
@@ -98,7 +100,9 @@ class HubApp:
             return
         except HubHTTPError as exc:
             response = error_response(exc, head)
-        except LoradexError as exc:  # our own validation (e.g. InvalidAdapter) is the client's fault
+        except (
+            LoradexError
+        ) as exc:  # our own validation (e.g. InvalidAdapter) is the client's fault
             response = error_response(HubHTTPError(400, str(exc)), head)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
@@ -116,7 +120,9 @@ class HubApp:
 
     async def identity(self, request: Request) -> Identity | None:
         """The caller's identity from the Authorization header (401 on a bad token)."""
-        return await run_in_threadpool(self.service.authenticate, request.headers.get("authorization"))
+        return await run_in_threadpool(
+            self.service.authenticate, request.headers.get("authorization")
+        )
 
     async def dispatch(self, request: Request) -> Response:
         """Route one request by method and raw path segments."""
@@ -169,7 +175,9 @@ class HubApp:
             repo_id = self.repo_id(seg[0], seg[1])
             return await self.resolve(request, repo_id, seg[3], "/".join(seg[4:]))
         if (
-            n == 6 and seg[1].endswith(".git") and seg[2:] == ["info", "lfs", "objects", "batch"]
+            n == 6
+            and seg[1].endswith(".git")
+            and seg[2:] == ["info", "lfs", "objects", "batch"]
             and method == "POST"
         ):
             repo_id = self.repo_id(seg[0], seg[1][: -len(".git")])
@@ -184,7 +192,8 @@ class HubApp:
             check_name(name, "repo name")
         except HubHTTPError:
             raise HubHTTPError(
-                404, f"Repository Not Found for url: {namespace}/{name} (invalid repo id).",
+                404,
+                f"Repository Not Found for url: {namespace}/{name} (invalid repo id).",
                 "RepoNotFound",
             ) from None
         return f"{namespace}/{name}"
@@ -208,9 +217,14 @@ class HubApp:
         ident = await self.identity(request)
         items, next_cursor = await run_in_threadpool(
             lambda: self.service.list_models(
-                ident, search=params.get("search") or None, author=params.get("author") or None,
-                filters=filters, sort=params.get("sort") or None, limit=limit,
-                cursor=params.get("cursor") or None, with_siblings=with_siblings,
+                ident,
+                search=params.get("search") or None,
+                author=params.get("author") or None,
+                filters=filters,
+                sort=params.get("sort") or None,
+                limit=limit,
+                cursor=params.get("cursor") or None,
+                with_siblings=with_siblings,
             )
         )
         if expand:
@@ -223,7 +237,9 @@ class HubApp:
         if next_cursor:
             query = [(k, v) for k, v in params.multi_items() if k != "cursor"]
             query.append(("cursor", next_cursor))
-            headers["Link"] = f'<{self.base_url(request)}/api/models?{urlencode(query)}>; rel="next"'
+            headers["Link"] = (
+                f'<{self.base_url(request)}/api/models?{urlencode(query)}>; rel="next"'
+            )
         return JSONResponse(items, headers=headers)
 
     async def model_info(self, request: Request, repo_id: str, revision: str) -> Response:
@@ -260,7 +276,9 @@ class HubApp:
     async def resolve(self, request: Request, repo_id: str, revision: str, path: str) -> Response:
         """``HEAD``/``GET /{id}/resolve/{rev}/{path}`` with single byte ranges."""
         ident = await self.identity(request)
-        resolved = await run_in_threadpool(self.service.resolve_file, ident, repo_id, revision, path)
+        resolved = await run_in_threadpool(
+            self.service.resolve_file, ident, repo_id, revision, path
+        )
         tree_file = resolved.file
         total = tree_file.size
         headers = {
@@ -294,9 +312,13 @@ class HubApp:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         if request.method == "HEAD":
-            return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+            return Response(
+                status_code=status, headers=headers, media_type="application/octet-stream"
+            )
         return StreamingResponse(
-            _file_chunks(resolved.blob_path, start, length), status_code=status, headers=headers,
+            _file_chunks(resolved.blob_path, start, length),
+            status_code=status,
+            headers=headers,
             media_type="application/octet-stream",
         )
 
@@ -340,16 +362,21 @@ class HubApp:
         try:
             body = await _json_body(request)
         except HubHTTPError as exc:
-            return JSONResponse({"errors": [{"message": exc.message}], "warnings": []}, status_code=400)
+            return JSONResponse(
+                {"errors": [{"message": exc.message}], "warnings": []}, status_code=400
+            )
         content = body.get("content")
         if not isinstance(content, str):
             return JSONResponse(
-                {"errors": [{"message": "'content' must be a string"}], "warnings": []}, status_code=400
+                {"errors": [{"message": "'content' must be a string"}], "warnings": []},
+                status_code=400,
             )
         try:
             parse_front_matter(content)
         except ValueError as exc:
-            return JSONResponse({"errors": [{"message": str(exc)}], "warnings": []}, status_code=400)
+            return JSONResponse(
+                {"errors": [{"message": str(exc)}], "warnings": []}, status_code=400
+            )
         return JSONResponse({"errors": [], "warnings": []})
 
     async def preupload(self, request: Request, repo_id: str, revision: str) -> Response:

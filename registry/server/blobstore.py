@@ -38,7 +38,9 @@ def git_blob_sha1(data: bytes) -> str:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git-lfs pointer text stored in git in place of an LFS file."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
 
 
 class BlobWriter:
@@ -69,7 +71,9 @@ class BlobWriter:
             if expected_size is not None and self.size != expected_size:
                 raise BlobMismatch(f"received {self.size} bytes, expected {expected_size}")
             if expected_sha256 is not None and digest != expected_sha256:
-                raise BlobMismatch(f"sha256 of the received bytes is {digest}, expected {expected_sha256}")
+                raise BlobMismatch(
+                    f"sha256 of the received bytes is {digest}, expected {expected_sha256}"
+                )
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()

@@ -55,6 +55,8 @@ def entry_not_found(path: str, commit_sha: str | None = None) -> HubHTTPError:
     """404 EntryNotFound; ``X-Repo-Commit`` lets the client cache the non-existence."""
     headers = {"X-Repo-Commit": commit_sha} if commit_sha else {}
     return HubHTTPError(
-        404, f"Entry not found: A file with this name doesn't exist: {path}", "EntryNotFound",
+        404,
+        f"Entry not found: A file with this name doesn't exist: {path}",
+        "EntryNotFound",
         headers=headers,
     )

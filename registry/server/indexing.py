@@ -16,7 +16,13 @@ from datetime import UTC
 from sqlalchemy import Engine
 
 from loradex.errors import InvalidAdapter
-from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, module_from_metadata, read_safetensors_header
+from registry.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CARD,
+    module_from_metadata,
+    read_safetensors_header,
+)
 from registry.entities import Module, ModuleFile
 from registry.server.service import HostedCommit, Indexer, ServerConfig
 from registry.store import RegistryStore
@@ -51,8 +57,11 @@ def hosted_module(commit: HostedCommit, source: str) -> Module | None:
         card_text,
         revision=commit.sha,
         source=source,
-        files=[ModuleFile(f.path, f.size, f.sha256, f.is_lfs) for f in commit.files
-               if f.path != ".gitattributes"],
+        files=[
+            ModuleFile(f.path, f.size, f.sha256, f.is_lfs)
+            for f in commit.files
+            if f.path != ".gitattributes"
+        ],
         created_at=commit.created_at.replace(tzinfo=UTC),
         updated_at=commit.created_at.replace(tzinfo=UTC),
         label=label,

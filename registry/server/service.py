@@ -55,9 +55,31 @@ log = logging.getLogger("loradex.server")
 DEFAULT_BRANCH = "main"
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 LFS_PATTERNS: tuple[str, ...] = (
-    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5",
-    "*.msgpack", "*.npy", "*.npz", "*.zip", "*.tar", "*.gz", "*.tgz", "*.xz", "*.zst",
-    "*.pkl", "*.pickle", "*.joblib", "*.arrow", "*.parquet", "*.tflite", "*.ot", "*.model",
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.gguf",
+    "*.onnx",
+    "*.h5",
+    "*.msgpack",
+    "*.npy",
+    "*.npz",
+    "*.zip",
+    "*.tar",
+    "*.gz",
+    "*.tgz",
+    "*.xz",
+    "*.zst",
+    "*.pkl",
+    "*.pickle",
+    "*.joblib",
+    "*.arrow",
+    "*.parquet",
+    "*.tflite",
+    "*.ot",
+    "*.model",
 )
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 MAX_PAGE = 1000
@@ -120,7 +142,12 @@ class TreeFile:
 
     def tree_json(self) -> dict[str, Any]:
         """Shape of ``/tree`` entries (``lfs.oid``)."""
-        item: dict[str, Any] = {"type": "file", "oid": self.git_oid, "size": self.size, "path": self.path}
+        item: dict[str, Any] = {
+            "type": "file",
+            "oid": self.git_oid,
+            "size": self.size,
+            "path": self.path,
+        }
         if self.is_lfs:
             item["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": self.pointer_size}
         return item
@@ -129,7 +156,11 @@ class TreeFile:
         """Shape of ``siblings`` entries in model info (``lfs.sha256``)."""
         item: dict[str, Any] = {"rfilename": self.path, "size": self.size, "blobId": self.git_oid}
         if self.is_lfs:
-            item["lfs"] = {"size": self.size, "sha256": self.sha256, "pointerSize": self.pointer_size}
+            item["lfs"] = {
+                "size": self.size,
+                "sha256": self.sha256,
+                "pointerSize": self.pointer_size,
+            }
         return item
 
     @property
@@ -315,7 +346,9 @@ class HubService:
             if row is None:
                 raise unauthorized()
             orgs = session.scalars(
-                select(SqlHubNamespaceMember.namespace).where(SqlHubNamespaceMember.user == row.user)
+                select(SqlHubNamespaceMember.namespace).where(
+                    SqlHubNamespaceMember.user == row.user
+                )
             ).all()
             return Identity(
                 user=row.user,
@@ -355,36 +388,11 @@ class HubService:
             )
         return identity
 
-    def create_token(
-        self, user: str, display_name: str, namespaces: Sequence[str] = (), role: str = "write"
-    ) -> str:
-        """Create a token for ``user`` (and org memberships); return the secret, stored only hashed."""
-        check_name(user, "user name")
-        for ns in namespaces:
-            check_name(ns, "namespace")
-        if role not in ("read", "write"):
-            raise ValueError(f"role must be 'read' or 'write', not {role!r}")
-        token = "ldx_" + secrets.token_urlsafe(30)
-        with session_scope(self.engine) as session:
-            session.add(
-                SqlHubToken(
-                    display_name=display_name, user=user, token_hash=hash_token(token),
-                    role=role, created_at=utcnow(),
-                )
-            )
-            existing = set(
-                session.scalars(
-                    select(SqlHubNamespaceMember.namespace).where(SqlHubNamespaceMember.user == user)
-                )
-            )
-            for ns in dict.fromkeys(namespaces):
-                if ns != user and ns not in existing:
-                    session.add(SqlHubNamespaceMember(namespace=ns, user=user))
-        return token
-
     # -------------------------------------------------------------- repos
 
-    def _visible_repo(self, session: Session, identity: Identity | None, repo_id: str) -> SqlHubRepo:
+    def _visible_repo(
+        self, session: Session, identity: Identity | None, repo_id: str
+    ) -> SqlHubRepo:
         repo = session.scalar(select(SqlHubRepo).where(SqlHubRepo.full_id == repo_id))
         if repo is None or (
             repo.private and (identity is None or repo.namespace not in identity.namespaces)
@@ -393,7 +401,12 @@ class HubService:
         return repo
 
     def create_repo(
-        self, identity: Identity | None, namespace: str | None, name: str, private: bool, base_url: str
+        self,
+        identity: Identity | None,
+        namespace: str | None,
+        name: str,
+        private: bool,
+        base_url: str,
     ) -> dict[str, Any]:
         """Create ``namespace/name`` with an initial commit holding ``.gitattributes``."""
         if identity is None:
@@ -407,15 +420,25 @@ class HubService:
         try:
             with session_scope(self.engine) as session:
                 repo = SqlHubRepo(
-                    uid=uuid.uuid4().hex[:24], namespace=namespace, name=name, full_id=repo_id,
-                    full_id_lower=repo_id.lower(), private=private, created_at=now,
+                    uid=uuid.uuid4().hex[:24],
+                    namespace=namespace,
+                    name=name,
+                    full_id=repo_id,
+                    full_id_lower=repo_id.lower(),
+                    private=private,
+                    created_at=now,
                     last_modified=now,
                 )
                 session.add(repo)
                 session.flush()
                 tree = [
-                    TreeFile(".gitattributes", attributes_sha, len(GITATTRIBUTES), False,
-                             git_blob_sha1(GITATTRIBUTES))
+                    TreeFile(
+                        ".gitattributes",
+                        attributes_sha,
+                        len(GITATTRIBUTES),
+                        False,
+                        git_blob_sha1(GITATTRIBUTES),
+                    )
                 ]
                 commit = self._add_commit(
                     session, repo, None, tree, "initial commit", "", identity.user, now
@@ -439,7 +462,9 @@ class HubService:
             self.require_write(identity, namespace)
             commit_ids = select(SqlHubCommit.id).where(SqlHubCommit.repo_id == repo.id)
             session.execute(delete(SqlHubRef).where(SqlHubRef.repo_id == repo.id))
-            session.execute(delete(SqlHubTreeEntry).where(SqlHubTreeEntry.commit_id.in_(commit_ids)))
+            session.execute(
+                delete(SqlHubTreeEntry).where(SqlHubTreeEntry.commit_id.in_(commit_ids))
+            )
             session.execute(
                 update(SqlHubCommit).where(SqlHubCommit.repo_id == repo.id).values(parent_id=None)
             )
@@ -468,8 +493,11 @@ class HubService:
     def _tree(session: Session, commit_id: int) -> list[TreeFile]:
         rows = session.execute(
             select(
-                SqlHubTreeEntry.path, SqlHubTreeEntry.blob_sha256, SqlHubTreeEntry.size,
-                SqlHubTreeEntry.is_lfs, SqlHubTreeEntry.git_oid,
+                SqlHubTreeEntry.path,
+                SqlHubTreeEntry.blob_sha256,
+                SqlHubTreeEntry.size,
+                SqlHubTreeEntry.is_lfs,
+                SqlHubTreeEntry.git_oid,
             )
             .where(SqlHubTreeEntry.commit_id == commit_id)
             .order_by(SqlHubTreeEntry.path)
@@ -534,12 +562,18 @@ class HubService:
             "createdAt": SqlHubRepo.created_at,
             "created_at": SqlHubRepo.created_at,
         }.get(sort or "")
-        if sort and sort_column is None and sort not in ("downloads", "likes", "trendingScore",
-                                                          "trending_score", "id"):
+        if (
+            sort
+            and sort_column is None
+            and sort not in ("downloads", "likes", "trendingScore", "trending_score", "id")
+        ):
             raise bad_request(f"unsupported sort {sort!r}")
         query = (
             select(SqlHubRepo, SqlHubCommit)
-            .join(SqlHubRef, and_(SqlHubRef.repo_id == SqlHubRepo.id, SqlHubRef.name == DEFAULT_BRANCH))
+            .join(
+                SqlHubRef,
+                and_(SqlHubRef.repo_id == SqlHubRepo.id, SqlHubRef.name == DEFAULT_BRANCH),
+            )
             .join(SqlHubCommit, SqlHubCommit.id == SqlHubRef.commit_id)
         )
         visible = [SqlHubRepo.private == false()]
@@ -573,8 +607,12 @@ class HubService:
             if with_siblings and rows:
                 entry_rows = session.execute(
                     select(
-                        SqlHubTreeEntry.commit_id, SqlHubTreeEntry.path, SqlHubTreeEntry.blob_sha256,
-                        SqlHubTreeEntry.size, SqlHubTreeEntry.is_lfs, SqlHubTreeEntry.git_oid,
+                        SqlHubTreeEntry.commit_id,
+                        SqlHubTreeEntry.path,
+                        SqlHubTreeEntry.blob_sha256,
+                        SqlHubTreeEntry.size,
+                        SqlHubTreeEntry.is_lfs,
+                        SqlHubTreeEntry.git_oid,
                     )
                     .where(SqlHubTreeEntry.commit_id.in_([c.id for _, c in rows]))
                     .order_by(SqlHubTreeEntry.commit_id, SqlHubTreeEntry.path)
@@ -620,7 +658,7 @@ class HubService:
         directories: dict[str, list[TreeFile]] = {}
         out_files: list[TreeFile] = []
         for f in under:
-            rest = f.path[len(prefix):]
+            rest = f.path[len(prefix) :]
             parts = rest.split("/")
             if len(parts) == 1:
                 out_files.append(f)
@@ -663,27 +701,32 @@ class HubService:
             ).all()
         return {
             "branches": [
-                {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha} for name, sha in rows
+                {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+                for name, sha in rows
             ],
             "tags": [],
             "converts": [],
             "pullRequests": [],
         }
 
-    def commits(self, identity: Identity | None, repo_id: str, revision: str) -> list[dict[str, Any]]:
+    def commits(
+        self, identity: Identity | None, repo_id: str, revision: str
+    ) -> list[dict[str, Any]]:
         """``/api/models/{id}/commits/{rev}``: the history reachable from ``rev``, newest first."""
         with session_scope(self.engine) as session:
             repo = self._visible_repo(session, identity, repo_id)
             commit: SqlHubCommit | None = self._resolve(session, repo, revision)
             history = []
             while commit is not None:
-                history.append({
-                    "id": commit.sha,
-                    "title": commit.title,
-                    "message": commit.message,
-                    "date": iso_z(commit.created_at),
-                    "authors": [{"user": commit.author}] if commit.author else [],
-                })
+                history.append(
+                    {
+                        "id": commit.sha,
+                        "title": commit.title,
+                        "message": commit.message,
+                        "date": iso_z(commit.created_at),
+                        "authors": [{"user": commit.author}] if commit.author else [],
+                    }
+                )
                 commit = session.get(SqlHubCommit, commit.parent_id) if commit.parent_id else None
             return history
 
@@ -708,12 +751,14 @@ class HubService:
                 raise bad_request(f"preupload: invalid size for {path!r}")
             remote = current.get(path)
             oid = None if remote is None else (remote.sha256 if remote.is_lfs else remote.git_oid)
-            answers.append({
-                "path": path,
-                "uploadMode": "lfs" if size > 0 and is_lfs_path(path, size) else "regular",
-                "shouldIgnore": False,
-                "oid": oid,
-            })
+            answers.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if size > 0 and is_lfs_path(path, size) else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         return {"files": answers, "commitOid": commit.sha}
 
     def lfs_batch(
@@ -727,7 +772,9 @@ class HubService:
             if body["operation"] == "upload":
                 self.require_write(identity, repo.namespace)
         if body["operation"] != "upload":
-            raise bad_request("LFS batch: only the 'upload' operation is served; download via /resolve")
+            raise bad_request(
+                "LFS batch: only the 'upload' operation is served; download via /resolve"
+            )
         objects = body.get("objects")
         if not isinstance(objects, list):
             raise bad_request("LFS batch: 'objects' must be a list")
@@ -737,26 +784,44 @@ class HubService:
             if not isinstance(obj, dict):
                 raise bad_request("LFS batch: each object must be {oid, size}")
             oid, size = obj.get("oid"), obj.get("size")
-            if not isinstance(oid, str) or not is_sha256(oid) or not isinstance(size, int) or size < 0:
+            if (
+                not isinstance(oid, str)
+                or not is_sha256(oid)
+                or not isinstance(size, int)
+                or size < 0
+            ):
                 raise bad_request(f"LFS batch: invalid object {obj!r}")
             if size > self.config.max_upload_size:
-                out.append({"oid": oid, "size": size, "error": {
-                    "code": 422,
-                    "message": f"file of {size} bytes exceeds the upload limit of "
-                               f"{self.config.max_upload_size} bytes",
-                }})
+                out.append(
+                    {
+                        "oid": oid,
+                        "size": size,
+                        "error": {
+                            "code": 422,
+                            "message": f"file of {size} bytes exceeds the upload limit of "
+                            f"{self.config.max_upload_size} bytes",
+                        },
+                    }
+                )
                 continue
             if self.blobs.size_of(oid) == size:
                 out.append({"oid": oid, "size": size})
                 continue
             sig = self.sign_upload(oid, size, expires)
-            out.append({
-                "oid": oid, "size": size, "authenticated": True,
-                "actions": {
-                    "upload": {"href": f"{base_url}/api/lfs-upload/{oid}?size={size}&exp={expires}&sig={sig}"},
-                    "verify": {"href": f"{base_url}/api/lfs-verify/{oid}", "header": {}},
-                },
-            })
+            out.append(
+                {
+                    "oid": oid,
+                    "size": size,
+                    "authenticated": True,
+                    "actions": {
+                        "upload": {
+                            "href": f"{base_url}/api/lfs-upload/{oid}"
+                            f"?size={size}&exp={expires}&sig={sig}"
+                        },
+                        "verify": {"href": f"{base_url}/api/lfs-verify/{oid}", "header": {}},
+                    },
+                }
+            )
         return {"transfer": "basic", "hash_algo": "sha256", "objects": out}
 
     def sign_upload(self, oid: str, size: int, expires: int) -> str:
@@ -778,7 +843,9 @@ class HubService:
         if exp_i < time.time():
             raise forbidden("upload URL has expired; ask the LFS batch endpoint again")
         if size_i > self.config.max_upload_size:
-            raise HubHTTPError(413, f"file exceeds the upload limit of {self.config.max_upload_size} bytes")
+            raise HubHTTPError(
+                413, f"file exceeds the upload limit of {self.config.max_upload_size} bytes"
+            )
         return size_i
 
     def commit(
@@ -790,13 +857,15 @@ class HubService:
         ops: list[CommitOp],
         base_url: str,
     ) -> dict[str, Any]:
-        """Apply ``ops`` on the branch head as one new commit; move the branch by compare-and-swap."""
+        """Apply ``ops`` on the branch head as one new commit; move the branch by CAS."""
         summary = header.get("summary") or "Upload files"
         description = header.get("description") or ""
         parent_sha = header.get("parentCommit")
         if not isinstance(summary, str) or not isinstance(description, str):
             raise bad_request("commit header: summary and description must be strings")
-        if parent_sha is not None and (not isinstance(parent_sha, str) or not is_commit_sha(parent_sha)):
+        if parent_sha is not None and (
+            not isinstance(parent_sha, str) or not is_commit_sha(parent_sha)
+        ):
             raise bad_request("commit header: parentCommit must be a 40-hex commit sha")
         # Content goes to the blob store first (idempotent, content-addressed): if the database
         # transaction below fails, no row points at anything, and nothing half-written exists.
@@ -805,21 +874,22 @@ class HubService:
             if op.kind == "file":
                 assert op.content is not None
                 sha = self.blobs.put_bytes(op.content)
-                prepared.append((op, TreeFile(op.path, sha, len(op.content), False,
-                                              git_blob_sha1(op.content))))
+                prepared.append(
+                    (op, TreeFile(op.path, sha, len(op.content), False, git_blob_sha1(op.content)))
+                )
             elif op.kind == "lfsFile":
                 assert op.sha256 is not None
                 stored = self.blobs.size_of(op.sha256)
                 if stored is None:
-                    raise bad_request(
-                        f"LFS object {op.sha256} for {op.path!r} was never uploaded"
-                    )
+                    raise bad_request(f"LFS object {op.sha256} for {op.path!r} was never uploaded")
                 if op.size is not None and op.size != stored:
                     raise bad_request(
                         f"LFS object {op.sha256} for {op.path!r} has {stored} bytes, not {op.size}"
                     )
                 pointer = lfs_pointer(op.sha256, stored)
-                prepared.append((op, TreeFile(op.path, op.sha256, stored, True, git_blob_sha1(pointer))))
+                prepared.append(
+                    (op, TreeFile(op.path, op.sha256, stored, True, git_blob_sha1(pointer)))
+                )
             else:
                 prepared.append((op, None))
 
@@ -840,7 +910,9 @@ class HubService:
                 last_error = exc
             time.sleep(min(0.01 * (2**attempt), 0.5) * (0.5 + secrets.randbelow(100) / 100))
         else:
-            log.warning("commit on %s gave up after %d attempts: %s", repo_id, COMMIT_ATTEMPTS, last_error)
+            log.warning(
+                "commit on %s gave up after %d attempts: %s", repo_id, COMMIT_ATTEMPTS, last_error
+            )
             raise HubHTTPError(409, "too many concurrent commits on this branch, try again")
         hosted, sha = result
         if self._indexer is not None:
@@ -907,7 +979,9 @@ class HubService:
             if moved.rowcount != 1:  # type: ignore[attr-defined]
                 raise _HeadMoved()
             session.execute(
-                update(SqlHubRepo).where(SqlHubRepo.id == repo.id).values(last_modified=now)
+                update(SqlHubRepo)
+                .where(SqlHubRepo.id == repo.id)
+                .values(last_modified=now)
                 .execution_options(synchronize_session=False)
             )
             hosted = HostedCommit(repo_id, commit.sha, now, tuple(files), self.blobs)
@@ -935,7 +1009,11 @@ class HubService:
         card = json.loads(json.dumps(card, default=str))  # dates etc. -> plain JSON
         tags = repo_tags(card, (f.path for f in files))
         tree_digest = _tree_oid(files)
-        seed = f"{repo.uid}\n{parent.sha if parent else ''}\n{tree_digest}\n{author}\n{time.time_ns()}\n{title}\n{secrets.token_hex(8)}"
+        parent_sha = parent.sha if parent else ""
+        seed = (
+            f"{repo.uid}\n{parent_sha}\n{tree_digest}\n{author}\n{time.time_ns()}\n{title}\n"
+            f"{secrets.token_hex(8)}"
+        )
         library = card.get("library_name")
         pipeline = card.get("pipeline_tag")
         commit = SqlHubCommit(
@@ -960,8 +1038,12 @@ class HubService:
         session.flush()
         session.add_all(
             SqlHubTreeEntry(
-                commit_id=commit.id, path=f.path, blob_sha256=f.sha256, size=f.size,
-                is_lfs=f.is_lfs, git_oid=f.git_oid,
+                commit_id=commit.id,
+                path=f.path,
+                blob_sha256=f.sha256,
+                size=f.size,
+                is_lfs=f.is_lfs,
+                git_oid=f.git_oid,
             )
             for f in files
         )
@@ -981,7 +1063,9 @@ def _check_no_file_dir_clash(tree: dict[str, TreeFile]) -> None:
         parts = path.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in tree:
-                raise bad_request(f"path {path!r} is under {'/'.join(parts[:i])!r}, which is a file")
+                raise bad_request(
+                    f"path {path!r} is under {'/'.join(parts[:i])!r}, which is a file"
+                )
 
 
 def _encode_cursor(key: datetime | None, last_id: str) -> str:
@@ -1004,9 +1088,7 @@ def _decode_cursor(cursor: str, keyed: bool) -> tuple[Any, str]:
         raise bad_request("invalid cursor: use the Link header the server sent") from None
 
 
-def parse_commit_body(
-    body: bytes, max_file_size: int
-) -> tuple[dict[str, Any], list[CommitOp]]:
+def parse_commit_body(body: bytes, max_file_size: int) -> tuple[dict[str, Any], list[CommitOp]]:
     """Parse an NDJSON commit body into (header, ops); every defect is a 400 naming the line."""
     header: dict[str, Any] | None = None
     ops: list[CommitOp] = []
@@ -1032,18 +1114,26 @@ def parse_commit_body(
             path = path.rstrip("/")
         path = check_path(path)
         if key == "file":
-            if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
+            if value.get("encoding", "base64") != "base64" or not isinstance(
+                value.get("content"), str
+            ):
                 raise bad_request(f"commit line {number}: file content must be base64 text")
             try:
                 content = base64.b64decode(value["content"], validate=True)
             except (binascii.Error, ValueError):
                 raise bad_request(f"commit line {number}: invalid base64 for {path!r}") from None
             if len(content) > max_file_size:
-                raise HubHTTPError(413, f"{path!r} exceeds the upload limit of {max_file_size} bytes")
+                raise HubHTTPError(
+                    413, f"{path!r} exceeds the upload limit of {max_file_size} bytes"
+                )
             ops.append(CommitOp("file", path, content=content))
         elif key == "lfsFile":
             oid, size = value.get("oid"), value.get("size")
-            if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not is_sha256(oid):
+            if (
+                value.get("algo", "sha256") != "sha256"
+                or not isinstance(oid, str)
+                or not is_sha256(oid)
+            ):
                 raise bad_request(f"commit line {number}: lfsFile needs a sha256 oid")
             if size is not None and (not isinstance(size, int) or size < 0):
                 raise bad_request(f"commit line {number}: invalid size")
@@ -1055,3 +1145,72 @@ def parse_commit_body(
     if header is None:
         raise bad_request("commit: empty body (expected an NDJSON header line)")
     return header, ops
+
+
+def create_token(
+    engine: Engine,
+    user: str,
+    display_name: str,
+    namespaces: Sequence[str] = (),
+    role: str = "write",
+) -> str:
+    """Create a token for ``user`` (plus org memberships); return the secret, stored only hashed."""
+    check_name(user, "user name")
+    for ns in namespaces:
+        check_name(ns, "namespace")
+    if role not in ("read", "write"):
+        raise bad_request(f"role must be 'read' or 'write', not {role!r}")
+    token = "ldx_" + secrets.token_urlsafe(30)
+    with session_scope(engine) as session:
+        session.add(
+            SqlHubToken(
+                display_name=display_name,
+                user=user,
+                token_hash=hash_token(token),
+                role=role,
+                created_at=utcnow(),
+            )
+        )
+        existing = set(
+            session.scalars(
+                select(SqlHubNamespaceMember.namespace).where(SqlHubNamespaceMember.user == user)
+            )
+        )
+        for ns in dict.fromkeys(namespaces):
+            if ns != user and ns not in existing:
+                session.add(SqlHubNamespaceMember(namespace=ns, user=user))
+    return token
+
+
+def list_tokens(engine: Engine) -> list[dict[str, Any]]:
+    """Every token (never the secret): id, user, name, role, namespaces, created, revoked."""
+    with session_scope(engine) as session:
+        members: dict[str, list[str]] = {}
+        for ns, user in session.execute(
+            select(SqlHubNamespaceMember.namespace, SqlHubNamespaceMember.user)
+        ):
+            members.setdefault(user, []).append(ns)
+        rows = session.scalars(select(SqlHubToken).order_by(SqlHubToken.id)).all()
+        return [
+            {
+                "id": r.id,
+                "user": r.user,
+                "name": r.display_name,
+                "role": r.role,
+                "namespaces": sorted([r.user, *members.get(r.user, [])]),
+                "created_at": iso_z(r.created_at),
+                "revoked_at": iso_z(r.revoked_at) if r.revoked_at else None,
+            }
+            for r in rows
+        ]
+
+
+def revoke_token(engine: Engine, token_id: int) -> bool:
+    """Revoke a token by id; False when there is no such active token."""
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(SqlHubToken)
+            .where(SqlHubToken.id == token_id, SqlHubToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ MAX_PATH_LENGTH = 1000
 
 
 def check_name(name: object, what: str = "repo name") -> str:
-    """A namespace or repo name: ``[A-Za-z0-9][A-Za-z0-9._-]*``, no ``--``/``..``, no ``.git`` end."""
+    """A namespace or repo name: ``[A-Za-z0-9][A-Za-z0-9._-]*``, no ``--``/``..``/``.git`` end."""
     if not isinstance(name, str) or not name:
         raise bad_request(f"invalid {what}: must be a non-empty string")
     if (

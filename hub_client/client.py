@@ -1,0 +1,219 @@
+"""``HubClient``: the one door to a Hub (huggingface.co or ``loradex serve``).
+
+It wraps ``HfApi(endpoint=..., token=...)`` and turns the client's exceptions into loradex's:
+``HubUnavailable`` when the endpoint cannot be reached, ``ModuleNotFound`` for a missing repo,
+revision or file, ``HubError`` for any other refusal. Everything else in ``hub_client`` receives
+a ``HubClient`` instead of building its own, which is what makes the real-server tests simple.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loradex.errors import HubError, HubUnavailable, LoradexError, ModuleNotFound
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import CommitInfo, ModelInfo
+
+# First bytes fetched for a safetensors header; adapters' headers are a few KB.
+HEADER_PROBE_BYTES = 64 * 1024
+
+
+def disable_xet() -> None:
+    """Uploads to a classic LFS server must not use the Xet protocol (checked at call time)."""
+    import os
+
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
+    constants.HF_HUB_DISABLE_XET = True
+
+
+class HubClient:
+    """A Hub endpoint plus credentials; every method raises loradex errors only."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None = None,
+        *,
+        api: HfApi | None = None,
+        cache_dir: str | Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        from huggingface_hub import HfApi
+
+        self.endpoint = endpoint.rstrip("/")
+        self.token = token
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.timeout = timeout
+        # token=False stops huggingface_hub from sending a token saved on this machine.
+        self.api = api or HfApi(endpoint=self.endpoint, token=token or False)
+
+    def __repr__(self) -> str:
+        return f"HubClient({self.endpoint!r})"
+
+    @contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Translate huggingface_hub / transport errors raised inside the block."""
+        import httpx2
+        from huggingface_hub import errors as hf_errors
+
+        try:
+            yield
+        except LoradexError:
+            raise
+        except hf_errors.OfflineModeIsEnabled as exc:
+            raise HubUnavailable(
+                f"{what}: offline mode (HF_HUB_OFFLINE) and not in the cache"
+            ) from exc
+        except hf_errors.LocalEntryNotFoundError as exc:
+            raise HubUnavailable(
+                f"cannot reach the Hub at {self.endpoint} and {what} is not in the cache"
+            ) from exc
+        except hf_errors.GatedRepoError as exc:
+            raise HubError(f"{what}: gated repo, access not granted") from exc
+        except (
+            hf_errors.RepositoryNotFoundError,
+            hf_errors.RevisionNotFoundError,
+            hf_errors.RemoteEntryNotFoundError,
+        ) as exc:
+            raise ModuleNotFound(f"{what}: {_server_message(exc)}") from exc
+        except hf_errors.HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            if isinstance(status, int) and status >= 500:
+                raise HubUnavailable(f"Hub at {self.endpoint} failed ({status}) on {what}") from exc
+            raise HubError(f"{what}: Hub answered {status}: {_server_message(exc)}") from exc
+        except (httpx2.TransportError, ConnectionError, TimeoutError) as exc:
+            raise HubUnavailable(
+                f"cannot reach the Hub at {self.endpoint} "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+
+    # ---------------------------------------------------------------- reads
+
+    def list_models(
+        self,
+        *,
+        filters: Iterable[str] = (),
+        author: str | None = None,
+        search: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[ModelInfo]:
+        """Model repos matching all ``filters`` (tags), with sha, siblings and card data."""
+        with self.errors("listing models"):
+            yield from self.api.list_models(
+                filter=list(filters) or None,
+                author=author,
+                search=search,
+                limit=limit,
+                full=True,
+                cardData=True,
+            )
+
+    def model_info(self, repo_id: str, revision: str | None = None) -> ModelInfo:
+        """Model info with file metadata (sizes, LFS sha256)."""
+        with self.errors(f"model {repo_id}"):
+            return self.api.model_info(repo_id, revision=revision, files_metadata=True)
+
+    def _get(self, repo_id: str, filename: str, revision: str, headers: dict[str, str]) -> bytes:
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.endpoint)
+        response = get_session().get(
+            url,
+            headers={**self.api._build_hf_headers(token=self.token or False), **headers},
+            timeout=self.timeout,
+        )
+        hf_raise_for_status(response)
+        return bytes(response.content)
+
+    def fetch_text(self, repo_id: str, filename: str, revision: str) -> str:
+        """A small text file of a repo at a revision (no cache write)."""
+        with self.errors(f"{repo_id}/{filename}"):
+            return self._get(repo_id, filename, revision, {}).decode("utf-8", errors="replace")
+
+    def fetch_safetensors_header(
+        self, repo_id: str, filename: str, revision: str, file_size: int | None
+    ) -> dict[str, Any]:
+        """A safetensors header via range requests (never the tensors), checked by the registry."""
+        from registry.adapter_files import read_safetensors_header
+
+        label = f"{repo_id}/{filename}"
+        with self.errors(label):
+            data = self._get(
+                repo_id, filename, revision, {"range": f"bytes=0-{HEADER_PROBE_BYTES - 1}"}
+            )
+            if len(data) >= 8:
+                (length,) = struct.unpack("<Q", data[:8])
+                if 8 + length > len(data) and (file_size is None or 8 + length <= file_size):
+                    data = self._get(
+                        repo_id, filename, revision, {"range": f"bytes=0-{7 + length}"}
+                    )
+        size = file_size if file_size is not None else len(data)
+        return read_safetensors_header(data, file_size=size, name=label)
+
+    def download(
+        self,
+        repo_id: str,
+        filename: str,
+        revision: str | None = None,
+        *,
+        local_dir: str | Path | None = None,
+        offline: bool = False,
+    ) -> Path:
+        """Download one file into the cache (atomic, resumable) or ``local_dir``."""
+        from huggingface_hub import hf_hub_download
+
+        with self.errors(f"{repo_id}/{filename}"):
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    endpoint=self.endpoint,
+                    token=self.token or False,
+                    cache_dir=self.cache_dir,
+                    local_dir=local_dir,
+                    local_files_only=offline,
+                    etag_timeout=self.timeout,
+                )
+            )
+
+    # --------------------------------------------------------------- writes
+
+    def create_repo(self, repo_id: str, *, private: bool = False) -> str:
+        """Create ``repo_id`` unless it exists; return its URL."""
+        with self.errors(f"creating {repo_id}"):
+            return str(self.api.create_repo(repo_id, private=private, exist_ok=True))
+
+    def upload_folder(self, repo_id: str, folder: Path, message: str) -> CommitInfo:
+        """Upload a folder as one commit on ``main`` (classic LFS, never Xet)."""
+        disable_xet()
+        with self.errors(f"uploading to {repo_id}"):
+            return self.api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                commit_message=message,
+                ignore_patterns=[".*", "**/.*", "__pycache__/**"],
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _server_message(exc: Any) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        message = response.headers.get("x-error-message")
+        if message:
+            return str(message)
+    return _first_line(exc)
