@@ -1,0 +1,92 @@
+"""Writing small but real PEFT LoRA adapter folders without torch, for tests and examples.
+
+The files are what ``peft`` writes (``adapter_config.json`` + ``adapter_model.safetensors``
+with ``base_model.model.<path>.lora_A.weight`` / ``lora_B.weight`` tensors), made with
+``safetensors.numpy`` so that registry tests and the Hub tests stay torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def lora_tensors(
+    *,
+    rank: int = 8,
+    targets: Iterable[str] = ("q_proj", "v_proj"),
+    layers: int = 2,
+    hidden: int = 32,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """LoRA A/B arrays (numpy) for ``layers`` decoder layers of a Llama-style model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, Any] = {}
+    for layer in range(layers):
+        for target in targets:
+            block = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{block}.{target}"
+            tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal((rank, hidden)).astype(dtype)
+            tensors[f"{prefix}.lora_B.weight"] = np.zeros((hidden, rank), dtype=dtype)
+    return tensors
+
+
+def write_lora_adapter(
+    folder: str | os.PathLike[str],
+    *,
+    rank: int = 8,
+    targets: Iterable[str] = ("q_proj", "v_proj"),
+    base_model: str = DEFAULT_BASE_MODEL,
+    layers: int = 2,
+    hidden: int = 32,
+    card: str | None = None,
+    front_matter: Mapping[str, Any] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a PEFT LoRA adapter folder; return its path.
+
+    ``config_overrides`` are merged into ``adapter_config.json`` after the tensors are made
+    (so a test can write a config that disagrees with the tensors). ``front_matter`` becomes
+    README.md's YAML header above ``card`` (or a one-line default body).
+    """
+    import yaml
+    from safetensors.numpy import save_file
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    targets = tuple(targets)
+    arrays = dict(tensors) if tensors is not None else lora_tensors(
+        rank=rank, targets=targets, layers=layers, hidden=hidden, seed=seed
+    )
+    save_file(arrays, str(path / "adapter_model.safetensors"))
+    config: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.05,
+        "target_modules": list(targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+    }
+    config.update(config_overrides or {})
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if front_matter is not None or card is not None:
+        head = ""
+        if front_matter:
+            head = f"---\n{yaml.safe_dump(dict(front_matter), sort_keys=False)}---\n"
+        body = card if card is not None else f"# {path.name}\n\nA LoRA adapter.\n"
+        (path / "README.md").write_text(head + body, encoding="utf-8")
+    return path

@@ -1,0 +1,267 @@
+"""RegistryStore on real databases: upserts, look-ups, search, compatibility, sync state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from loradex.errors import ModuleNotFound
+from registry.entities import LineageEdge, Module, ModuleFile, SearchQuery
+from registry.store import RegistryStore
+
+Factory = Callable[..., Module]
+
+
+def _ids(modules: list[Module]) -> list[str]:
+    return [m.repo_id for m in modules]
+
+
+def _row_counts(store: RegistryStore) -> dict[str, int]:
+    tables = ["modules", "module_tags", "module_targets", "module_files", "module_lineage",
+              "module_fts"]
+    with store.engine.connect() as conn:
+        return {t: conn.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+def test_upsert_round_trips_every_field(store: RegistryStore, module_factory: Factory) -> None:
+    module = module_factory(
+        "alice/past-tense",
+        base_model_raw="/cache/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/x",
+        kind="hydra",
+        num_heads=4,
+        bias="none",
+        num_parameters=4096,
+        dtype="float32",
+        total_size=1234,
+        tags=("english", "grammar"),
+        dataset="alice/pairs",
+        language="en",
+        created_at=datetime(2025, 5, 1, 12, 30, tzinfo=UTC),
+        card_text="# Past tense\n\nSome text.",
+        lineage=(LineageEdge("bob/a", "c" * 40, 0.7, "parent"), LineageEdge("bob/b", None, None)),
+    )
+    assert store.upsert_module(module) == module
+    assert store.get_module("alice/past-tense") == module
+    assert store.get_module("alice/past-tense", source="local") == module
+
+
+def test_upsert_is_idempotent_and_replaces_children(
+    store: RegistryStore, module_factory: Factory
+) -> None:
+    first = module_factory(
+        "alice/m", tags=("a", "b"), target_modules=("q_proj", "v_proj"),
+        files=(ModuleFile("x.safetensors", 1, None, True), ModuleFile("README.md", 2)),
+        lineage=(LineageEdge("bob/a"),),
+    )
+    store.upsert_module(first)
+    counts = _row_counts(store)
+    store.upsert_module(first)
+    assert _row_counts(store) == counts
+    second = dataclasses.replace(
+        first, tags=("c",), target_modules=("k_proj",), files=(), lineage=(), rank=4,
+        revision="e" * 40,
+    )
+    assert store.upsert_module(second) == second
+    assert _row_counts(store) == {
+        "modules": 1, "module_tags": 1, "module_targets": 1, "module_files": 0,
+        "module_lineage": 0, "module_fts": 1,
+    }
+    assert store.search(SearchQuery(tags=("a",))) == []
+    assert _ids(store.search(SearchQuery(tags=("c",)))) == ["alice/m"]
+
+
+def test_values_users_filter_on_are_normalised(
+    store: RegistryStore, module_factory: Factory
+) -> None:
+    stored = store.upsert_module(module_factory(
+        "alice/m", base_model="https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/",
+        tags=("Grammar", "grammar", " EN "), license="Apache-2.0", peft_type="lora",
+        target_modules=("v_proj", "q_proj"),
+    ))
+    assert stored.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert stored.base_model_raw == "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/"
+    assert stored.tags == ("en", "grammar")
+    assert stored.license == "apache-2.0"
+    assert stored.peft_type == "LORA"
+    assert stored.target_modules == ("q_proj", "v_proj")
+    for base in ("huggingfacetb/smollm2-135m-instruct",
+                 "/home/x/HuggingFaceTB/SmolLM2-135M-Instruct/",
+                 "hf.co/HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert _ids(store.search(SearchQuery(base_model=base))) == ["alice/m"]
+    assert _ids(store.search(SearchQuery(tags=("GRAMMAR",), license="APACHE-2.0",
+                                         peft_type="Lora"))) == ["alice/m"]
+
+
+def test_same_repo_from_two_sources(store: RegistryStore, module_factory: Factory) -> None:
+    store.upsert_module(module_factory("alice/m", source="local", rank=4))
+    store.upsert_module(module_factory("alice/m", source="http://127.0.0.1:9000", rank=8))
+    assert store.get_module("alice/m", source="local").rank == 4
+    assert store.get_module("alice/m", source="http://127.0.0.1:9000").rank == 8
+    assert store.get_module("alice/m").rank == 8  # the most recently indexed one
+    assert store.count() == 2
+    assert store.count(SearchQuery(source="local")) == 1
+
+
+def test_missing_module_raises(store: RegistryStore) -> None:
+    with pytest.raises(ModuleNotFound, match="'nobody/nothing' is not in the registry"):
+        store.get_module("nobody/nothing")
+    with pytest.raises(ModuleNotFound):
+        store.delete_module("nobody/nothing")
+    with pytest.raises(ModuleNotFound):
+        store.compatible_with("nobody/nothing")
+    with pytest.raises(ModuleNotFound):
+        store.search(SearchQuery(compatible_with="nobody/nothing"))
+
+
+def test_delete_removes_everything(store: RegistryStore, module_factory: Factory) -> None:
+    store.upsert_module(module_factory("alice/m", lineage=(LineageEdge("bob/a"),)))
+    store.upsert_module(module_factory("alice/n"))
+    store.delete_module("alice/m")
+    counts = _row_counts(store)
+    assert counts["modules"] == counts["module_fts"] == counts["module_lineage"] + 1 == 1
+    assert _ids(store.search(SearchQuery(text="past tense"))) == ["alice/n"]
+
+
+@pytest.fixture
+def catalogue(store: RegistryStore, module_factory: Factory) -> RegistryStore:
+    """Six modules differing in one thing or two each."""
+    store.bulk_upsert([
+        module_factory("alice/past-tense", rank=8, downloads=500, likes=3, tags=("grammar", "en"),
+                       updated_at=datetime(2026, 3, 1, tzinfo=UTC)),
+        module_factory("bob/past-tense-r16", rank=16, downloads=50, likes=9,
+                       tags=("grammar",), updated_at=datetime(2026, 4, 1, tzinfo=UTC)),
+        module_factory("carol/sentiment", rank=8, downloads=900, likes=1, tags=("classification",),
+                       task_name="sentiment", task_category="classification",
+                       description="Labels movie reviews as positive or negative.",
+                       card_text="Trained on movie reviews.", license="mit", author="carol"),
+        module_factory("dave/translation", rank=4, downloads=20, likes=0, tags=("en", "fr"),
+                       task_name="translate_fr", task_category="translation",
+                       description="English to French.",
+                       target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+        module_factory("erin/llama-tense", rank=8, downloads=5, likes=0,
+                       base_model="meta-llama/Llama-2-7b-hf", tags=("grammar",),
+                       updated_at=None),
+        module_factory("frank/summary", rank=32, downloads=70, likes=4, tags=("summarization",),
+                       task_name="summarize", task_category="summarization",
+                       description="Summarises news articles.", card_text="Uses the past "
+                       "tense sometimes."),
+    ])
+    return store
+
+
+def test_filters(catalogue: RegistryStore) -> None:
+    def ids(**kw: object) -> list[str]:
+        return sorted(_ids(catalogue.search(SearchQuery(**kw))))  # type: ignore[arg-type]
+
+    assert ids(rank=8) == ["alice/past-tense", "carol/sentiment", "erin/llama-tense"]
+    assert ids(min_rank=8, max_rank=16) == [
+        "alice/past-tense", "bob/past-tense-r16", "carol/sentiment", "erin/llama-tense"]
+    assert ids(base_model="meta-llama/Llama-2-7b-hf") == ["erin/llama-tense"]
+    assert ids(targets=("o_proj",)) == ["dave/translation"]
+    assert ids(targets=("q_proj", "o_proj")) == ["dave/translation"]
+    assert len(ids(targets=("q_proj",))) == 6
+    assert ids(tags=("grammar", "en")) == ["alice/past-tense"]
+    assert ids(tags=("en",)) == ["alice/past-tense", "dave/translation"]
+    assert ids(task="classification") == ["carol/sentiment"]
+    assert ids(task="translate_fr") == ["dave/translation"]
+    assert ids(author="carol") == ["carol/sentiment"]
+    assert ids(license="mit") == ["carol/sentiment"]
+    assert ids(peft_type="LORA") == ids()
+    assert ids(peft_type="IA3") == []
+    assert ids(tags=("grammar",), rank=16) == ["bob/past-tense-r16"]
+
+
+def test_sorting_and_paging(catalogue: RegistryStore) -> None:
+    def ids(**kw: object) -> list[str]:
+        return _ids(catalogue.search(SearchQuery(**kw)))  # type: ignore[arg-type]
+
+    assert ids()[:3] == ["carol/sentiment", "alice/past-tense", "frank/summary"]
+    assert ids(sort="likes")[:2] == ["bob/past-tense-r16", "frank/summary"]
+    updated = ids(sort="updated")
+    assert updated[0] == "bob/past-tense-r16"
+    assert updated[-1] == "erin/llama-tense"  # no date: last
+    assert ids(sort="rank") == ["dave/translation", "carol/sentiment", "alice/past-tense",
+                                "erin/llama-tense", "bob/past-tense-r16", "frank/summary"]
+    page, total = catalogue.search_page(SearchQuery(limit=2, offset=2))
+    assert total == 6
+    assert _ids(page) == ids()[2:4]
+    assert catalogue.search_page(SearchQuery(offset=10)) == ([], 6)
+
+
+def test_free_text_ranks_repo_id_and_task_above_card(catalogue: RegistryStore) -> None:
+    results = _ids(catalogue.search(SearchQuery(text="past tense")))
+    # Every "past tense" module matches; the summariser only through its card text, so last.
+    assert set(results) == {"alice/past-tense", "bob/past-tense-r16", "erin/llama-tense",
+                            "frank/summary"}
+    assert results[-1] == "frank/summary"
+    assert _ids(catalogue.search(SearchQuery(text="movie"))) == ["carol/sentiment"]
+    assert _ids(catalogue.search(SearchQuery(text="reviews"))) == ["carol/sentiment"]  # stemmed
+    assert _ids(catalogue.search(SearchQuery(text="transl"))) == ["dave/translation"]  # prefix
+    assert _ids(catalogue.search(SearchQuery(text="summarization"))) == ["frank/summary"]  # tag
+    assert catalogue.search(SearchQuery(text="past tense", tags=("classification",))) == []
+    assert catalogue.search(SearchQuery(text="zzzzqqq")) == []
+    # Punctuation is not query syntax.
+    assert _ids(catalogue.search(SearchQuery(text='"movie" (reviews*'))) == ["carol/sentiment"]
+    assert catalogue.count(SearchQuery(text="past tense", rank=8)) == 2
+
+
+def test_text_query_can_sort_by_other_keys(catalogue: RegistryStore) -> None:
+    by_downloads = _ids(catalogue.search(SearchQuery(text="past tense", sort="downloads")))
+    assert by_downloads == ["alice/past-tense", "frank/summary", "bob/past-tense-r16",
+                            "erin/llama-tense"]
+
+
+def test_compatible_with(catalogue: RegistryStore) -> None:
+    found = catalogue.compatible_with("alice/past-tense")
+    # Same base model and the same target set (q_proj, v_proj); equal rank first.
+    assert [(c.module.repo_id, c.rank_matches) for c in found] == [
+        ("carol/sentiment", True),
+        ("frank/summary", False),
+        ("bob/past-tense-r16", False),
+    ]
+    assert all(c.reference_repo_id == "alice/past-tense" for c in found)
+    assert catalogue.compatible_with("erin/llama-tense") == []
+    assert _ids(catalogue.search(SearchQuery(compatible_with="alice/past-tense", rank=8))) == [
+        "carol/sentiment"]
+    assert len(catalogue.compatible_with("alice/past-tense", limit=1)) == 1
+
+
+def test_bulk_upsert_replaces_and_dedupes(store: RegistryStore, module_factory: Factory) -> None:
+    modules = [module_factory(f"org/m{i}", downloads=i) for i in range(25)]
+    assert store.bulk_upsert(modules, batch_size=10) == 25
+    assert store.bulk_upsert([module_factory("org/m1", rank=4),
+                              module_factory("org/m1", rank=2)]) == 1
+    assert store.count() == 25
+    assert store.get_module("org/m1").rank == 2
+    assert _row_counts(store)["module_fts"] == 25
+
+
+def test_failed_write_leaves_previous_version(
+    store: RegistryStore, module_factory: Factory
+) -> None:
+    store.upsert_module(module_factory("alice/m", rank=8))
+    broken = module_factory("alice/m", rank=4, files=(ModuleFile("x", None),))  # type: ignore[arg-type]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.upsert_module(broken)
+    assert store.get_module("alice/m").rank == 8
+    assert _row_counts(store)["module_fts"] == 1
+
+
+def test_sync_state(store: RegistryStore) -> None:
+    assert store.get_sync_state("http://hub", "alice/m") is None
+    first = store.set_sync_state("http://hub", "alice/m", last_sha="a" * 40)
+    assert (first.status, first.last_sha, first.error) == ("ok", "a" * 40, None)
+    assert first.synced_at is not None and first.synced_at.tzinfo is not None
+    store.set_sync_state("http://hub", "alice/m", last_sha="b" * 40, status="skipped",
+                         error="pickle weights only")
+    state = store.get_sync_state("http://hub", "alice/m")
+    assert state is not None
+    assert (state.status, state.last_sha, state.error) == ("skipped", "b" * 40,
+                                                          "pickle weights only")
+    store.set_sync_state("http://other", "alice/m", last_sha=None, status="error", error="503")
+    assert [s.repo_id for s in store.sync_states("http://hub")] == ["alice/m"]
+    assert store.get_sync_state("http://other", "alice/m").status == "error"  # type: ignore[union-attr]
