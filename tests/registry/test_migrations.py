@@ -1,0 +1,110 @@
+"""The Alembic history and the SQLAlchemy models describe the same schema, on both databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from loradex.errors import DatabaseError
+from registry import schema
+from registry.db import make_engine
+from registry.entities import Module, SearchQuery
+from registry.store import RegistryStore
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_models_and_migrations_agree(db_url: str) -> None:
+    schema.upgrade(db_url)
+    assert schema.metadata_diff(db_url) == []
+
+
+def test_upgrade_downgrade_upgrade(db_url: str, module_factory: Callable[..., Module]) -> None:
+    schema.upgrade(db_url)
+    assert schema.current(db_url) == schema.script_heads()
+    assert {"modules", "module_tags", "module_targets", "module_files", "module_lineage",
+            "sync_state", "module_fts"} <= _tables(db_url)
+    schema.downgrade(db_url, "base")
+    assert schema.current(db_url) == set()
+    assert _tables(db_url) <= {"alembic_version"}
+    schema.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        store = RegistryStore(engine)
+        store.upsert_module(module_factory("alice/past-tense"))
+        assert store.count(SearchQuery(text="tense")) == 1
+    finally:
+        engine.dispose()
+
+
+def test_data_survives_upgrade_from_first_revision(
+    db_url: str, module_factory: Callable[..., Module]
+) -> None:
+    schema.upgrade(db_url, "0001_registry")
+    engine = make_engine(db_url)
+    try:
+        RegistryStore(engine).upsert_module(module_factory("alice/m"))
+    finally:
+        engine.dispose()
+    schema.ensure_schema(db_url)
+    assert schema.current(db_url) == schema.script_heads()
+    engine = make_engine(db_url)
+    try:
+        assert RegistryStore(engine).get_module("alice/m").repo_id == "alice/m"
+    finally:
+        engine.dispose()
+
+
+def test_ensure_schema_creates_then_is_a_no_op(db_url: str) -> None:
+    schema.ensure_schema(db_url)
+    assert schema.current(db_url) == schema.script_heads()
+    schema.ensure_schema(db_url)
+    assert schema.current(db_url) == schema.script_heads()
+
+
+def test_ensure_schema_refuses_a_newer_database(db_url: str) -> None:
+    schema.upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="9999_future, which this version of loradex"):
+        schema.ensure_schema(db_url)
+
+
+def test_ensure_schema_at_head_does_not_import_alembic(db_url: str) -> None:
+    schema.upgrade(db_url)
+    code = (
+        "import sys\n"
+        "from registry.schema import ensure_schema\n"
+        f"ensure_schema({db_url!r})\n"
+        "assert 'alembic' not in sys.modules, 'alembic imported on the fast path'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_script_heads_reads_the_revision_files() -> None:
+    heads = schema.script_heads()
+    assert len(heads) == 1
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(schema.alembic_config("sqlite://"))
+    assert heads == set(script.get_heads())
+
+
+def test_unreachable_database_is_one_clear_error() -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    with pytest.raises(DatabaseError, match="cannot open postgresql"):
+        schema.ensure_schema(url)
