@@ -121,7 +121,10 @@ class HubClient:
         with self.errors(f"model {repo_id}"):
             return self.api.model_info(repo_id, revision=revision, files_metadata=True)
 
-    def _get(self, repo_id: str, filename: str, revision: str, headers: dict[str, str]) -> bytes:
+    def _get(
+        self, repo_id: str, filename: str, revision: str, headers: dict[str, str]
+    ) -> tuple[bytes, int | None]:
+        """GET a file (or a byte range of it); return (bytes, total size from Content-Range)."""
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
@@ -132,31 +135,36 @@ class HubClient:
             timeout=self.timeout,
         )
         hf_raise_for_status(response)
-        return bytes(response.content)
+        total = None
+        content_range = response.headers.get("content-range", "")
+        if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+            total = int(content_range.rsplit("/", 1)[1])
+        return bytes(response.content), total
 
     def fetch_text(self, repo_id: str, filename: str, revision: str) -> str:
         """A small text file of a repo at a revision (no cache write)."""
         with self.errors(f"{repo_id}/{filename}"):
-            return self._get(repo_id, filename, revision, {}).decode("utf-8", errors="replace")
+            return self._get(repo_id, filename, revision, {})[0].decode("utf-8", errors="replace")
 
     def fetch_safetensors_header(
-        self, repo_id: str, filename: str, revision: str, file_size: int | None
+        self, repo_id: str, filename: str, revision: str, file_size: int | None = None
     ) -> dict[str, Any]:
         """A safetensors header via range requests (never the tensors), checked by the registry."""
         from registry.adapter_files import read_safetensors_header
 
         label = f"{repo_id}/{filename}"
         with self.errors(label):
-            data = self._get(
-                repo_id, filename, revision, {"range": f"bytes=0-{HEADER_PROBE_BYTES - 1}"}
+            probe = {"range": f"bytes=0-{HEADER_PROBE_BYTES - 1}"}
+            data, total = self._get(repo_id, filename, revision, probe)
+            size = (
+                file_size if file_size is not None else (total if total is not None else len(data))
             )
             if len(data) >= 8:
                 (length,) = struct.unpack("<Q", data[:8])
-                if 8 + length > len(data) and (file_size is None or 8 + length <= file_size):
-                    data = self._get(
+                if len(data) < 8 + length <= size:
+                    data, _ = self._get(
                         repo_id, filename, revision, {"range": f"bytes=0-{7 + length}"}
                     )
-        size = file_size if file_size is not None else len(data)
         return read_safetensors_header(data, file_size=size, name=label)
 
     def download(

@@ -1,0 +1,183 @@
+"""``loradex publish``: validate an adapter folder, complete its card, upload it in one commit.
+
+The folder is validated by the registry's ``inspect_adapter_folder`` (config agrees with the
+tensors). The upload is staged in a temporary folder (hard links where possible), so the
+user's folder is never modified, and file names are kept exactly: the published repo loads
+with ``peft.PeftModel.from_pretrained`` unchanged.
+
+Card metadata written (YAML front matter of ``README.md``; existing values are kept):
+``base_model``, ``library_name: peft``, ``tags`` (+ ``lora``, ``peft``, ``loradex``),
+``license`` (``--license``), and a ``loradex`` block with ``rank``, ``target_modules``,
+``task_name``/``task_category`` when known and ``lineage`` for composed modules. Lineage comes
+from ``loradex_provenance.json`` in the folder (written by the composer:
+``{"lineage": [{"repo_id", "revision", "weight", "role"}, ...], ...}``) or from an existing
+``loradex.lineage`` in the card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loradex.errors import ConfigError, InvalidAdapter
+from registry.adapter_files import CARD, inspect_adapter_folder, parse_card
+
+if TYPE_CHECKING:
+    from hub_client.client import HubClient
+    from registry.entities import Module
+    from registry.store import RegistryStore
+
+PROVENANCE_FILE = "loradex_provenance.json"
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What was published where."""
+
+    repo_id: str = field(metadata={"help": "repo id"})
+    revision: str = field(metadata={"help": "commit sha of the upload"})
+    url: str = field(metadata={"help": "repo URL on the Hub"})
+    module: Module = field(metadata={"help": "the module as indexed locally"})
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``NAMESPACE/NAME`` with Hub-valid parts, else a ConfigError naming the problem."""
+    if (
+        not _REPO_ID.match(repo_id)
+        or ".." in repo_id
+        or "--" in repo_id
+        or repo_id.endswith(".git")
+    ):
+        raise ConfigError(
+            f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME "
+            "(letters, digits, '.', '_', '-')"
+        )
+    return repo_id
+
+
+def read_provenance(folder: Path) -> dict[str, Any] | None:
+    """The composer's provenance record of a folder, if any (InvalidAdapter when malformed)."""
+    path = folder / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidAdapter(f"{path}: not a JSON object")
+    lineage = data.get("lineage", [])
+    if not isinstance(lineage, list) or not all(
+        isinstance(e, str) or (isinstance(e, dict) and e.get("repo_id")) for e in lineage
+    ):
+        raise InvalidAdapter(f"{path}: 'lineage' must be a list of {{repo_id, ...}} entries")
+    return data
+
+
+def build_card(folder: Path, module: Module, repo_id: str, license_id: str | None) -> str:
+    """The README.md to publish: existing card completed with the metadata loradex relies on."""
+    card_path = folder / CARD
+    existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    front, body = parse_card(existing)
+    front = dict(front)
+    front.setdefault("base_model", module.base_model_raw or module.base_model)
+    front["library_name"] = "peft"
+    tags = [str(t) for t in _as_list(front.get("tags"))]
+    for tag in ("lora", "peft", "loradex"):
+        if tag not in tags:
+            tags.append(tag)
+    front["tags"] = tags
+    if license_id:
+        front["license"] = license_id
+    extra = dict(front.get("loradex") or {}) if isinstance(front.get("loradex"), dict) else {}
+    extra.setdefault("rank", module.rank)
+    extra.setdefault("target_modules", list(module.target_modules))
+    if module.task_name:
+        extra.setdefault("task_name", module.task_name)
+    if module.task_category:
+        extra.setdefault("task_category", module.task_category)
+    provenance = read_provenance(folder)
+    if provenance is not None:
+        if provenance.get("lineage"):
+            extra["lineage"] = provenance["lineage"]
+        for key in ("task_name", "task_category", "method"):
+            if provenance.get(key):
+                extra.setdefault(key, provenance[key])
+    front["loradex"] = extra
+    if not body:
+        name = repo_id.split("/", 1)[1]
+        body = (
+            f"# {name}\n\nA LoRA adapter (rank {module.rank}, targets "
+            f"{', '.join(module.target_modules)}) for `{module.base_model}`.\n\n"
+            "```python\nfrom peft import PeftModel\n"
+            "from transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{module.base_model}")\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")\n```'
+        )
+    import yaml
+
+    text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
+    return f"---\n{text}---\n\n{body.strip()}\n"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _stage(folder: Path, staging: Path, card: str) -> None:
+    """Mirror the folder's visible files into ``staging`` (hard links, else copies) + the card."""
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or "__pycache__" in rel.parts:
+            continue
+        if path.is_dir() or rel.as_posix() == CARD:
+            continue
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+    (staging / CARD).write_text(card, encoding="utf-8")
+
+
+def publish_folder(
+    client: HubClient,
+    store: RegistryStore,
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    license_id: str | None = None,
+    message: str | None = None,
+) -> PublishResult:
+    """Validate, upload in one commit, and index the new revision in the local registry."""
+    check_repo_id(repo_id)
+    folder = folder.expanduser().resolve()
+    module = inspect_adapter_folder(folder, repo_id=repo_id)
+    card = build_card(folder, module, repo_id, license_id)
+    with tempfile.TemporaryDirectory(prefix="loradex-publish-") as tmp:
+        staging = Path(tmp)
+        _stage(folder, staging, card)
+        # The completed card must still describe a valid adapter (e.g. lineage well-formed).
+        inspect_adapter_folder(staging, repo_id=repo_id)
+        url = client.create_repo(repo_id, private=private)
+        commit = client.upload_folder(
+            repo_id, staging, message or f"Publish {folder.name} with loradex"
+        )
+        indexed = store.upsert_module(
+            inspect_adapter_folder(
+                staging, repo_id=repo_id, revision=commit.oid, source=client.endpoint
+            )
+        )
+    return PublishResult(repo_id=repo_id, revision=commit.oid, url=url, module=indexed)

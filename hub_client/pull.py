@@ -1,0 +1,152 @@
+"""``loradex pull``: download an adapter through huggingface_hub's cache and verify it.
+
+Files land in the huggingface_hub cache layout (temporary file, then rename: atomic; partial
+downloads resume). Each file's sha256 is checked against what the registry recorded for that
+revision and against the Hub's LFS sha256. Pickle-only repos are refused before anything is
+downloaded. When the Hub cannot be reached, the cached snapshot is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
+from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, PICKLE_WEIGHTS
+
+if TYPE_CHECKING:
+    from hub_client.client import HubClient
+    from registry.entities import Module
+    from registry.store import RegistryStore
+
+REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """Where a pulled adapter is, at which revision, and whether the Hub was reached."""
+
+    repo_id: str = field(metadata={"help": "repo id"})
+    revision: str = field(metadata={"help": "commit sha of the files"})
+    folder: Path = field(metadata={"help": "folder holding the files (snapshot or --to)"})
+    files: tuple[Path, ...] = field(metadata={"help": "the files"})
+    from_cache: bool = field(default=False, metadata={"help": "served offline from the cache"})
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _registry_module(store: RegistryStore, repo_id: str, endpoint: str) -> Module | None:
+    for source in (endpoint, None):
+        try:
+            return store.get_module(repo_id, source=source)
+        except ModuleNotFound:
+            continue
+    return None
+
+
+def pull_module(
+    client: HubClient,
+    store: RegistryStore,
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    target: Path | None = None,
+    offline: bool = False,
+) -> PullResult:
+    """Download (or find in the cache) the adapter files of ``repo_id`` and verify them."""
+    expected: dict[str, str] = {}
+    names: list[str] = list(REQUIRED)
+    from_cache = offline
+    sha = revision
+    if not offline:
+        try:
+            info = client.model_info(repo_id, revision=revision)
+        except HubUnavailable:
+            from_cache = True
+        else:
+            siblings = {s.rfilename: s for s in info.siblings or []}
+            if ADAPTER_WEIGHTS not in siblings:
+                if PICKLE_WEIGHTS in siblings:
+                    raise InvalidAdapter(
+                        f"{repo_id}: pickle weights only ({PICKLE_WEIGHTS}); loradex will not "
+                        f"load pickle (it can run code). Ask for a {ADAPTER_WEIGHTS} version"
+                    )
+                raise InvalidAdapter(f"{repo_id}: no {ADAPTER_WEIGHTS} in the repo")
+            if ADAPTER_CONFIG not in siblings:
+                raise InvalidAdapter(f"{repo_id}: no {ADAPTER_CONFIG} in the repo")
+            if CARD in siblings:
+                names.append(CARD)
+            sha = info.sha
+            for name in names:
+                lfs = siblings[name].lfs
+                if lfs is not None:
+                    expected[name] = lfs.sha256
+    paths: list[Path] = []
+    for name in names:
+        try:
+            paths.append(client.download(repo_id, name, revision=sha, offline=from_cache))
+        except HubUnavailable:
+            if from_cache or name == CARD:
+                raise
+            # The Hub went away between calls: start over from the cache.
+            return pull_module(client, store, repo_id, revision, target=target, offline=True)
+    if from_cache:
+        try:
+            paths.append(client.download(repo_id, CARD, revision=sha, offline=True))
+            names.append(CARD)
+        except (HubUnavailable, ModuleNotFound):
+            pass
+        sha = paths[0].parent.name  # the snapshot folder is named by the commit sha
+    assert sha is not None
+    module = _registry_module(store, repo_id, client.endpoint)
+    if module is not None and module.revision == sha:
+        for f in module.files:
+            if f.sha256:
+                expected.setdefault(f.path, f.sha256)
+                if expected[f.path] != f.sha256:
+                    raise InvalidAdapter(
+                        f"{repo_id}/{f.path}: the Hub announces sha256 {expected[f.path]}, "
+                        f"the registry recorded {f.sha256}"
+                    )
+    for path, name in zip(paths, names, strict=False):
+        want = expected.get(name)
+        if want is not None:
+            got = sha256_of(path)
+            if got != want:
+                raise InvalidAdapter(
+                    f"{repo_id}/{name}@{sha[:12]}: sha256 {got} does not match "
+                    f"the expected {want}; "
+                    "delete it from the cache and pull again"
+                )
+    folder = paths[0].parent
+    if target is not None:
+        paths = [_place(path, target, name) for path, name in zip(paths, names, strict=False)]
+        folder = target
+    return PullResult(repo_id, sha, folder, tuple(paths), from_cache)
+
+
+def _place(source: Path, target: Path, name: str) -> Path:
+    """Copy a cached file into ``target`` atomically (temp file + rename)."""
+    target.mkdir(parents=True, exist_ok=True)
+    final = target / name
+    fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(source.resolve(), tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final

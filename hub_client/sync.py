@@ -1,0 +1,234 @@
+"""``loradex sync``: index the PEFT adapters of a Hub into the registry, incrementally.
+
+For each adapter repo whose head sha differs from the recorded sync state, three small reads
+(``adapter_config.json``, ``README.md``, the safetensors header by range request) feed the
+registry's own ``module_from_metadata``; the weights are never downloaded. Fetches run in a
+bounded thread pool; writes happen in the calling thread, one repo at a time, each followed by
+its sync state, so an interrupted sync resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from loradex.errors import HubUnavailable, InvalidAdapter, LoradexError
+from registry.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CARD,
+    PICKLE_WEIGHTS,
+    module_from_metadata,
+)
+from registry.entities import Module, ModuleFile
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import ModelInfo
+
+    from hub_client.client import HubClient
+    from registry.store import RegistryStore
+
+PEFT_FILTER = "peft"
+STATUS_OK = "ok"
+STATUS_SKIPPED = "skipped"  # the adapter itself is broken at that sha: not retried until it changes
+STATUS_ERROR = "error"  # the Hub refused a request: retried on the next sync
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """What to sync and how."""
+
+    author: str | None = field(default=None, metadata={"help": "only this namespace"})
+    search: str | None = field(default=None, metadata={"help": "substring of the repo id"})
+    base_model: str | None = field(default=None, metadata={"help": "only adapters of this base"})
+    limit: int | None = field(default=None, metadata={"help": "look at most at N repos"})
+    jobs: int = field(default=8, metadata={"help": "repos fetched in parallel"})
+    retry_failed: bool = field(
+        default=False, metadata={"help": "refetch broken repos at an unchanged sha"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class SyncReport:
+    """Counts of one sync run, and why each failure failed."""
+
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The one summary line ``loradex sync`` prints."""
+        return (
+            f"new {self.new}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"failed {self.failed}"
+        )
+
+
+def adapter_filters(base_model: str | None) -> list[str]:
+    """Tag filters selecting PEFT adapter repos (of one base model when given)."""
+    if base_model:
+        return [f"base_model:adapter:{base_model}"]
+    return [PEFT_FILTER]
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
+
+
+def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
+    """Fetch an adapter repo's metadata at ``info.sha`` and build its Module (no weights)."""
+    repo_id, sha = info.id, info.sha
+    if not sha:
+        raise InvalidAdapter(f"{repo_id}: the Hub gave no commit sha")
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    if siblings and any(s.size is None for s in siblings.values()):
+        # Listings of the public Hub carry names only; sizes and LFS hashes need model_info.
+        info = client.model_info(repo_id, revision=sha)
+        siblings = {s.rfilename: s for s in info.siblings or []}
+    if ADAPTER_WEIGHTS not in siblings:
+        if PICKLE_WEIGHTS in siblings:
+            raise InvalidAdapter(
+                f"{repo_id}: pickle weights only ({PICKLE_WEIGHTS}); loradex reads "
+                f"{ADAPTER_WEIGHTS} (pickle can run code)"
+            )
+        raise InvalidAdapter(f"{repo_id}: no {ADAPTER_WEIGHTS}")
+    if ADAPTER_CONFIG not in siblings:
+        raise InvalidAdapter(f"{repo_id}: no {ADAPTER_CONFIG}")
+    config_text = client.fetch_text(repo_id, ADAPTER_CONFIG, sha)
+    try:
+        config = json.loads(config_text)
+    except json.JSONDecodeError as exc:
+        raise InvalidAdapter(f"{repo_id}/{ADAPTER_CONFIG}: not valid JSON ({exc})") from exc
+    weights = siblings[ADAPTER_WEIGHTS]
+    header = client.fetch_safetensors_header(repo_id, ADAPTER_WEIGHTS, sha, weights.size)
+    card_text = client.fetch_text(repo_id, CARD, sha) if CARD in siblings else None
+    files = [
+        ModuleFile(
+            path=s.rfilename,
+            size=int(s.size or 0),
+            sha256=s.lfs.sha256 if s.lfs else None,
+            lfs=s.lfs is not None,
+        )
+        for s in siblings.values()
+        if not s.rfilename.startswith(".")
+    ]
+    return module_from_metadata(
+        repo_id,
+        config,
+        header,
+        card_text,
+        revision=sha,
+        source=client.endpoint,
+        files=files,
+        author=info.author,
+        downloads=info.downloads or 0,
+        likes=info.likes or 0,
+        created_at=_as_utc(info.created_at),
+        updated_at=_as_utc(info.last_modified),
+        label=repo_id,
+    )
+
+
+def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> SyncReport:
+    """Sync the adapters ``options`` selects from ``client``'s Hub into ``store``."""
+    from tqdm import tqdm
+
+    report = SyncReport()
+    states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
+    listing = client.list_models(
+        filters=adapter_filters(options.base_model),
+        author=options.author,
+        search=options.search,
+        limit=options.limit,
+    )
+    todo: list[tuple[ModelInfo, bool]] = []  # (info, already known)
+    for info in listing:
+        state = states.get(info.id)
+        if (
+            state is not None
+            and state.last_sha == info.sha
+            and (
+                state.status == STATUS_OK
+                or (state.status == STATUS_SKIPPED and not options.retry_failed)
+            )
+        ):
+            report.unchanged += 1
+            continue
+        todo.append((info, state is not None and state.status == STATUS_OK))
+
+    with tqdm(
+        total=len(todo), unit="repo", desc="sync", disable=not options.progress, leave=False
+    ) as bar:
+        for (info, known), outcome in _fetch_all(client, todo, options.jobs):
+            _record(store, client.endpoint, info, known, outcome, report)
+            bar.update(1)
+    return report
+
+
+def _record(
+    store: RegistryStore,
+    endpoint: str,
+    info: ModelInfo,
+    known: bool,
+    outcome: Module | BaseException,
+    report: SyncReport,
+) -> None:
+    if isinstance(outcome, Module):
+        store.upsert_module(outcome)
+        store.set_sync_state(endpoint, info.id, last_sha=info.sha, status=STATUS_OK)
+        if known:
+            report.updated += 1
+        else:
+            report.new += 1
+        return
+    status = STATUS_SKIPPED if isinstance(outcome, InvalidAdapter) else STATUS_ERROR
+    reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+    store.set_sync_state(endpoint, info.id, last_sha=info.sha, status=status, error=reason)
+    report.failed += 1
+    report.failures.append((info.id, reason))
+
+
+def _fetch_all(
+    client: HubClient, todo: Iterable[tuple[ModelInfo, bool]], jobs: int
+) -> Iterable[tuple[tuple[ModelInfo, bool], Module | BaseException]]:
+    """Yield (item, Module or the error) with at most ``2 * jobs`` fetches in flight.
+
+    A Hub that cannot be reached stops the whole sync (every repo would fail the same way);
+    any other error belongs to its repo. On Ctrl-C, queued fetches are cancelled.
+    """
+    pending: dict[Future[Module], tuple[ModelInfo, bool]] = {}
+    items = iter(todo)
+    executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sync")
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < 2 * jobs:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[executor.submit(module_from_hub, client, item[0])] = item
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = pending.pop(future)
+                error = future.exception()
+                if isinstance(error, HubUnavailable):
+                    raise error
+                if error is not None and not isinstance(error, LoradexError):
+                    # Unexpected: recorded against the repo (status error, retried next time).
+                    error = LoradexError(f"{item[0].id}: {type(error).__name__}: {error}")
+                yield item, (error if error is not None else future.result())
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
