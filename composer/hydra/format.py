@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -140,6 +141,51 @@ def save_hydra(module: HydraModule, folder: str | Path, card: str | None = None)
     config_text = json.dumps(module.config.to_json_dict(), indent=2, sort_keys=False) + "\n"
     atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(config_text, encoding="utf-8"))
     return folder
+
+
+def write_hydra_folder(
+    module: HydraModule,
+    out: str | Path,
+    *,
+    card: str | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    save_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a whole Hydra folder at ``out``, replacing it in one ``os.replace``.
+
+    Everything goes to a temporary sibling folder first, so an interrupted run never leaves a
+    half-written module under the real name. ``save_dtype`` casts every tensor (default: as is).
+    The caller decides whether replacing an existing ``out`` is allowed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if save_dtype is not None:
+        module = HydraModule(
+            config=module.config,
+            layers={
+                name: HydraLayerWeights(
+                    lora_A=layer.lora_A.to(save_dtype),
+                    lora_B=layer.lora_B.to(save_dtype),
+                    router_weight=layer.router_weight.to(save_dtype),
+                    router_bias=None
+                    if layer.router_bias is None
+                    else layer.router_bias.to(save_dtype),
+                )
+                for name, layer in module.layers.items()
+            },
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_hydra(module, tmp, card=card)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def atomic_write(target: Path, write: Callable[[Path], object]) -> None:

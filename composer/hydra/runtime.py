@@ -407,15 +407,14 @@ def export_constant_gate_to_peft(
 
 
 def _valid_tokens(gates: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Flatten ``[.., N]`` gates to ``[tokens, N]``, keeping tokens where the mask is 1."""
+    """Flatten ``[.., N]`` gates to ``[tokens, N]``, keeping tokens where the mask is 1.
+
+    A mask whose shape is not the gates' token grid (a packed batch's 4-D mask, or a seq2seq
+    decoder layer under the encoder's mask) has no padding to remove there: all tokens count.
+    """
     n = gates.shape[-1]
-    if attention_mask is None:
+    if attention_mask is None or attention_mask.shape != gates.shape[:-1]:
         return gates.reshape(-1, n)
-    if attention_mask.shape != gates.shape[:-1]:
-        raise ValueError(
-            f"attention mask {list(attention_mask.shape)} does not match gates "
-            f"{list(gates.shape[:-1])}"
-        )
     return gates[attention_mask.to(torch.bool)]
 
 

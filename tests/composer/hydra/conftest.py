@@ -59,3 +59,72 @@ def random_hydra(
 def tiny_llama() -> LlamaForCausalLM:
     """A fresh tiny random Llama for each test."""
     return make_tiny_llama()
+
+
+_WORD_TEXT = (
+    "bake oven flour sugar butter whisk dough recipe boil simmer pan salt "
+    "planet orbit galaxy telescope star comet nebula gravity moon solar eclipse asteroid "
+    "stock bond dividend market loan equity portfolio asset bank credit debt yield "
+    "yes no red blue green one two three the of and to is what how please"
+)
+WORDS = _WORD_TEXT.split()
+
+
+def make_tiny_tokenizer():
+    """A word-level fast tokenizer over :data:`WORDS` (no chat template, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+    )
+
+
+def make_loaded(seed: int = 0):
+    """A composer ``LoadedModel`` holding the tiny Llama and the tiny tokenizer."""
+    from composer.models import LoadedModel
+
+    model = make_tiny_llama(seed)
+    model.config.pad_token_id = 0
+    return LoadedModel(
+        model=model,
+        tokenizer=make_tiny_tokenizer(),
+        name="tiny-llama",
+        source="test",
+        is_seq2seq=False,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+@pytest.fixture
+def tiny_loaded():
+    """The tiny Llama + tokenizer as the composer passes models around."""
+    return make_loaded()
+
+
+def write_topic_files(folder, n_per_topic: int = 24, seed: int = 0) -> list:
+    """Two JSONL task files whose inputs form two clear topics (cooking, astronomy)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    topics = {
+        "cooking": (WORDS[0:12], "yes"),
+        "astronomy": (WORDS[12:24], "no"),
+    }
+    paths = []
+    for name, (vocab, answer) in topics.items():
+        path = folder / f"{name}.jsonl"
+        lines = [
+            json.dumps({"input": " ".join(rng.sample(vocab, 5)), "target": answer})
+            for _ in range(n_per_topic)
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
