@@ -1,0 +1,61 @@
+"""``loradex library``: build the starter module library (one LoRA per upstream task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from loradex.settings import Settings
+
+
+@click.group()
+def library() -> None:
+    """Build and inspect the starter library of LoRA modules."""
+
+
+@library.command()
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of upstream task files (JSONL: input, target, optional choices).")
+@click.option("--out", "out_dir", default="library", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
+@click.option("--task", "tasks", multiple=True, help="Build only these tasks (repeatable).")
+@click.option("--max-modules", type=int, default=None, help="Stop after this many tasks.")
+@click.option("--steps", type=int, default=100, show_default=True, 
+              help="Training steps per module.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Learning rate.")
+@click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per step.")
+@click.option("--test-size", type=int, default=50, show_default=True,
+              help="Held-out examples per task (never trained on).")
+@click.option("--base-model", default=None, help="Base model (default: the embedded SmolLM2).")
+@click.option("--dtype", default="auto", show_default=True, help="Model dtype while training.")
+@click.pass_obj
+def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, ...],
+          max_modules: int | None, steps: int, lr: float, rank: int, batch_size: int,
+          test_size: int, base_model: str | None, dtype: str) -> None:
+    """Train one LoRA module per task file; modules already built are skipped.
+
+    \b
+    Example:
+      loradex library build --data-dir ../shared/data/upstream --out library
+    """
+    from composer.library import LibrarySpec, build_library, task_files
+    from composer.models import ModelSpec, load_base_model
+    from composer.train import TrainConfig
+
+    names = tuple(tasks) or tuple(p.stem for p in task_files(data_dir))
+    if max_modules is not None:
+        names = names[:max_modules]
+    spec = LibrarySpec(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        tasks=names,
+        test_size=test_size,
+        train=TrainConfig(rank=rank, steps=steps, lr=lr, batch_size=batch_size,
+                          max_length=256, save_dtype="float16"),
+    )
+    click.echo(f"loading base model {base_model or '(embedded SmolLM2-135M-Instruct)'} ...")
+    loaded = load_base_model(ModelSpec(name_or_path=base_model, dtype=dtype))
+    manifest = build_library(loaded, spec)
+    click.echo(f"library {out_dir}: {len(manifest['modules'])} module(s)")
