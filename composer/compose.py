@@ -1,0 +1,401 @@
+"""Compose candidate LoRA modules into a new one for a task, from a few examples (LoraHub).
+
+:class:`ComposeSession` holds the loaded base model with the candidates' tensors stacked once on
+the device and the grouped LoRA runtime attached; it turns weight vectors into losses.
+:func:`compose` runs the search and :func:`write_composition` writes the PEFT folder, its card
+with provenance, ``loradex_provenance.json`` and a PNG of the loss curve.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from composer.adapter_io import lora_config_dict, write_adapter_folder
+from composer.candidates import Candidate, load_layers
+from composer.cards import render_card, settings_table
+from composer.data import Example
+from composer.evaluate import EvalConfig, evaluate_examples
+from composer.lora_runtime import attached
+from composer.methods import CompositionMethod, ExportedLora, get_method
+from composer.models import LoadedModel
+from composer.objectives import Objective, get_objective
+from composer.search import (
+    SearchConfig,
+    SearchResult,
+    generation_size,
+    nevergrad_name,
+    search_weights,
+)
+from loradex import __version__
+from loradex.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """Settings of one composition run."""
+
+    method: str = field(default="lorahub", metadata={"help": "lorahub or mixed-rank"})
+    svd_rank: int | None = field(
+        default=None, metadata={"help": "mixed-rank only: compress the result to this rank"}
+    )
+    objective: str = field(default="lm", metadata={"help": "search objective (lm)"})
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={"help": "search"})
+    batched_population: bool = field(
+        default=False, metadata={"help": "evaluate a whole CMA-ES generation in one forward"}
+    )
+    use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
+
+    def make_method(self) -> CompositionMethod:
+        """The configured composition method (raises ConfigError for bad combinations)."""
+        if self.svd_rank is not None and self.method != "mixed-rank":
+            raise ConfigError("--svd-rank only applies to --method mixed-rank")
+        options = {"svd_rank": self.svd_rank} if self.method == "mixed-rank" else {}
+        return get_method(self.method, **options)
+
+
+class ComposeSession:
+    """A base model with the candidates attached through the grouped LoRA runtime.
+
+    Use as a context manager; on exit the base model is exactly as it was.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        candidates: Sequence[Candidate],
+        method: CompositionMethod,
+        *,
+        max_groups: int = 1,
+    ) -> None:
+        self.loaded = loaded
+        self.candidates = list(candidates)
+        self.method = method
+        layers = [load_layers(c) for c in candidates]
+        self.bank = method.build_bank(
+            candidates, layers, max_groups=max_groups, device=loaded.device, dtype=loaded.dtype
+        )
+        self.max_groups = max_groups
+        self._stack = ExitStack()
+        self._wrapped: dict[str, Any] = {}
+        self._groups = 0
+
+    def __enter__(self) -> ComposeSession:
+        self._wrapped = self._stack.enter_context(
+            attached(self.loaded.model, self.bank.layer_paths)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self._wrapped = {}
+
+    @property
+    def n(self) -> int:
+        """Number of candidates (the length of a weight vector)."""
+        return len(self.candidates)
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Make the live LoRA(s) the composition of ``weights`` (``[n]`` or ``[g, n]``)."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        g = w.shape[0]
+        if g > self.max_groups:
+            raise ValueError(f"{g} weight groups but the session holds {self.max_groups}")
+        if g != self._groups:
+            self.bank.bind(self._wrapped, g)
+            self._groups = g
+        self.bank.set_weights(torch.from_numpy(w).to(self.loaded.device))
+
+    def losses(self, objective: Objective, weights: np.ndarray) -> np.ndarray:
+        """The objective's loss for each row of ``weights [g, n]``."""
+        w = np.atleast_2d(weights)
+        self.set_weights(w)
+        return objective.losses(w.shape[0]).numpy()
+
+
+@dataclass
+class HoldoutRow:
+    """Held-out metrics for one setting of the weights."""
+
+    label: str
+    loss: float
+    exact_match: float | None
+    choice_accuracy: float | None
+
+
+@dataclass
+class ComposeResult:
+    """Everything a composition run found."""
+
+    weights: np.ndarray
+    search: SearchResult
+    zero_loss: float
+    exported: ExportedLora
+    candidates: list[Candidate]
+    config: ComposeConfig
+    seconds: float
+    population: int  # points per batched evaluation (1 = sequential)
+    holdout: list[HoldoutRow] = field(default_factory=list)
+
+
+def compose(
+    loaded: LoadedModel,
+    candidates: Sequence[Candidate],
+    examples: Sequence[Example],
+    config: ComposeConfig | None = None,
+    *,
+    holdout: Sequence[Example] = (),
+    progress: bool = True,
+) -> ComposeResult:
+    """Search the candidates' weights on ``examples``; return the composed module."""
+    config = config or ComposeConfig()
+    method = config.make_method()
+    method.check(candidates, base_model=loaded.name)
+    objective = get_objective(config.objective)
+    objective.prepare(loaded, examples, use_chat_template=config.use_chat_template)
+    search_cfg = config.search
+    search_cfg.validate()
+    if config.batched_population and search_cfg.population == 1:
+        from dataclasses import replace
+
+        search_cfg = replace(search_cfg, population=0)
+    population = generation_size(search_cfg, len(candidates))
+
+    started = time.perf_counter()
+    with ComposeSession(loaded, candidates, method, max_groups=population) as session:
+        zero_loss = float(session.losses(objective, np.zeros((1, session.n)))[0])
+
+        def evaluate(points: np.ndarray) -> np.ndarray:
+            return session.losses(objective, points)
+
+        result = search_weights(evaluate, session.n, search_cfg, progress=progress)
+        seconds = time.perf_counter() - started
+        rows = (
+            holdout_report(session, holdout, result.weights, config, progress=progress)
+            if holdout
+            else []
+        )
+        exported = session.bank.export(result.weights)
+    return ComposeResult(
+        weights=result.weights,
+        search=result,
+        zero_loss=zero_loss,
+        exported=exported,
+        candidates=list(candidates),
+        config=config,
+        seconds=seconds,
+        population=population,
+        holdout=rows,
+    )
+
+
+def holdout_report(
+    session: ComposeSession,
+    examples: Sequence[Example],
+    weights: np.ndarray,
+    config: ComposeConfig,
+    *,
+    progress: bool = True,
+) -> list[HoldoutRow]:
+    """Held-out loss and accuracy for zero weights, the result and each single candidate."""
+    from tqdm.auto import tqdm
+
+    settings: list[tuple[str, np.ndarray]] = [
+        ("zero weights (base model)", np.zeros(session.n)),
+        ("composed", np.asarray(weights)),
+    ]
+    for i, cand in enumerate(session.candidates):
+        one = np.zeros(session.n)
+        one[i] = 1.0
+        settings.append((f"only {cand.repo_id}", one))
+    eval_cfg = EvalConfig(use_chat_template=config.use_chat_template)
+    rows = []
+    for label, w in tqdm(settings, desc="holdout", disable=not progress):
+        session.set_weights(w[None])
+        report = evaluate_examples(session.loaded, examples, eval_cfg, progress=False)
+        rows.append(HoldoutRow(label, report.loss, report.exact_match, report.choice_accuracy))
+    return rows
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def lineage(result: ComposeResult) -> list[dict[str, Any]]:
+    """One provenance entry per candidate: repo id, revision, weight, role."""
+    return [
+        {
+            "repo_id": c.repo_id,
+            "revision": c.revision,
+            "weight": round(float(w), 8),
+            "role": "parent",
+        }
+        for c, w in zip(result.candidates, result.weights, strict=True)
+    ]
+
+
+def provenance(
+    result: ComposeResult,
+    loaded: LoadedModel,
+    *,
+    examples_file: str | None,
+    examples_sha256: str | None,
+    n_examples: int,
+) -> dict[str, Any]:
+    """The machine-readable provenance of a composed module (card YAML ``loradex:`` block)."""
+    s = result.config.search
+    block: dict[str, Any] = {
+        "kind": "lora",
+        "version": __version__,
+        "composition": {
+            "method": result.config.make_method().describe(),
+            "objective": result.config.objective,
+            "optimizer": s.optimizer,
+            "nevergrad_optimizer": nevergrad_name(s.optimizer),
+            "budget": s.budget,
+            "seed": s.seed,
+            "l1": s.l1,
+            "l1_form": s.l1_form,
+            "bound": s.bound,
+            "population": result.population,
+            "chat_template": result.config.use_chat_template,
+            "few_shot_file": Path(examples_file).name if examples_file else None,
+            "few_shot_sha256": examples_sha256,
+            "few_shot_examples": n_examples,
+            "loss_zero_weights": round(result.zero_loss, 6),
+            "loss": round(result.search.loss, 6),
+            "objective_value": round(result.search.objective, 6),
+            "loss_curve": [round(v, 6) for v in result.search.curve],
+            "seconds": round(result.seconds, 2),
+            **{k: v for k, v in result.exported.info.items() if k != "use_rslora"},
+        },
+        "lineage": lineage(result),
+    }
+    if loaded.gguf_file:
+        block["base_model_file"] = Path(loaded.gguf_file).name
+    if result.holdout:
+        block["holdout"] = [asdict(r) for r in result.holdout]
+    return block
+
+
+def loss_plot_png(result: ComposeResult) -> bytes:
+    """A PNG of the objective per evaluation and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in result.search.history]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(steps, [h["objective"] for h in result.search.history], ".", alpha=0.6,
+            label="each evaluation")
+    ax.plot(steps, [h["best_so_far"] for h in result.search.history], "-", label="best so far")
+    ax.axhline(result.zero_loss, color="grey", linestyle="--", linewidth=1,
+               label="zero weights (base)")
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("loss + L1 penalty")
+    s = result.config.search
+    ax.set_title(f"{result.config.method} / {s.optimizer}, {len(result.candidates)} candidates")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_composition(
+    result: ComposeResult,
+    loaded: LoadedModel,
+    out: str | Path,
+    *,
+    examples_file: str | None = None,
+    examples_sha256: str | None = None,
+    n_examples: int = 0,
+    name: str | None = None,
+    license: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the composed module as a PEFT adapter folder with card, provenance and plot."""
+    out = Path(out)
+    exported = result.exported
+    config = lora_config_dict(
+        base_model=loaded.name,
+        rank=exported.rank,
+        alpha=exported.alpha,
+        target_modules=list(result.candidates[0].target_modules),
+        task_type="SEQ_2_SEQ_LM" if loaded.is_seq2seq else "CAUSAL_LM",
+    )
+    if exported.info.get("use_rslora"):
+        config["use_rslora"] = True
+    block = provenance(
+        result, loaded, examples_file=examples_file, examples_sha256=examples_sha256,
+        n_examples=n_examples,
+    )
+    front: dict[str, Any] = {
+        "base_model": loaded.name,
+        "library_name": "peft",
+        "license": license or "apache-2.0",
+        "tags": ["loradex", "lora", "peft", "composed", result.config.method],
+        "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
+        "loradex": block,
+    }
+    card = render_card(front, name or out.name, _card_body(result, block))
+    extras = {
+        "loradex_provenance.json": (json.dumps(block, indent=2) + "\n").encode(),
+        "loss_curve.png": loss_plot_png(result),
+    }
+    return write_adapter_folder(
+        out, config=config, tensors=exported.tensors, card=card, extra_files=extras,
+        overwrite=overwrite,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _card_body(result: ComposeResult, block: dict[str, Any]) -> str:
+    comp = block["composition"]
+    lines = [
+        f"A LoRA module composed by loradex from {len(result.candidates)} modules with the "
+        f"`{result.config.method}` method, searched with nevergrad `{comp['optimizer']}` over "
+        f"{comp['budget']} evaluations on {comp['few_shot_examples']} examples.",
+        "",
+        f"Few-shot loss: {comp['loss_zero_weights']:.4f} with zero weights, "
+        f"{comp['loss']:.4f} composed.",
+        "",
+        "![loss curve](loss_curve.png)",
+        "",
+        "## Parents",
+        "",
+        "| module | revision | weight |",
+        "|---|---|---|",
+    ]
+    for entry in block["lineage"]:
+        lines.append(f"| {entry['repo_id']} | {entry['revision'] or '-'} | {entry['weight']:+.4f} |")
+    settings = {k: v for k, v in comp.items() if k != "loss_curve"}
+    lines += ["", "## Settings", "", settings_table(settings)]
+    if result.holdout:
+        lines += [
+            "",
+            "## Held-out check",
+            "",
+            "| weights | loss | exact match | choice accuracy |",
+            "|---|---|---|---|",
+        ]
+        for row in result.holdout:
+            lines.append(
+                f"| {row.label} | {row.loss:.4f} | {_fmt(row.exact_match)} | "
+                f"{_fmt(row.choice_accuracy)} |"
+            )
+    lines += ["", f"Made with loradex {__version__}."]
+    return "\n".join(lines)
