@@ -38,6 +38,7 @@ from registry.server.validation import check_name, parse_range
 log = logging.getLogger("loradex.server")
 
 MAX_JSON_BODY = 8 * 1024 * 1024
+MAX_HEADER_BYTES = 32 * 1024
 CHUNK = 256 * 1024
 CONFIG_ENV = "LORADEX_SERVE_CONFIG"
 
@@ -126,6 +127,9 @@ class HubApp:
 
     async def dispatch(self, request: Request) -> Response:
         """Route one request by method and raw path segments."""
+        header_bytes = sum(len(k) + len(v) for k, v in request.scope["headers"])
+        if header_bytes > MAX_HEADER_BYTES:
+            raise HubHTTPError(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
         raw_text = raw.decode("latin-1").split("?", 1)[0]
         try:
@@ -528,6 +532,8 @@ def config_to_env(config: ServerConfig) -> str:
 
 def app_from_env() -> HubApp:
     """uvicorn factory: each worker builds its app from ``$LORADEX_SERVE_CONFIG``."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data = json.loads(os.environ[CONFIG_ENV])
     data["data_dir"] = Path(data["data_dir"])
     return create_app(ServerConfig(**data))

@@ -87,10 +87,10 @@ def parse_range(header: str, total: int) -> tuple[int, int] | None:
             end = int(last) if last else total - 1
     except ValueError:
         raise bad_request(f"malformed Range header {header!r}") from None
-    if start < 0 or end < start:
-        raise bad_request(f"malformed Range header {header!r}")
     if start >= total:
         raise _unsatisfiable(total)
+    if start < 0 or end < start:
+        raise bad_request(f"malformed Range header {header!r}")
     return start, min(end, total - 1)
 
 
