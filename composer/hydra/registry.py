@@ -32,7 +32,13 @@ from registry.normalize import (
     normalize_targets,
 )
 
-__all__ = ["hydra_module_entity", "hydra_module_from_metadata", "is_hydra_folder"]
+__all__ = [
+    "HYDRA_FILES",
+    "hydra_module_entity",
+    "hydra_module_from_metadata",
+    "index_hydra_folder",
+    "is_hydra_folder",
+]
 
 _DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
@@ -104,7 +110,8 @@ def _module(
 ) -> Module:
     config = header.config
     front, body = parse_card(card_text)
-    extra = front.get("loradex") if isinstance(front.get("loradex"), dict) else {}
+    raw_extra = front.get("loradex")
+    extra: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
     task = dict(config.task)
     file_list = tuple(sorted(files, key=lambda f: f.path))
     namespace = repo_id.split("/", 1)[0] if "/" in repo_id else None
@@ -169,3 +176,19 @@ def _list(value: Any) -> list[str]:
 
 # Names a Hub sync needs to fetch for a Hydra repo.
 HYDRA_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+
+def index_hydra_folder(db_url: str, folder: str | os.PathLike[str]) -> str:
+    """Validate a Hydra folder and upsert it in the registry at ``db_url``; return its repo id."""
+    from registry.db import make_engine
+    from registry.schema import ensure_schema
+    from registry.store import RegistryStore
+
+    ensure_schema(db_url)
+    module = hydra_module_entity(folder)
+    engine = make_engine(db_url)
+    try:
+        stored = RegistryStore(engine).upsert_module(module)
+    finally:
+        engine.dispose()
+    return stored.repo_id

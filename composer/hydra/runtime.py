@@ -8,7 +8,6 @@ device and dtype the model is on.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,10 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from composer.hydra.format import HydraLayerWeights, HydraModule, atomic_write
+from composer.hydra.format import HydraLayerWeights, HydraModule
 from composer.hydra.spec import HydraConfig
 from loradex.errors import IncompatibleModules
 
@@ -367,43 +365,64 @@ def constant_gate_lora(
 
 
 def export_constant_gate_to_peft(
-    module: HydraModule, gates: Sequence[float] | None, out_dir: str | Path
+    module: HydraModule,
+    gates: Sequence[float] | None,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a plain PEFT LoRA (A, merged B) that ``peft.PeftModel.from_pretrained`` loads.
 
-    Exact for a constant gate; for a trained router it is the module at that fixed gate.
+    Exact for a constant gate; for a trained router it is the module at that fixed gate. The
+    folder (config, weights, a card saying where it came from) is replaced as a whole.
     """
-    from peft import LoraConfig
+    from composer.adapter_io import lora_config_dict, write_adapter_folder
+    from composer.cards import render_card
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = module.config
     merged = constant_gate_lora(module, gates)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b) in merged.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().cpu().contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().cpu().contiguous()
-    lora_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b
+    config_dict = lora_config_dict(
+        base_model=config.base_model,
+        rank=config.rank,
+        alpha=config.alpha,
         target_modules=list(config.target_modules),
-        lora_dropout=0.0,
-        bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=config.base_model,
     )
-    config_dict = lora_config.to_dict()
-    config_dict["target_modules"] = sorted(config.target_modules)
-    for key, value in list(config_dict.items()):
-        if isinstance(value, set):
-            config_dict[key] = sorted(value)
-    config_text = json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(
-        out_dir / "adapter_model.safetensors",
-        lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+    gate_note = (
+        "each layer's router at x = 0, softmax(b / T)"
+        if gates is None
+        else "[" + ", ".join(f"{g:.4f}" for g in gates) + "]"
     )
-    atomic_write(out_dir / "adapter_config.json", lambda p: p.write_text(config_text, "utf-8"))
-    return out_dir
+    front = {
+        "base_model": config.base_model,
+        "library_name": "peft",
+        "tags": ["loradex", "lora", "peft", "hydra-lora-export"],
+        "loradex": {
+            "kind": "lora",
+            "exported_from": "hydra",
+            "num_heads_merged": config.num_heads,
+            "gates": None if gates is None else [float(g) for g in gates],
+        },
+    }
+    body = (
+        f"A plain LoRA exported from a Hydra module with {config.num_heads} heads at a constant "
+        f"gate ({gate_note}): A is the shared A and B = sum_j g_j B_j."
+    )
+    dtype = next(iter(merged.values()))[0].dtype
+    save_dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, "float32")
+    title = Path(out_dir).name
+    return write_adapter_folder(
+        out_dir,
+        config=config_dict,
+        tensors=tensors,
+        card=render_card(front, title, body),
+        save_dtype=save_dtype,
+        overwrite=overwrite,
+    )
 
 
 def _valid_tokens(gates: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from composer.hydra.format import save_hydra
-from composer.hydra.registry import hydra_module_entity, hydra_module_from_metadata
+from composer.hydra.registry import (
+    hydra_module_entity,
+    hydra_module_from_metadata,
+    index_hydra_folder,
+)
 from composer.hydra.spec import CONFIG_NAME, WEIGHTS_NAME
 from loradex.errors import InvalidAdapter
 from registry.adapter_files import read_safetensors_header
@@ -71,6 +75,12 @@ def test_indexed_and_searchable(hydra_folder: Path, db_url: str) -> None:
     found = store.search(SearchQuery(kind="hydra"))
     assert [(m.repo_id, m.num_heads) for m in found] == [("bob/hydra", 3)]
     assert store.search(SearchQuery(kind="lora")) == []
+
+
+def test_index_hydra_folder(hydra_folder: Path, db_url: str) -> None:
+    assert index_hydra_folder(db_url, hydra_folder) == "local/my-hydra"
+    stored = RegistryStore.from_url(db_url).get_module("local/my-hydra")
+    assert (stored.kind, stored.num_heads, stored.rank) == ("hydra", 3, 4)
 
 
 def test_indexing_does_not_import_torch(hydra_folder: Path) -> None:

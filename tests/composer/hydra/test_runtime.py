@@ -18,6 +18,7 @@ from composer.hydra.runtime import (
     export_constant_gate_to_peft,
 )
 from loradex.errors import IncompatibleModules
+from registry.adapter_files import inspect_adapter_folder
 
 from .conftest import random_hydra
 
@@ -128,7 +129,9 @@ def test_static_export_loads_in_peft_and_matches(tiny_llama, tmp_path: Path, gat
     module = random_hydra(tiny_llama, num_heads=3)
     out = export_constant_gate_to_peft(module, gates, tmp_path / "peft")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    indexed = inspect_adapter_folder(out)  # the registry accepts it as a plain LoRA
+    assert (indexed.kind, indexed.rank) == ("lora", module.config.rank)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), str(out)).eval()
     handle = attach_hydra(tiny_llama, module)
     if gates is None:
