@@ -216,6 +216,8 @@ def _head_only_ok(model: PreTrainedModel) -> bool:
 
 def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
     """Logits ``[n_target_tokens, vocab]`` at the target positions only."""
+    if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers live in the model
+        model = model.get_base_model()
     if _head_only_ok(model):
         hidden = model.base_model(
             input_ids=batch.input_ids,

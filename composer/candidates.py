@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
     from registry.entities import Module, SearchQuery
 
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -82,20 +84,28 @@ def read_candidate(
     )
 
 
+# Turns (repo_id, revision or None) into (folder, revision): e.g. a pull through hub_client.
+Fetcher = Callable[[str, str | None], tuple[Path, str]]
+
+
 def resolve_candidate(
-    ref: str, cache_dir: Path | None = None, module_dirs: Sequence[Path] = ()
+    ref: str,
+    cache_dir: Path | None = None,
+    module_dirs: Sequence[Path] = (),
+    fetch: Fetcher | None = None,
 ) -> Candidate:
-    """A candidate from a folder path, or a Hub repo id (``id`` or ``id@revision``) in the cache.
+    """A candidate from a folder path, or a Hub repo id (``id`` or ``id@revision``).
 
     ``local/NAME`` (a module indexed from a folder) is looked up as ``DIR/NAME`` in
-    ``module_dirs``. loradex never downloads here: a Hub id must already be pulled.
+    ``module_dirs``. A Hub id goes through ``fetch`` when given (e.g. ``loradex pull``),
+    else it must already be in the huggingface_hub cache at ``cache_dir``.
     """
     path = Path(ref).expanduser()
     if path.is_dir():
         return read_candidate(path)
-    if ref.startswith((".", "/", "~")) or (ref.count("/") != 1 and "@" not in ref):
-        raise ModuleNotFound(f"candidate {ref}: no such folder")
     repo_id, _, revision = ref.partition("@")
+    if ref.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+        raise ModuleNotFound(f"candidate {ref}: no such folder")
     if repo_id.startswith("local/"):
         name = repo_id.split("/", 1)[1]
         for folder in module_dirs:
@@ -106,6 +116,9 @@ def resolve_candidate(
             f"candidate {ref}: a module indexed from a local folder; no folder {name!r} under "
             f"{where} (pass its folder path, or --modules-dir)"
         )
+    if fetch is not None:
+        folder, rev = fetch(repo_id, revision or None)
+        return read_candidate(folder, repo_id=repo_id, revision=rev)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -207,6 +220,7 @@ def select_from_registry(
     seed: int,
     cache_dir: Path | None = None,
     module_dirs: Sequence[Path] = (),
+    fetch: Fetcher | None = None,
 ) -> list[Candidate]:
     """Candidates from a registry query: a seeded random ``k`` of the matches (the paper's
     setting), or all of them when ``k`` is None. Modules must be in the local cache."""
@@ -226,4 +240,4 @@ def select_from_registry(
     if k is not None and k < len(modules):
         modules = random.Random(seed).sample(modules, k)
     refs = [f"{m.repo_id}@{m.revision}" if m.revision else m.repo_id for m in modules]
-    return [resolve_candidate(ref, cache_dir, module_dirs) for ref in refs]
+    return [resolve_candidate(ref, cache_dir, module_dirs, fetch) for ref in refs]

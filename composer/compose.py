@@ -381,7 +381,8 @@ def _card_body(result: ComposeResult, block: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for entry in block["lineage"]:
-        lines.append(f"| {entry['repo_id']} | {entry['revision'] or '-'} | {entry['weight']:+.4f} |")
+        revision = entry["revision"] or "-"
+        lines.append(f"| {entry['repo_id']} | {revision} | {entry['weight']:+.4f} |")
     settings = {k: v for k, v in comp.items() if k != "loss_curve"}
     lines += ["", "## Settings", "", settings_table(settings)]
     if result.holdout:

@@ -48,13 +48,11 @@ def _load_model(base_model: str | None, device: str, dtype: str) -> Any:
     return load_base_model(ModelSpec(name_or_path=base_model, device=device, dtype=dtype))
 
 
-def _index_folder(
-    settings: Settings, folder: Path, lineage: list[dict[str, Any]] | None = None
-) -> str | None:
-    """Index an adapter folder in the registry; return its id (None if there is no registry)."""
+def _index_folder(settings: Settings, folder: Path) -> str | None:
+    """Index an adapter folder in the registry (lineage comes from its card); return its id."""
     from composer.registry_link import index_adapter_folder
 
-    return index_adapter_folder(settings.db_url, folder, lineage=lineage)
+    return index_adapter_folder(settings.db_url, folder)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,3 +149,275 @@ def train(settings: Settings, data: Path, out: Path, base_model: str | None, dev
     click.echo(f"wrote {result.out_dir}")
     if module_id:
         click.echo(f"indexed as {module_id}")
+
+
+def _hub_fetcher(settings: Settings) -> Any:
+    """Fetch a Hub module through ``loradex pull`` (verified; offline falls back to the cache)."""
+
+    def fetch(repo_id: str, revision: str | None) -> tuple[Path, str]:
+        import os
+
+        from hub_client.client import HubClient
+        from hub_client.pull import pull_module
+        from registry.store import RegistryStore
+
+        store = RegistryStore.from_url(settings.db_url)
+        try:
+            client = HubClient(settings.endpoint, settings.token, cache_dir=settings.cache_dir)
+            result = pull_module(
+                client, store, repo_id, revision,
+                offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
+            )
+        finally:
+            store.engine.dispose()
+        return result.folder, result.revision
+
+    return fetch
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("candidate_args", nargs=-1, metavar="[CANDIDATE]...")
+@click.option("--examples", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Few-shot JSONL file the weights are fitted on.")
+@click.option("--candidates", "candidate_opts", multiple=True, metavar="DIR|ID[@REV]",
+              help="Candidate module (repeat, or comma-separate): an adapter folder or a Hub id.")
+@click.option("--from-registry", is_flag=True,
+              help="Pick candidates from the registry: --k at random (seeded) among the "
+                   "modules matching --query/--task/--tag that fit the base model.")
+@click.option("--k", default=20, show_default=True, help="How many registry candidates.")
+@click.option("--all-compatible", is_flag=True, help="With --from-registry: take all, not --k.")
+@click.option("--query", default=None, help="Registry filter: free text.")
+@click.option("--task", default=None, help="Registry filter: task name or category.")
+@click.option("--tag", "tags", multiple=True, help="Registry filter: tag (repeatable).")
+@click.option("--rank", "rank_filter", default=None, type=int, help="Registry filter: rank.")
+@click.option("--modules-dir", "module_dirs", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where folders of locally indexed modules (ids local/NAME) live.")
+@model_options
+@click.option("--method", default="lorahub", show_default=True,
+              help="Composition method: lorahub ((sum w A)(sum w B), equal ranks) or "
+                   "mixed-rank (exact sum w B A, any ranks).")
+@click.option("--svd-rank", default=None, type=int,
+              help="mixed-rank: compress the result to this rank by SVD.")
+@click.option("--optimizer", default="cma", show_default=True,
+              help="cma (standard CMA-ES) or any nevergrad optimizer name (e.g. NGOpt).")
+@click.option("--budget", default=40, show_default=True, help="Loss evaluations.")
+@click.option("--l1", default=0.05, show_default=True, help="L1 penalty weight.")
+@click.option("--l1-form", default="sum", show_default=True, type=click.Choice(["sum", "mean"]),
+              help="sum: l1*sum|w| (the paper); mean: l1*mean|w| (the reference code).")
+@click.option("--bound", default=1.5, show_default=True, help="Weights lie in [-bound, bound].")
+@click.option("--seed", default=0, show_default=True, help="Optimizer (and --k selection) seed.")
+@click.option("--holdout", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Held-out JSONL: report loss/accuracy for zero weights, the result and "
+                   "each single candidate.")
+@click.option("--batched-population", is_flag=True,
+              help="Evaluate a whole CMA-ES generation in one batched forward.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the composed PEFT adapter into.")
+@click.option("--name", default=None, help="Title of the model card (default: folder name).")
+@click.option("--publish", "publish_repo", default=None, metavar="NAMESPACE/NAME",
+              help="Publish the result to the Hub under this repo id.")
+@click.option("--no-index", is_flag=True, help="Do not index the result in the registry.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
+            candidate_opts: tuple[str, ...], from_registry: bool, k: int, all_compatible: bool,
+            query: str | None, task: str | None, tags: tuple[str, ...], rank_filter: int | None,
+            module_dirs: tuple[Path, ...], base_model: str | None, device: str, dtype: str,
+            no_chat_template: bool, method: str, svd_rank: int | None, optimizer: str,
+            budget: int, l1: float, l1_form: str, bound: float, seed: int,
+            holdout: Path | None, batched_population: bool, out: Path, name: str | None,
+            publish_repo: str | None, no_index: bool, overwrite: bool, as_json: bool) -> None:
+    """Compose candidate LoRA modules into one for the task of --examples (LoraHub).
+
+    Searches one weight per candidate with CMA-ES to minimise the loss on the few-shot
+    examples (+ an L1 penalty), then writes the composed module as a PEFT adapter folder
+    with its provenance (parents, weights, settings, loss curve).
+
+    \b
+    Examples:
+      loradex compose --examples few.jsonl --out composed/ modules/a modules/b modules/c
+      loradex compose --examples few.jsonl --from-registry --k 20 --seed 1 --out composed/
+    """
+    from composer.adapter_io import check_output_dir
+    from composer.candidates import resolve_candidate, select_from_registry
+    from composer.compose import ComposeConfig, write_composition
+    from composer.compose import compose as run_compose
+    from composer.data import file_sha256, load_examples
+    from composer.models import base_model_name_for
+    from composer.search import SearchConfig
+
+    refs = [r.strip() for opt in candidate_opts for r in opt.split(",") if r.strip()]
+    refs += list(candidate_args)
+    if from_registry == bool(refs):
+        raise ConfigError("give candidates (folders or ids) or --from-registry, not both/neither")
+    if publish_repo:
+        from hub_client.publish import check_repo_id
+
+        check_repo_id(publish_repo)
+        if not settings.token:
+            raise ConfigError("--publish needs a token: LORADEX_TOKEN or HF_TOKEN")
+    config = ComposeConfig(
+        method=method, svd_rank=svd_rank, objective="lm",
+        search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
+                            bound=bound, seed=seed),
+        batched_population=batched_population, use_chat_template=not no_chat_template,
+    )
+    comp_method = config.make_method()
+    config.search.validate()
+    check_output_dir(out, overwrite)
+    few = load_examples(examples)
+    held = load_examples(holdout) if holdout else []
+    dirs = [*module_dirs, settings.home / "modules"]
+    fetch = _hub_fetcher(settings)
+    base_name = base_model_name_for(base_model)
+    if from_registry:
+        from registry.entities import SearchQuery
+
+        search = SearchQuery(text=query, task=task, tags=tuple(tags), rank=rank_filter,
+                             base_model=base_name, kind="lora")
+        candidates = select_from_registry(
+            settings.db_url, search, k=None if all_compatible else k, seed=seed,
+            cache_dir=settings.cache_dir, module_dirs=dirs, fetch=fetch,
+        )
+    else:
+        candidates = [resolve_candidate(r, settings.cache_dir, dirs, fetch) for r in refs]
+    # Refuse incompatible candidates before paying for the model.
+    comp_method.check(candidates, base_model=base_name)
+    click.echo(f"{len(candidates)} candidates, {len(few)} examples, method {method}", err=True)
+
+    loaded = _load_model(base_model, device, dtype)
+    result = run_compose(loaded, candidates, few, config, holdout=held)
+    folder = write_composition(
+        result, loaded, out, examples_file=str(examples), examples_sha256=file_sha256(examples),
+        n_examples=len(few), name=name, overwrite=overwrite,
+    )
+    module_id = None if no_index else _index_folder(settings, folder)
+    published = None
+    if publish_repo:
+        from hub_client.client import HubClient
+        from hub_client.publish import publish_folder
+        from registry.store import RegistryStore
+
+        store = RegistryStore.from_url(settings.db_url)
+        try:
+            published = publish_folder(
+                HubClient(settings.endpoint, settings.token), store, folder, publish_repo
+            )
+        finally:
+            store.engine.dispose()
+    summary: dict[str, Any] = {
+        "out": str(folder),
+        "method": method,
+        "optimizer": optimizer,
+        "loss_zero_weights": round(result.zero_loss, 6),
+        "loss": round(result.search.loss, 6),
+        "objective": round(result.search.objective, 6),
+        "seconds": round(result.seconds, 2),
+        "weights": {c.repo_id: round(float(w), 6)
+                    for c, w in zip(result.candidates, result.weights, strict=True)},
+        "registry_id": module_id,
+        "published": f"{published.repo_id}@{published.revision}" if published else None,
+    }
+    if result.holdout:
+        summary["holdout"] = [row.__dict__ for row in result.holdout]
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"few-shot loss {result.zero_loss:.4f} (zero weights) -> "
+               f"{result.search.loss:.4f} in {result.seconds:.1f}s ({budget} evaluations)")
+    for repo_id, weight in summary["weights"].items():
+        click.echo(f"  {weight:+.4f}  {repo_id}")
+    if result.holdout:
+        click.echo("held-out:")
+        for row in result.holdout:
+            em = "-" if row.exact_match is None else f"{row.exact_match:.3f}"
+            acc = "" if row.choice_accuracy is None else f"  choice acc {row.choice_accuracy:.3f}"
+            click.echo(f"  loss {row.loss:.4f}  exact match {em}{acc}  {row.label}")
+    click.echo(f"wrote {folder}")
+    if module_id:
+        click.echo(f"indexed as {module_id}")
+    if published:
+        click.echo(f"published {published.repo_id}@{published.revision} -> {published.url}")
+
+
+@click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--adapter", default=None, metavar="DIR|ID[@REV]",
+              help="LoRA adapter to evaluate (folder or Hub id); default: the base model alone.")
+@model_options
+@click.option("--few-shot", default=0, show_default=True,
+              help="Use the first N examples as in-context demonstrations; evaluate the rest.")
+@click.option("--limit", default=None, type=int, help="Evaluate at most this many examples.")
+@click.option("--batch-size", default=16, show_default=True, help="Prompts per batch.")
+@click.option("--max-new-tokens", default=None, type=int,
+              help="Generation length (default: longest target + 8 tokens).")
+@click.option("--no-generate", is_flag=True, help="Skip generation (loss and choices only).")
+@click.option("--modules-dir", "module_dirs", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where folders of locally indexed modules (ids local/NAME) live.")
+@click.option("--predictions", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write per-example predictions to this JSONL file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_obj
+def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: str | None,
+             device: str, dtype: str, no_chat_template: bool, few_shot: int, limit: int | None,
+             batch_size: int, max_new_tokens: int | None, no_generate: bool,
+             module_dirs: tuple[Path, ...], predictions: Path | None, as_json: bool) -> None:
+    """Evaluate the base model, or base + an adapter, on DATA (JSONL).
+
+    Exact match (after normalising case, spaces and edge punctuation) from batched greedy
+    generation; for examples with "choices", multiple-choice accuracy by log-likelihood.
+
+    \b
+    Example:
+      loradex eval test.jsonl --adapter composed/ --few-shot 0 --json
+    """
+    from composer.candidates import check_compatible, resolve_candidate
+    from composer.data import load_examples
+    from composer.evaluate import EvalConfig, evaluate_examples
+    from composer.models import base_model_name_for
+
+    if few_shot < 0 or (limit is not None and limit < 1) or batch_size < 1:
+        raise ConfigError("--few-shot must be >= 0, --limit and --batch-size >= 1")
+    examples = load_examples(data, min_examples=few_shot + 1)
+    demos, examples = examples[:few_shot], examples[few_shot:]
+    if limit is not None:
+        examples = examples[:limit]
+    candidate = None
+    if adapter:
+        dirs = [*module_dirs, settings.home / "modules"]
+        candidate = resolve_candidate(adapter, settings.cache_dir, dirs, _hub_fetcher(settings))
+        check_compatible([candidate], base_model=base_model_name_for(base_model), same_rank=False)
+    loaded = _load_model(base_model, device, dtype)
+    if candidate is not None:
+        from peft import PeftModel
+
+        # PEFT injects its LoRA layers into the model in place; keep using the plain model.
+        peft_model = PeftModel.from_pretrained(loaded.model, str(candidate.folder))
+        loaded.model = peft_model.get_base_model()
+        loaded.model.eval()
+    config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        few_shot=few_shot, use_chat_template=not no_chat_template,
+                        generate=not no_generate)
+    report = evaluate_examples(loaded, examples, config, demonstrations=demos)
+    summary = {
+        "data": str(data),
+        "adapter": candidate.repo_id if candidate else None,
+        "base_model": loaded.name,
+        "few_shot": few_shot,
+        **report.summary(),
+    }
+    if predictions is not None:
+        predictions.write_text("".join(json.dumps(p) + "\n" for p in report.predictions))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    em = "-" if report.exact_match is None else f"{report.exact_match:.4f}"
+    click.echo(f"{report.n_examples} examples: exact match {em}, loss {report.loss:.4f}")
+    if report.n_choice_examples:
+        click.echo(f"multiple-choice accuracy {report.choice_accuracy:.4f} "
+                   f"({report.n_choice_examples} examples with choices)")
+        dist = ", ".join(f"{k}: {v}" for k, v in report.label_distribution.items())
+        click.echo(f"predicted labels: {dist}")
