@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from composer.adapter_io import check_output_dir
 from composer.batching import make_batch, mean_target_loss
+from composer.candidates import Candidate, load_layers, read_candidate
 from composer.cards import render_card, settings_table
+from composer.compose import ComposeResult
 from composer.data import EncodedExample, Example, encode_examples
 from composer.hydra.format import HydraLayerWeights, HydraModule, write_hydra_folder
 from composer.hydra.heads import kmeans
@@ -41,10 +41,9 @@ from composer.hydra.spec import HydraConfig
 from composer.hydra.training import measure_head_usage
 from composer.models import LoadedModel
 from loradex import __version__
-from loradex.errors import ConfigError, IncompatibleModules, InvalidAdapter
+from loradex.errors import ConfigError, IncompatibleModules
 
 Grouping = Literal["top", "cluster"]
-_PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
@@ -94,43 +93,29 @@ class HydraComposeResult:
     front_matter: dict[str, Any] = field(default_factory=dict)
 
 
+def lora_candidate_from(candidate: Candidate) -> LoraCandidate:
+    """Load a composer :class:`~composer.candidates.Candidate`'s tensors (float32).
+
+    rsLoRA candidates (scale alpha / sqrt(r)) get the alpha that gives the same scale as
+    alpha / r, since a Hydra module's scale is alpha / r.
+    """
+    layers = load_layers(candidate)
+    return LoraCandidate(
+        repo_id=candidate.repo_id,
+        rank=candidate.rank,
+        alpha=candidate.scale * candidate.rank,
+        target_modules=tuple(sorted(candidate.target_modules)),
+        base_model=candidate.base_model,
+        layers={name: (t.a, t.b) for name, t in layers.items()},
+        revision=candidate.revision,
+    )
+
+
 def load_peft_candidate(
     folder: str | Path, repo_id: str | None = None, revision: str | None = None
 ) -> LoraCandidate:
-    """Read a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
-    folder = Path(folder)
-    config_path = folder / "adapter_config.json"
-    weights_path = folder / "adapter_model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise InvalidAdapter(f"{folder}: needs adapter_config.json and adapter_model.safetensors")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(weights_path))
-    except (ValueError, SafetensorError, OSError) as exc:
-        raise InvalidAdapter(f"{folder}: cannot read the adapter ({exc})") from exc
-    a_parts: dict[str, torch.Tensor] = {}
-    b_parts: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        path = name.removeprefix(_PEFT_PREFIX)
-        for side, parts in ((".lora_A.", a_parts), (".lora_B.", b_parts)):
-            if side in path:
-                parts[path.split(side)[0]] = tensor
-    if not a_parts or a_parts.keys() != b_parts.keys():
-        raise InvalidAdapter(f"{weights_path}: lora_A and lora_B tensors do not pair up")
-    layers = {name: (a_parts[name], b_parts[name]) for name in sorted(a_parts)}
-    rank = int(config.get("r") or next(iter(a_parts.values())).shape[0])
-    targets = config.get("target_modules") or sorted({n.rsplit(".", 1)[-1] for n in layers})
-    if isinstance(targets, str):
-        targets = [targets]
-    return LoraCandidate(
-        repo_id=repo_id or f"local/{folder.resolve().name}",
-        rank=rank,
-        alpha=float(config.get("lora_alpha") or rank),
-        target_modules=tuple(sorted(targets)),
-        base_model=str(config.get("base_model_name_or_path") or ""),
-        layers=layers,
-        revision=revision,
-    )
+    """Read a PEFT LoRA folder through the composer's validated candidate reader."""
+    return lora_candidate_from(read_candidate(folder, repo_id=repo_id, revision=revision))
 
 
 def compose_lora(
@@ -384,6 +369,52 @@ def compose_hydra_module(
         )
     return HydraComposeResult(
         out_dir=out, module=fit.module, groups=groups, fit=fit, front_matter=front
+    )
+
+
+def compose_result_to_hydra(
+    loaded: LoadedModel,
+    result: ComposeResult,
+    few_shot: Sequence[Example],
+    out_dir: str | Path | None,
+    *,
+    num_heads: int,
+    grouping: Grouping = "top",
+    holdout: Sequence[Example] = (),
+    fit_steps: int = 30,
+    fit_lr: float = 5e-3,
+    overwrite: bool = False,
+) -> HydraComposeResult:
+    """``loradex compose --output hydra``: the composer's CMA-ES result as a Hydra module.
+
+    Uses ``result.weights`` over ``result.candidates``; the search settings go in the card.
+    """
+    s = result.config.search
+    provenance = {
+        "optimizer": s.optimizer,
+        "budget": s.budget,
+        "seed": s.seed,
+        "l1": s.l1,
+        "bound": s.bound,
+        "lorahub_fewshot_loss": round(result.search.loss, 6),
+        "loss_zero_weights": round(result.zero_loss, 6),
+    }
+    candidates = [lora_candidate_from(c) for c in result.candidates]
+    return compose_hydra_module(
+        loaded,
+        candidates,
+        [float(w) for w in result.weights],
+        few_shot,
+        out_dir,
+        num_heads=num_heads,
+        grouping=grouping,
+        holdout=holdout,
+        fit_steps=fit_steps,
+        fit_lr=fit_lr,
+        use_chat_template=result.config.use_chat_template,
+        seed=s.seed,
+        overwrite=overwrite,
+        provenance=provenance,
     )
 
 

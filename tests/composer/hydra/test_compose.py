@@ -167,3 +167,47 @@ def test_incompatible_candidates_refused() -> None:
         compose_to_hydra([*four, *eight], [1.0, 1.0, 1.0], num_heads=2)
     with pytest.raises(IncompatibleModules, match="2 weights for 3 candidates"):
         compose_to_hydra([*four, *four[:1]], [1.0, 1.0], num_heads=2)
+
+
+def test_from_the_composers_cma_es_result(
+    tmp_path: Path, tiny_causal_dir: Path, tiny_loras: list[Path], few_shot_file: Path, load_tiny
+) -> None:
+    """End to end with the composer: CMA-ES weights -> PEFT folder and Hydra module agree."""
+    from peft import PeftModel
+
+    from composer.candidates import read_candidate
+    from composer.compose import ComposeConfig, compose, write_composition
+    from composer.hydra.compose import compose_result_to_hydra, lora_candidate_from
+    from composer.search import SearchConfig
+
+    loaded = load_tiny(tiny_causal_dir)
+    candidates = [read_candidate(p) for p in tiny_loras]
+    examples = load_examples(few_shot_file)
+    config = ComposeConfig(search=SearchConfig(budget=8, seed=1))
+    result = compose(loaded, candidates, examples, config, progress=False)
+    assert np_any_nonzero(result.weights)
+    peft_dir = write_composition(result, loaded, tmp_path / "lorahub")
+
+    ids = torch.tensor([[5, 17, 3, 42, 8, 9, 1]])
+    lorahub = PeftModel.from_pretrained(load_tiny(tiny_causal_dir).model, str(peft_dir)).eval()
+    with torch.no_grad():
+        expected = lorahub(input_ids=ids).logits
+    module, _ = compose_to_hydra(
+        [lora_candidate_from(c) for c in candidates], list(result.weights), num_heads=3
+    )
+    handle = attach_hydra(loaded.model, module)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(input_ids=ids).logits, expected, atol=1e-5)
+    handle.detach()
+
+    out = compose_result_to_hydra(
+        loaded, result, examples, tmp_path / "hydra", num_heads=3, fit_steps=5, fit_lr=0.05
+    )
+    assert out.fit is not None
+    assert out.fit.fewshot_loss_before == pytest.approx(result.search.loss, rel=1e-4)
+    assert out.fit.fewshot_loss_after <= out.fit.fewshot_loss_before
+    assert load_hydra(tmp_path / "hydra").config.num_heads == 3
+
+
+def np_any_nonzero(values) -> bool:
+    return any(abs(float(v)) > 0 for v in values)
