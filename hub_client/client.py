@@ -97,6 +97,21 @@ class HubClient:
 
     # ---------------------------------------------------------------- reads
 
+    def check_reachable(self) -> None:
+        """One request without retries: fail fast with HubUnavailable when the Hub is down.
+
+        huggingface_hub retries listings with backoff for ~20 s; a sync should not.
+        """
+        from huggingface_hub.utils import get_session
+
+        with self.errors("listing models"):
+            get_session().get(
+                f"{self.endpoint}/api/models",
+                params={"limit": 1},
+                headers=self.api._build_hf_headers(token=self.token or False),
+                timeout=self.timeout,
+            )
+
     def list_models(
         self,
         *,

@@ -143,6 +143,7 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
     from tqdm import tqdm
 
     report = SyncReport()
+    client.check_reachable()
     states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
     listing = client.list_models(
         filters=adapter_filters(options.base_model),
@@ -224,8 +225,10 @@ def _fetch_all(
             for future in done:
                 item = pending.pop(future)
                 error = future.exception()
-                if isinstance(error, HubUnavailable):
-                    raise error
+                if isinstance(error, HubUnavailable) or (
+                    error is not None and not isinstance(error, Exception)
+                ):
+                    raise error  # Hub down for everyone, or Ctrl-C / exit: stop the whole sync
                 if error is not None and not isinstance(error, LoradexError):
                     # Unexpected: recorded against the repo (status error, retried next time).
                     error = LoradexError(f"{item[0].id}: {type(error).__name__}: {error}")

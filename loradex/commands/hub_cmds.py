@@ -42,6 +42,13 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _quiet_hf_logs() -> None:
+    """huggingface_hub logs retries as warnings; the CLI reports one line per failure itself."""
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
 def _settings(
     ctx: click.Context, db: str | None = None, endpoint: str | None = None, token: str | None = None
 ) -> Settings:
@@ -288,11 +295,11 @@ def sync(
     Example:
       loradex sync --endpoint http://127.0.0.1:8080 --author alice
     """
-    from hub_client.sync import SyncOptions, sync_hub
-
     from hub_client.client import HubClient
+    from hub_client.sync import SyncOptions, sync_hub
     from registry.store import RegistryStore
 
+    _quiet_hf_logs()
     settings = _settings(ctx, endpoint=endpoint)
     store = RegistryStore.from_url(settings.db_url)
     client = HubClient(settings.endpoint, settings.token)
@@ -339,11 +346,11 @@ def pull(
     """
     import os
 
-    from hub_client.pull import pull_module
-
     from hub_client.client import HubClient
+    from hub_client.pull import pull_module
     from registry.store import RegistryStore
 
+    _quiet_hf_logs()
     settings = _settings(ctx, endpoint=endpoint)
     repo_id, _, revision = module_id.partition("@")
     store = RegistryStore.from_url(settings.db_url)
@@ -388,11 +395,11 @@ def publish(
     Example:
       loradex publish ./out/past-tense --repo alice/past-tense-lora --endpoint http://127.0.0.1:8080
     """
-    from hub_client.publish import publish_folder
-
     from hub_client.client import HubClient
+    from hub_client.publish import publish_folder
     from registry.store import RegistryStore
 
+    _quiet_hf_logs()
     settings = _settings(ctx, endpoint=endpoint, token=token_value)
     if not settings.token:
         raise ConfigError("publishing needs a token: --token, LORADEX_TOKEN or HF_TOKEN")
