@@ -167,7 +167,12 @@ def serve(
 
 @click.group()
 def token() -> None:
-    """Manage access tokens of the built-in Hub server (stored hashed in the database)."""
+    """Manage access tokens of the built-in Hub server (stored hashed in the database).
+
+    \b
+    Example:
+      loradex token create alice --namespace team-x
+    """
 
 
 @token.command("create")
@@ -221,7 +226,12 @@ def token_create(
 @click.option("--db", default=None, metavar="URL", help="Database URL (default: the registry).")
 @click.pass_context
 def token_list(ctx: click.Context, db: str | None) -> None:
-    """List tokens (id, user, label, role, namespaces); secrets are never shown."""
+    """List tokens (id, user, label, role, namespaces); secrets are never shown.
+
+    \b
+    Example:
+      loradex token list
+    """
     from registry.db import make_engine
     from registry.schema import ensure_schema
     from registry.server.service import list_tokens
@@ -243,7 +253,12 @@ def token_list(ctx: click.Context, db: str | None) -> None:
 @click.option("--db", default=None, metavar="URL", help="Database URL (default: the registry).")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: int, db: str | None) -> None:
-    """Revoke the token with id TOKEN_ID (see ``loradex token list``)."""
+    """Revoke the token with id TOKEN_ID (see ``loradex token list``).
+
+    \b
+    Example:
+      loradex token revoke 3
+    """
     from registry.db import make_engine
     from registry.server.service import revoke_token
 

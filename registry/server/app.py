@@ -337,7 +337,9 @@ class HubApp:
         name, organization = body.get("name"), body.get("organization")
         if organization is not None and not isinstance(organization, str):
             raise bad_request("organization must be a string")
-        if isinstance(name, str) and "/" in name and organization is None:
+        if not isinstance(name, str):
+            raise bad_request("'name' must be a string")
+        if "/" in name and organization is None:
             organization, name = name.split("/", 1)
         visibility = body.get("visibility")
         private = bool(body.get("private")) or visibility == "private"
@@ -355,7 +357,9 @@ class HubApp:
         name, organization = body.get("name"), body.get("organization")
         if organization is not None and not isinstance(organization, str):
             raise bad_request("organization must be a string")
-        if isinstance(name, str) and "/" in name and organization is None:
+        if not isinstance(name, str):
+            raise bad_request("'name' must be a string")
+        if "/" in name and organization is None:
             organization, name = name.split("/", 1)
         ident = await self.identity(request)
         await run_in_threadpool(self.service.delete_repo, ident, organization, name)
