@@ -308,10 +308,21 @@ def training_front_matter(
     }
     if task.dataset:
         fm["datasets"] = [task.dataset]
+    # Flat task keys: the registry reads loradex.task_name, task_category, dataset, description.
     loradex_block: dict[str, Any] = {
-        "kind": "trained",
+        "kind": "lora",
+        "origin": "trained",
         "version": __version__,
-        "task": {k: v for k, v in asdict(task).items() if v not in (None, ())},
+        **{
+            key: value
+            for key, value in {
+                "task_name": task.name,
+                "task_category": task.category,
+                "dataset": task.dataset,
+                "description": task.description,
+            }.items()
+            if value
+        },
         "training": training,
     }
     if loaded.gguf_file:
@@ -329,9 +340,8 @@ def training_front_matter(
 
 def _card_body(fm: dict[str, Any], losses: Sequence[float]) -> str:
     block = fm["loradex"]
-    task = block.get("task", {})
     lines = [
-        task.get("description") or "A LoRA module trained with loradex.",
+        block.get("description") or "A LoRA module trained with loradex.",
         "",
         f"Base model: `{fm['base_model']}`. Load it with PEFT:",
         "",
