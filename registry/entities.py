@@ -120,6 +120,17 @@ class SearchQuery:
 
 
 @dataclass(frozen=True)
+class SearchPage:
+    """One page of search results and how many modules match in all."""
+
+    modules: tuple[Module, ...] = field(metadata={"help": "this page, in sort order"})
+    total: int = field(metadata={"help": "matches in all (a lower bound if not exact)"})
+    total_is_exact: bool = field(
+        default=True, metadata={"help": "False when counting stopped at the count limit"}
+    )
+
+
+@dataclass(frozen=True)
 class Compatibility:
     """A module that can be combined with a reference module (same base model, same targets)."""
 

@@ -3,13 +3,17 @@
 Tags and target modules live in their own tables (one row per value, indexed by value) so
 ``--tag`` and ``--target`` filters are index lookups. ``target_key`` (the sorted target set as
 one string) and ``base_model_key`` (the lower-cased normalised base model) make "compatible
-with" an indexed equality. The full-text index (``module_fts``: FTS5 on SQLite, tsvector + GIN
-on PostgreSQL) is created by the migration, not here, because it is backend-specific.
+with" an indexed equality. Card text lives in its own table so that the ``modules`` rows
+stay narrow and filter scans stay in the page cache. The full-text index (``module_fts``:
+FTS5 on SQLite, tsvector + GIN on PostgreSQL) is created by the migration, not here,
+because it is backend-specific.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -47,6 +51,7 @@ class ModuleRow(Base):
     __table_args__ = (
         UniqueConstraint("source", "repo_id", name="uq_modules_source_repo_id"),
         Index("ix_modules_compat", "base_model_key", "target_key", "rank"),
+        Index("ix_modules_base_downloads", "base_model_key", "downloads"),
         Index("ix_modules_downloads", "downloads"),
         Index("ix_modules_likes", "likes"),
         Index("ix_modules_updated_at", "updated_at"),
@@ -89,7 +94,6 @@ class ModuleRow(Base):
     likes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    card_text: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     tags: Mapped[list[ModuleTagRow]] = relationship(
@@ -104,43 +108,81 @@ class ModuleRow(Base):
     lineage: Mapped[list[LineageRow]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="LineageRow.position"
     )
+    card: Mapped[ModuleCardRow | None] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
     def to_entity(self) -> Module:
         """The plain :class:`Module` for this row (relationships must be loaded)."""
-        return Module(
-            repo_id=self.repo_id,
-            revision=self.revision,
-            source=self.source,
-            kind=self.kind,
-            num_heads=self.num_heads,
-            base_model=self.base_model,
-            base_model_raw=self.base_model_raw,
-            peft_type=self.peft_type,
-            task_type=self.task_type,
-            rank=self.rank,
-            alpha=self.alpha,
-            dropout=self.dropout,
-            target_modules=tuple(t.target for t in self.targets),
-            bias=self.bias,
-            num_parameters=self.num_parameters,
-            dtype=self.dtype,
-            total_size=self.total_size,
-            author=self.author,
-            license=self.license,
-            tags=tuple(t.tag for t in self.tags),
-            task_name=self.task_name,
-            task_category=self.task_category,
-            dataset=self.dataset,
-            language=self.language,
-            description=self.description,
-            downloads=self.downloads,
-            likes=self.likes,
-            created_at=as_utc(self.created_at),
-            updated_at=as_utc(self.updated_at),
-            card_text=self.card_text,
-            files=tuple(f.to_entity() for f in self.files),
-            lineage=tuple(e.to_entity() for e in self.lineage),
+        return module_entity(
+            {column.key: getattr(self, column.key) for column in self.__table__.columns},
+            tags=[t.tag for t in self.tags],
+            targets=[t.target for t in self.targets],
+            files=[f.to_entity() for f in self.files],
+            lineage=[e.to_entity() for e in self.lineage],
+            card_text=self.card.card_text if self.card is not None else None,
         )
+
+
+def module_entity(
+    values: Mapping[str, Any],
+    *,
+    tags: Iterable[str],
+    targets: Iterable[str],
+    files: Iterable[ModuleFile],
+    lineage: Iterable[LineageEdge],
+    card_text: str | None,
+) -> Module:
+    """Build a :class:`Module` from a ``modules`` row (as a mapping) and its child rows.
+
+    The one mapping from SQL to entity: ``ModuleRow.to_entity`` (ORM) and the store's batch
+    loader (core queries) both go through here.
+    """
+    return Module(
+        repo_id=values["repo_id"],
+        revision=values["revision"],
+        source=values["source"],
+        kind=values["kind"],
+        num_heads=values["num_heads"],
+        base_model=values["base_model"],
+        base_model_raw=values["base_model_raw"],
+        peft_type=values["peft_type"],
+        task_type=values["task_type"],
+        rank=values["rank"],
+        alpha=values["alpha"],
+        dropout=values["dropout"],
+        target_modules=tuple(targets),
+        bias=values["bias"],
+        num_parameters=values["num_parameters"],
+        dtype=values["dtype"],
+        total_size=values["total_size"],
+        author=values["author"],
+        license=values["license"],
+        tags=tuple(tags),
+        task_name=values["task_name"],
+        task_category=values["task_category"],
+        dataset=values["dataset"],
+        language=values["language"],
+        description=values["description"],
+        downloads=values["downloads"],
+        likes=values["likes"],
+        created_at=as_utc(values["created_at"]),
+        updated_at=as_utc(values["updated_at"]),
+        card_text=card_text,
+        files=tuple(files),
+        lineage=tuple(lineage),
+    )
+
+
+class ModuleCardRow(Base):
+    """The model card body (Markdown, front matter removed) of a module."""
+
+    __tablename__ = "module_cards"
+
+    module_id: Mapped[int] = mapped_column(
+        ForeignKey("modules.id", ondelete="CASCADE"), primary_key=True
+    )
+    card_text: Mapped[str] = mapped_column(Text)
 
 
 class ModuleTagRow(Base):

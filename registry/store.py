@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import sessionmaker
 
 from loradex.errors import ModuleNotFound
-from registry.entities import Compatibility, Module, SearchQuery, SyncState
+from registry.entities import (
+    Compatibility,
+    LineageEdge,
+    Module,
+    ModuleFile,
+    SearchPage,
+    SearchQuery,
+    SyncState,
+)
 from registry.models import (
     LineageRow,
+    ModuleCardRow,
     ModuleFileRow,
     ModuleRow,
     ModuleTagRow,
     ModuleTargetRow,
     SyncStateRow,
+    module_entity,
 )
 from registry.normalize import (
     base_model_key,
@@ -39,6 +50,14 @@ from registry.normalize import (
 )
 
 FTS_TABLE = "module_fts"
+# Bulk loads at least this big end with ANALYZE, so the planner picks the right indexes.
+_ANALYZE_AFTER = 1000
+# Ids per IN (...) when loading modules: well under every backend's parameter limit.
+_LOAD_CHUNK = 900
+# A tag/target carried by at most this many modules is where a filtered search starts.
+_DRIVER_MAX = 2000
+# Counting a value's modules beyond this tells nothing more about which value is rarest.
+_POSTING_CAP = 20_000
 # Card text beyond this adds little to ranking and bloats the index.
 _FTS_CARD_CHARS = 20_000
 # bm25 column weights on SQLite: repo id, task text, tags, card.
@@ -56,7 +75,32 @@ _tags = ModuleTagRow.__table__
 _targets = ModuleTargetRow.__table__
 _files = ModuleFileRow.__table__
 _lineage = LineageRow.__table__
-_CHILD_TABLES = (_tags, _targets, _files, _lineage)
+_cards = ModuleCardRow.__table__
+_CHILD_TABLES = (_tags, _targets, _files, _lineage, _cards)
+# SQLite page cache and memory map per connection: the filter columns of 100k modules fit.
+_SQLITE_TUNING = ("PRAGMA cache_size = -65536", "PRAGMA mmap_size = 268435456",
+                  "PRAGMA temp_store = MEMORY")
+
+
+
+def _by_module_ids(table: sa.Table, *columns: str, order: str | None = None) -> sa.Select[Any]:
+    ids = sa.bindparam("ids", expanding=True)
+    stmt = sa.select(table.c.module_id, *(table.c[c] for c in columns))
+    stmt = stmt.where(table.c.module_id.in_(ids))
+    return stmt.order_by(table.c.module_id, table.c[order]) if order else stmt
+
+
+# Built once: the batch loader runs these for every page of results.
+_CHILD_QUERIES: dict[str, sa.Select[Any]] = {
+    "tags": _by_module_ids(_tags, "tag", order="tag"),
+    "targets": _by_module_ids(_targets, "target", order="target"),
+    "files": _by_module_ids(_files, "path", "size", "sha256", "lfs", order="path"),
+    "lineage": _by_module_ids(
+        _lineage, "parent_repo_id", "parent_revision", "weight", "role", order="position"
+    ),
+    "cards": _by_module_ids(_cards, "card_text"),
+}
+_MODULES_BY_ID = sa.select(_modules).where(_modules.c.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 def search_tokens(text: str | None) -> list[str]:
@@ -64,8 +108,45 @@ def search_tokens(text: str | None) -> list[str]:
     return _WORD.findall(text.lower()) if text else []
 
 
+def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    for pragma in _SQLITE_TUNING:
+        cursor.execute(pragma)
+    cursor.close()
+
+
 def _fts_text(value: str | None) -> str:
     return " ".join(_WORD.findall(value)) if value else ""
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The --target/--tag conditions of a search (a module must have every one).
+
+    ``sizes`` are how many modules carry each value (capped; empty when a full-text match
+    already narrows the search). Counting starts from the rarest value (``id IN (...)``) and
+    probes the others (``EXISTS``). A page does the same only when that value is rare: for
+    broad values, probing rows while walking the sort column's index finds the first page
+    without collecting and sorting every module that carries them.
+    """
+
+    terms: list[tuple[Any, Any, str]]
+    sizes: list[int]
+
+    def apply(self, stmt: sa.Select[Any], *, page: bool) -> sa.Select[Any]:
+        """``stmt`` with every term added, planned for a count or for a page."""
+        driver = -1
+        if self.sizes:
+            rarest = min(range(len(self.sizes)), key=self.sizes.__getitem__)
+            if not page or self.sizes[rarest] <= _DRIVER_MAX:
+                driver = rarest
+        module_id = _modules.c.id
+        for i, (owner, column, value) in enumerate(self.terms):
+            if i == driver:
+                stmt = stmt.where(module_id.in_(sa.select(owner).where(column == value)))
+            else:
+                stmt = stmt.where(sa.exists().where(owner == module_id, column == value))
+        return stmt
 
 
 class RegistryStore:
@@ -75,6 +156,8 @@ class RegistryStore:
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
+        if self._sqlite and not event.contains(engine, "connect", _tune_sqlite):
+            event.listen(engine, "connect", _tune_sqlite)
 
     @classmethod
     def from_url(cls, url: str, *, ensure_schema: bool = True) -> RegistryStore:
@@ -109,7 +192,18 @@ class RegistryStore:
                 batch = []
         if batch:
             count += self._write_batch(batch)
+        if count >= _ANALYZE_AFTER:
+            self.analyze()
         return count
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics (worth it after a large bulk load)."""
+        with self.engine.begin() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("ANALYZE")
+            else:
+                for table in ("modules", "module_tags", "module_targets", FTS_TABLE):
+                    conn.exec_driver_sql(f"ANALYZE {table}")
 
     def _write_batch(self, batch: Sequence[Module]) -> int:
         unique = list({(m.source, m.repo_id): m for m in batch}.values())
@@ -125,7 +219,7 @@ class RegistryStore:
             sa.insert(_modules).returning(_modules.c.id, sort_by_parameter_order=True), rows
         )
         ids = [row[0] for row in result]
-        tags, targets, files, lineage, fts = [], [], [], [], []
+        tags, targets, files, lineage, cards, fts = [], [], [], [], [], []
         for module_id, module, row in zip(ids, modules, rows, strict=True):
             tags += [{"module_id": module_id, "tag": t} for t in normalize_tags(module.tags)]
             targets += [
@@ -142,9 +236,11 @@ class RegistryStore:
                  "parent_revision": e.parent_revision, "weight": e.weight, "role": e.role}
                 for i, e in enumerate(module.lineage)
             ]
+            if module.card_text:
+                cards.append({"module_id": module_id, "card_text": module.card_text})
             fts.append(self._fts_row(module_id, module, row))
         for table, values in ((_tags, tags), (_targets, targets), (_files, files),
-                              (_lineage, lineage)):
+                              (_lineage, lineage), (_cards, cards)):
             if values:
                 conn.execute(sa.insert(table), values)
         if self._sqlite:
@@ -196,7 +292,6 @@ class RegistryStore:
             "likes": m.likes,
             "created_at": m.created_at,
             "updated_at": m.updated_at,
-            "card_text": m.card_text,
             "indexed_at": now,
         }
 
@@ -261,57 +356,83 @@ class RegistryStore:
             raise ModuleNotFound(f"module {repo_id!r}{where} is not in the registry")
         return int(found)
 
-    def _load(self, session: Session, ids: Sequence[int]) -> list[Module]:
+    def _load(self, conn: Connection, ids: Sequence[int]) -> list[Module]:
+        """Full entities for ``ids``, in that order: six indexed queries, whatever the count."""
+        if len(ids) > _LOAD_CHUNK:
+            return [m for start in range(0, len(ids), _LOAD_CHUNK)
+                    for m in self._load(conn, ids[start : start + _LOAD_CHUNK])]
         if not ids:
             return []
-        rows = session.scalars(
-            sa.select(ModuleRow)
-            .where(ModuleRow.id.in_(ids))
-            .options(
-                selectinload(ModuleRow.tags),
-                selectinload(ModuleRow.targets),
-                selectinload(ModuleRow.files),
-                selectinload(ModuleRow.lineage),
+        params = {"ids": list(ids)}
+        children: dict[str, dict[int, list[tuple[Any, ...]]]] = {}
+        for name, stmt in _CHILD_QUERIES.items():
+            found: dict[int, list[tuple[Any, ...]]] = {}
+            for row in conn.execute(stmt, params).all():
+                found.setdefault(row[0], []).append(tuple(row)[1:])
+            children[name] = found
+        rows = {row["id"]: row for row in conn.execute(_MODULES_BY_ID, params).mappings().all()}
+        tags, targets = children["tags"], children["targets"]
+        files, lineage, cards = children["files"], children["lineage"], children["cards"]
+        return [
+            module_entity(
+                rows[i],
+                tags=(t for (t,) in tags.get(i, ())),
+                targets=(t for (t,) in targets.get(i, ())),
+                files=(ModuleFile(*f) for f in files.get(i, ())),
+                lineage=(LineageEdge(*e) for e in lineage.get(i, ())),
+                card_text=cards[i][0][0] if i in cards else None,
             )
-        ).all()
-        by_id = {row.id: row.to_entity() for row in rows}
-        return [by_id[i] for i in ids if i in by_id]
+            for i in ids
+            if i in rows
+        ]
 
     def get_module(self, repo_id: str, source: str | None = None) -> Module:
         """The module with this repo id (from ``source`` if given); raises ModuleNotFound."""
-        with self._sessions() as session:
-            module_id = self._resolve_id(session.connection(), repo_id, source)
-            return self._load(session, [module_id])[0]
+        with self.engine.connect() as conn:
+            return self._load(conn, [self._resolve_id(conn, repo_id, source)])[0]
 
-    def count(self, query: SearchQuery | None = None) -> int:
-        """How many modules match ``query`` (all modules when None)."""
+    def count(self, query: SearchQuery | None = None, *, limit: int | None = None) -> int:
+        """How many modules match ``query`` (all modules when None); stops at ``limit``."""
         query = query or SearchQuery()
         with self.engine.connect() as conn:
-            stmt, _score = self._filtered(conn, query)
-            return int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+            stmt, _score, terms = self._filtered(conn, query)
+            return self._count(conn, terms.apply(stmt, page=False), limit)
+
+    @staticmethod
+    def _count(conn: Connection, stmt: sa.Select[Any], limit: int | None) -> int:
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
 
     def search(self, query: SearchQuery) -> list[Module]:
         """One page of modules matching ``query``, in its sort order (see ``count`` for total)."""
-        return self.search_page(query)[0]
+        return list(self.search_page(query).modules)
 
-    def search_page(self, query: SearchQuery) -> tuple[list[Module], int]:
-        """(one page of matching modules, total number of matches)."""
-        with self._sessions() as session:
-            conn = session.connection()
-            stmt, score = self._filtered(conn, query)
-            total = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
-            if total == 0 or query.offset >= total:
-                return [], total
-            ordered = stmt.order_by(*self._order(query, score))
+    def search_page(self, query: SearchQuery, *, count_limit: int | None = None) -> SearchPage:
+        """One page of matching modules and the number of matches.
+
+        With ``count_limit``, counting stops there (``total_is_exact`` is then False when
+        there are more): an exact count of a broad query costs time proportional to its
+        matches, a page does not.
+        """
+        with self.engine.connect() as conn:
+            stmt, score, terms = self._filtered(conn, query)
+            probe = None if count_limit is None else count_limit + 1
+            total = self._count(conn, terms.apply(stmt, page=False), probe)
+            exact = probe is None or total < probe
+            if not exact:
+                total = count_limit or 0
+            if total == 0 or (exact and query.offset >= total):
+                return SearchPage((), total, exact)
+            ordered = terms.apply(stmt, page=True).order_by(*self._order(query, score))
             ids = list(conn.scalars(ordered.limit(query.limit).offset(query.offset)))
-            return self._load(session, ids), total
+            return SearchPage(tuple(self._load(conn, ids)), total, exact)
 
     def compatible_with(
         self, repo_id: str, source: str | None = None, *, limit: int | None = None
     ) -> list[Compatibility]:
         """Modules with the same normalised base model and target set; equal ranks first."""
-        with self._sessions() as session:
-            conn = session.connection()
+        with self.engine.connect() as conn:
             ref_id = self._resolve_id(conn, repo_id, source)
             ref = conn.execute(
                 sa.select(_modules.c.base_model_key, _modules.c.target_key, _modules.c.rank)
@@ -329,7 +450,7 @@ class RegistryStore:
             )
             if limit is not None:
                 stmt = stmt.limit(limit)
-            modules = self._load(session, list(conn.scalars(stmt)))
+            modules = self._load(conn, list(conn.scalars(stmt)))
         return [
             Compatibility(module=m, reference_repo_id=repo_id, rank_matches=m.rank == ref.rank)
             for m in modules
@@ -337,7 +458,7 @@ class RegistryStore:
 
     # ------------------------------------------------------------------ query building
 
-    def _fts_subquery(self, tokens: list[str]) -> sa.Subquery:
+    def _fts_subquery(self, tokens: list[str]) -> sa.CTE:
         if self._sqlite:
             match = " ".join(f'"{t}"*' for t in tokens)
             text = sa.text(
@@ -350,13 +471,17 @@ class RegistryStore:
                 f"SELECT module_id, ts_rank(document, q) AS score "
                 f"FROM {FTS_TABLE}, to_tsquery('english', :tsquery) AS q WHERE document @@ q"
             ).bindparams(tsquery=tsquery)
-        return text.columns(
-            sa.column("module_id", sa.Integer), sa.column("score", sa.Float)
-        ).subquery("fts")
+        # MATERIALIZED: run the full-text match once, then join; never once per module row.
+        return (
+            text.columns(sa.column("module_id", sa.Integer), sa.column("score", sa.Float))
+            .cte("fts")
+            .prefix_with("MATERIALIZED")
+        )
 
     def _filtered(
         self, conn: Connection, q: SearchQuery
-    ) -> tuple[sa.Select[Any], sa.ColumnElement[Any] | None]:
+    ) -> tuple[sa.Select[Any], sa.ColumnElement[Any] | None, _Terms]:
+        """The matching module ids (without tag/target terms), the relevance score, the terms."""
         m = _modules.c
         stmt: sa.Select[Any] = sa.select(m.id)
         score: sa.ColumnElement[Any] | None = None
@@ -373,12 +498,6 @@ class RegistryStore:
             stmt = stmt.where(m.rank >= q.min_rank)
         if q.max_rank is not None:
             stmt = stmt.where(m.rank <= q.max_rank)
-        for target in normalize_targets(q.targets):
-            stmt = stmt.where(
-                m.id.in_(sa.select(_targets.c.module_id).where(_targets.c.target == target))
-            )
-        for tag in normalize_tags(q.tags):
-            stmt = stmt.where(m.id.in_(sa.select(_tags.c.module_id).where(_tags.c.tag == tag)))
         if q.task:
             stmt = stmt.where(sa.or_(m.task_name == q.task, m.task_category == q.task))
         if q.author:
@@ -401,7 +520,15 @@ class RegistryStore:
                 m.target_key == ref.target_key,
                 m.id != ref_id,
             )
-        return stmt, score
+        terms = [(_targets.c.module_id, _targets.c.target, t) for t in normalize_targets(q.targets)]
+        terms += [(_tags.c.module_id, _tags.c.tag, t) for t in normalize_tags(q.tags)]
+        sizes = [] if tokens else [self._posting_size(conn, *term) for term in terms]
+        return stmt, score, _Terms(terms, sizes)
+
+    @staticmethod
+    def _posting_size(conn: Connection, owner: Any, column: Any, value: str) -> int:
+        capped = sa.select(owner).where(column == value).limit(_POSTING_CAP).subquery()
+        return int(conn.scalar(sa.select(sa.func.count()).select_from(capped)) or 0)
 
     @staticmethod
     def _order(q: SearchQuery, score: sa.ColumnElement[Any] | None) -> list[Any]:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # Hub repo ids: "namespace/name", letters, digits, '-', '_', '.'.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SEARCH_JSON_VERSION = 1
+# Counting stops here ("1-20 of 1000+"): exact totals of broad searches cost time, pages don't.
+COUNT_LIMIT = 1000
 
 
 def open_store(ctx: click.Context) -> RegistryStore:
@@ -112,7 +114,12 @@ def _check_range(name: str, value: int | None, low: int) -> None:
 
 
 def search_json(
-    modules: list[Module], total: int, query: Any, compat: dict[str, bool] | None = None
+    modules: list[Module],
+    total: int,
+    query: Any,
+    compat: dict[str, bool] | None = None,
+    *,
+    total_is_exact: bool = True,
 ) -> dict[str, Any]:
     """The ``loradex search --json`` document (shape documented in docs/registry.md)."""
     from registry.entities import module_to_dict
@@ -126,6 +133,7 @@ def search_json(
     return {
         "version": SEARCH_JSON_VERSION,
         "total": total,
+        "total_is_exact": total_is_exact,
         "offset": query.offset,
         "limit": query.limit,
         "sort": query.effective_sort,
@@ -212,20 +220,23 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
         limit=limit, offset=offset,
     )
     store = open_store(ctx)
-    modules, total = store.search_page(query)
+    page = store.search_page(query, count_limit=COUNT_LIMIT)
+    modules, total = list(page.modules), page.total
     compat = None
     if compatible_with:
         ref = store.get_module(compatible_with)
         compat = {m.repo_id: m.rank == ref.rank for m in modules}
     if as_json:
-        click.echo(json.dumps(search_json(modules, total, query, compat), indent=2))
+        doc = search_json(modules, total, query, compat, total_is_exact=page.total_is_exact)
+        click.echo(json.dumps(doc, indent=2))
         return
     if not modules:
         click.echo("no modules match" if total == 0 else f"no results past offset {offset}")
         return
     _print_table(modules, compat)
     shown = f"{offset + 1}-{offset + len(modules)}"
-    click.echo(f"{shown} of {total} (sorted by {query.effective_sort})")
+    of = f"{total}" if page.total_is_exact else f"{total}+"
+    click.echo(f"{shown} of {of} (sorted by {query.effective_sort})")
 
 
 # --------------------------------------------------------------------------- show

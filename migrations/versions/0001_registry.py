@@ -1,4 +1,4 @@
-"""Module index: modules, their tags, targets, files, lineage, sync state, full-text search.
+"""Module index: modules, their cards, tags, targets, files, lineage, sync state, full-text search.
 
 Revision ID: 0001_registry
 Revises:
@@ -60,12 +60,12 @@ def upgrade() -> None:
         sa.Column("likes", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("card_text", sa.Text(), nullable=True),
         sa.Column("indexed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_modules")),
         sa.UniqueConstraint("source", "repo_id", name="uq_modules_source_repo_id"),
     )
     op.create_index("ix_modules_compat", "modules", ["base_model_key", "target_key", "rank"])
+    op.create_index("ix_modules_base_downloads", "modules", ["base_model_key", "downloads"])
     op.create_index("ix_modules_downloads", "modules", ["downloads"])
     op.create_index("ix_modules_likes", "modules", ["likes"])
     op.create_index("ix_modules_updated_at", "modules", ["updated_at"])
@@ -75,6 +75,13 @@ def upgrade() -> None:
     op.create_index("ix_modules_task_name", "modules", ["task_name"])
     op.create_index("ix_modules_task_category", "modules", ["task_category"])
     op.create_index("ix_modules_repo_id", "modules", ["repo_id"])
+
+    op.create_table(
+        "module_cards",
+        _module_fk("module_cards"),
+        sa.Column("card_text", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("module_id", name=op.f("pk_module_cards")),
+    )
 
     op.create_table(
         "module_tags",
@@ -150,4 +157,5 @@ def downgrade() -> None:
     op.drop_table("module_targets")
     op.drop_index("ix_module_tags_tag", table_name="module_tags")
     op.drop_table("module_tags")
+    op.drop_table("module_cards")
     op.drop_table("modules")

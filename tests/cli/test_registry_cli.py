@@ -89,6 +89,7 @@ def test_add_search_show(run: Run, adapters: dict[str, Path]) -> None:
 
     doc = run.json("search")
     assert doc["version"] == 1 and doc["total"] == 3 and doc["sort"] == "downloads"
+    assert doc["total_is_exact"] is True and (doc["offset"], doc["limit"]) == (0, 20)
     assert {r["repo_id"] for r in doc["results"]} == {"alice/past-tense", "local/plural",
                                                      "carol/news"}
     first = next(r for r in doc["results"] if r["repo_id"] == "alice/past-tense")

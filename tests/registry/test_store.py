@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from loradex.errors import ModuleNotFound
-from registry.entities import LineageEdge, Module, ModuleFile, SearchQuery
+from registry.entities import LineageEdge, Module, ModuleFile, SearchPage, SearchQuery
 from registry.store import RegistryStore
 
 Factory = Callable[..., Module]
@@ -186,10 +186,21 @@ def test_sorting_and_paging(catalogue: RegistryStore) -> None:
     assert updated[-1] == "erin/llama-tense"  # no date: last
     assert ids(sort="rank") == ["dave/translation", "carol/sentiment", "alice/past-tense",
                                 "erin/llama-tense", "bob/past-tense-r16", "frank/summary"]
-    page, total = catalogue.search_page(SearchQuery(limit=2, offset=2))
-    assert total == 6
-    assert _ids(page) == ids()[2:4]
-    assert catalogue.search_page(SearchQuery(offset=10)) == ([], 6)
+    page = catalogue.search_page(SearchQuery(limit=2, offset=2))
+    assert (page.total, page.total_is_exact) == (6, True)
+    assert _ids(list(page.modules)) == ids()[2:4]
+    assert catalogue.search_page(SearchQuery(offset=10)) == SearchPage((), 6, True)
+
+
+def test_count_limit_stops_counting(catalogue: RegistryStore) -> None:
+    capped = catalogue.search_page(SearchQuery(limit=2), count_limit=4)
+    assert (capped.total, capped.total_is_exact) == (4, False)
+    assert _ids(list(capped.modules)) == _ids(catalogue.search(SearchQuery(limit=2)))
+    # Past the limit the page is still served: the total is only a lower bound.
+    assert len(catalogue.search_page(SearchQuery(offset=5), count_limit=4).modules) == 1
+    exact = catalogue.search_page(SearchQuery(tags=("grammar",)), count_limit=4)
+    assert (exact.total, exact.total_is_exact) == (3, True)
+    assert catalogue.count(SearchQuery(), limit=3) == 3
 
 
 def test_free_text_ranks_repo_id_and_task_above_card(catalogue: RegistryStore) -> None:
@@ -265,3 +276,17 @@ def test_sync_state(store: RegistryStore) -> None:
     store.set_sync_state("http://other", "alice/m", last_sha=None, status="error", error="503")
     assert [s.repo_id for s in store.sync_states("http://hub")] == ["alice/m"]
     assert store.get_sync_state("http://other", "alice/m").status == "error"  # type: ignore[union-attr]
+
+
+def test_orm_rows_map_to_the_same_entities(store: RegistryStore, module_factory: Factory) -> None:
+    from sqlalchemy.orm import Session
+
+    from registry.models import ModuleRow
+
+    module = store.upsert_module(module_factory(
+        "alice/m", card_text="# Card", lineage=(LineageEdge("bob/a", None, 0.5),),
+        tags=("a", "b"), files=(ModuleFile("a.json", 3), ModuleFile("b.bin", 4, None, True)),
+    ))
+    with Session(store.engine) as session:
+        row = session.scalars(sa.select(ModuleRow)).one()
+        assert row.to_entity() == module
