@@ -248,8 +248,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     from composer.models import base_model_name_for
     from composer.search import SearchConfig
 
-    refs = [r.strip() for opt in candidate_opts for r in opt.split(",") if r.strip()]
-    refs += list(candidate_args)
+    refs = list(candidate_args)
+    refs += [r.strip() for opt in candidate_opts for r in opt.split(",") if r.strip()]
     if from_registry == bool(refs):
         raise ConfigError("give candidates (folders or ids) or --from-registry, not both/neither")
     if publish_repo:

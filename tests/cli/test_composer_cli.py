@@ -1,0 +1,144 @@
+"""``loradex train``, ``compose`` and ``eval`` end to end on a tiny model, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composer"))
+from composer_testing import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
+
+from loradex.cli import main
+
+TRAIN_ROWS = [{"input": f"count {i}", "target": ["one", "two", "three"][i % 3]} for i in range(12)]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    base = save_tiny_causal(root / "base")
+    mods = [save_lora(base, root / f"m{i}", seed=i) for i in range(3)]
+    odd = save_lora(base, root / "r8", seed=9, rank=8)
+    return {
+        "root": root, "base": base, "m0": mods[0], "m1": mods[1], "m2": mods[2], "r8": odd,
+        "few": write_jsonl(root / "few.jsonl", FEW_SHOT),
+        "train": write_jsonl(root / "train.jsonl", TRAIN_ROWS),
+    }
+
+
+def test_train_compose_eval_and_registry(tiny, db_url, tmp_path, capsys, loradex_home):
+    from registry.store import RegistryStore
+
+    db = ["--db", db_url]
+    code, out, err = run([*db, "train", str(tiny["train"]), "--out", str(tmp_path / "trained"),
+                          "--base-model", str(tiny["base"]), "--rank", "4", "--steps", "3",
+                          "--batch-size", "4", "--task-name", "count", "--task-category", "toy",
+                          "--holdout-fraction", "0.25", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["steps"] == 3 and summary["registry_id"] == "local/trained"
+    assert summary["heldout_loss_after"] is not None
+
+    code, out, err = run([*db, "compose", "--examples", str(tiny["few"]),
+                          "--base-model", str(tiny["base"]), "--budget", "6", "--seed", "1",
+                          "--out", str(tmp_path / "composed"), "--holdout", str(tiny["few"]),
+                          str(tiny["m0"]), str(tiny["m1"]), "--candidates",
+                          f"{tiny['m2']},{tmp_path / 'trained'}", "--method", "mixed-rank",
+                          "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert list(summary["weights"]) == ["local/m0", "local/m1", "local/m2", "local/trained"]
+    assert len(summary["holdout"]) == 2 + 4
+    assert (tmp_path / "composed" / "loss_curve.png").is_file()
+
+    store = RegistryStore.from_url(db_url)
+    try:
+        module = store.get_module("local/composed")
+        trained = store.get_module("local/trained")
+    finally:
+        store.engine.dispose()
+    assert [e.parent_repo_id for e in module.lineage] == list(summary["weights"])
+    weights = list(summary["weights"].values())
+    assert [e.weight for e in module.lineage] == pytest.approx(weights, abs=1e-5)
+    assert module.rank == 4 * 4 and trained.task_name == "count"
+
+    code, out, err = run([*db, "eval", str(tiny["few"]), "--base-model", str(tiny["base"]),
+                          "--adapter", str(tmp_path / "composed"), "--json",
+                          "--predictions", str(tmp_path / "pred.jsonl")], capsys)
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n_examples"] == 5 and metrics["n_choice_examples"] == 1
+    assert metrics["loss"] == pytest.approx(summary["loss"], abs=1e-4)
+    assert len((tmp_path / "pred.jsonl").read_text().splitlines()) == 5
+
+
+def test_unequal_ranks_fail_before_the_model_is_loaded(tiny, tmp_path, capsys, loradex_home):
+    code, _out, err = run(["compose", "--examples", str(tiny["few"]), "--base-model",
+                          str(tiny["base"]), "--out", str(tmp_path / "x"), str(tiny["m0"]),
+                          str(tiny["r8"])], capsys)
+    assert code == 5
+    assert err.strip().splitlines()[-1].startswith("error: unequal ranks")
+    assert "--method mixed-rank" in err and "loading base model" not in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["compose", "--examples", "{empty}", "--out", "{tmp}/o", "{m0}"], 6, "no examples"),
+        (["compose", "--examples", "{few}", "--out", "{tmp}/o", "{tmp}/missing"], 3,
+         "no such folder"),
+        (["compose", "--examples", "{few}", "--out", "{tmp}/o"], 2, "give candidates"),
+        (["compose", "--examples", "{few}", "--out", "{tmp}/o", "{m0}", "--optimizer", "Nope"], 2,
+         "unknown nevergrad optimizer"),
+        (["compose", "--examples", "{few}", "--out", "{tmp}/o", "{m0}", "--svd-rank", "2"], 2,
+         "svd-rank only applies"),
+        (["train", "{bad}", "--out", "{tmp}/o"], 6, "bad.jsonl:1: not valid JSON"),
+        (["train", "{few}", "--out", "{tmp}/o", "--steps", "2", "--epochs", "1"], 2,
+         "either steps or epochs"),
+        (["eval", "{few}", "--adapter", "{tmp}/missing"], 3, "no such folder"),
+        (["eval", "{few}", "--base-model", "{tmp}/nomodel"], 10, "model folder not found"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(
+    argv, code, message, tiny, tmp_path, capsys, loradex_home
+):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text("{nope\n")
+    values = {"tmp": tmp_path, "few": tiny["few"], "m0": tiny["m0"],
+              "empty": tmp_path / "empty.jsonl", "bad": tmp_path / "bad.jsonl"}
+    got, _out, err = run([a.format(**values) for a in argv], capsys)
+    assert got == code
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compose", "eval"])
+def test_help_shows_an_example_without_importing_torch(command):
+    code = (
+        "import sys\n"
+        "from loradex.cli import main\n"
+        "try:\n"
+        f"    main([{command!r}, '--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Example" in proc.stdout and "loradex " + command in proc.stdout
