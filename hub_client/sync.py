@@ -10,7 +10,8 @@ its sync state, so an interrupted sync resumes where it stopped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from registry.entities import Module, ModuleFile
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo
+    from sqlalchemy import Engine
 
     from hub_client.client import HubClient
     from registry.store import RegistryStore
@@ -166,36 +168,106 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
             continue
         todo.append((info, state is not None and state.status == STATUS_OK))
 
+    writer = _BatchWriter(store, client.endpoint, report)
     with tqdm(
         total=len(todo), unit="repo", desc="sync", disable=not options.progress, leave=False
     ) as bar:
-        for (info, known), outcome in _fetch_all(client, todo, options.jobs):
-            _record(store, client.endpoint, info, known, outcome, report)
-            bar.update(1)
+        try:
+            for (info, known), outcome in _fetch_all(client, todo, options.jobs):
+                writer.add(info, known, outcome)
+                bar.update(1)
+        finally:
+            writer.flush()  # also on Ctrl-C: what was fetched is kept, the rest resumes
     return report
 
 
-def _record(
-    store: RegistryStore,
-    endpoint: str,
-    info: ModelInfo,
-    known: bool,
-    outcome: Module | BaseException,
-    report: SyncReport,
-) -> None:
-    if isinstance(outcome, Module):
-        store.upsert_module(outcome)
-        store.set_sync_state(endpoint, info.id, last_sha=info.sha, status=STATUS_OK)
-        if known:
-            report.updated += 1
+class _BatchWriter:
+    """Writes fetched modules and their sync states in short batches (one transaction each).
+
+    One transaction per repo would cap a sync at the database's commit rate; a batch of at
+    most ``BATCH`` repos, or ``BATCH_SECONDS`` of work, keeps an interrupted sync cheap to
+    resume while letting the writes keep up with parallel fetches.
+    """
+
+    BATCH = 200
+    BATCH_SECONDS = 1.0
+
+    def __init__(self, store: RegistryStore, endpoint: str, report: SyncReport) -> None:
+        self.store = store
+        self.endpoint = endpoint
+        self.report = report
+        self.modules: list[Module] = []
+        self.states: list[dict[str, Any]] = []
+        self.pending: list[tuple[str, bool, str | None]] = []  # (repo, known, failure reason)
+        self.started = time.monotonic()
+
+    def add(self, info: ModelInfo, known: bool, outcome: Module | BaseException) -> None:
+        """Queue one repo's outcome; flush when the batch is full or old enough."""
+        if isinstance(outcome, Module):
+            self.modules.append(outcome)
+            self.states.append(_state(self.endpoint, info.id, info.sha, STATUS_OK, None))
+            self.pending.append((info.id, known, None))
         else:
-            report.new += 1
-        return
-    status = STATUS_SKIPPED if isinstance(outcome, InvalidAdapter) else STATUS_ERROR
-    reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
-    store.set_sync_state(endpoint, info.id, last_sha=info.sha, status=status, error=reason)
-    report.failed += 1
-    report.failures.append((info.id, reason))
+            status = STATUS_SKIPPED if isinstance(outcome, InvalidAdapter) else STATUS_ERROR
+            reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+            self.states.append(_state(self.endpoint, info.id, info.sha, status, reason))
+            self.pending.append((info.id, known, reason))
+        if len(self.states) >= self.BATCH or time.monotonic() - self.started >= self.BATCH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued modules, then their sync states; count them in the report."""
+        if self.modules:
+            self.store.bulk_upsert(self.modules)
+        if self.states:
+            record_sync_states(self.store.engine, self.states)
+        for repo_id, known, reason in self.pending:
+            if reason is not None:
+                self.report.failed += 1
+                self.report.failures.append((repo_id, reason))
+            elif known:
+                self.report.updated += 1
+            else:
+                self.report.new += 1
+        self.modules, self.states, self.pending = [], [], []
+        self.started = time.monotonic()
+
+
+def _state(
+    endpoint: str, repo_id: str, sha: str | None, status: str, error: str | None
+) -> dict[str, Any]:
+    return {
+        "endpoint": endpoint,
+        "repo_id": repo_id,
+        "last_sha": sha,
+        "status": status,
+        "error": error,
+        "synced_at": datetime.now(UTC),
+    }
+
+
+def record_sync_states(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert many sync-state rows in one transaction.
+
+    ``RegistryStore.set_sync_state`` writes one repo per transaction; a sync of thousands of
+    repos needs a batch version. It lives here, on the registry's own table, until the store
+    grows one (reported to the registry maintainer).
+    """
+    from sqlalchemy import delete, insert, tuple_
+
+    from registry.models import SyncStateRow
+
+    table = SyncStateRow.__table__
+    unique = list({(r["endpoint"], r["repo_id"]): r for r in rows}.values())
+    keys = [(r["endpoint"], r["repo_id"]) for r in unique]
+    with engine.begin() as conn:
+        for chunk in range(0, len(keys), 400):
+            conn.execute(
+                delete(table).where(
+                    tuple_(table.c.endpoint, table.c.repo_id).in_(keys[chunk : chunk + 400])
+                )
+            )
+        conn.execute(insert(table), unique)
 
 
 def _fetch_all(

@@ -40,6 +40,7 @@ log = logging.getLogger("loradex.server")
 MAX_JSON_BODY = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 CHUNK = 256 * 1024
+SMALL_FILE = 1024 * 1024
 CONFIG_ENV = "LORADEX_SERVE_CONFIG"
 
 Handler = Callable[[Request, list[str]], Awaitable[Response]]
@@ -318,6 +319,13 @@ class HubApp:
         if request.method == "HEAD":
             return Response(
                 status_code=status, headers=headers, media_type="application/octet-stream"
+            )
+        if length <= SMALL_FILE:  # metadata reads and small files: one read, no thread hops
+            with resolved.blob_path.open("rb") as fh:
+                fh.seek(start)
+                content = fh.read(length)
+            return Response(
+                content, status_code=status, headers=headers, media_type="application/octet-stream"
             )
         return StreamingResponse(
             _file_chunks(resolved.blob_path, start, length),

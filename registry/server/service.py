@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, and_, delete, false, or_, select, update
+from sqlalchemy import Engine, and_, delete, false, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -680,6 +680,10 @@ class HubService:
     ) -> ResolvedFile:
         """The file to serve for ``/{id}/resolve/{rev}/{path}``."""
         check_path(path)
+        fast = self._resolve_file_fast(identity, repo_id, revision, path)
+        if fast is not None:
+            return fast
+        # Slow path: find out which of repo, revision or file is missing, for the right 404.
         with session_scope(self.engine) as session:
             repo = self._visible_repo(session, identity, repo_id)
             commit = self._resolve(session, repo, revision)
@@ -688,6 +692,50 @@ class HubService:
                 raise entry_not_found(path, commit.sha)
             tree_file = TreeFile(row.path, row.blob_sha256, row.size, row.is_lfs, row.git_oid)
             return ResolvedFile(commit.sha, tree_file, self.blobs.path_for(tree_file.sha256))
+
+    def _resolve_file_fast(
+        self, identity: Identity | None, repo_id: str, revision: str, path: str
+    ) -> ResolvedFile | None:
+        """One Core query for the common case (the file exists); None sends to the slow path.
+
+        Downloads and the sync's metadata reads are nearly all resolves: this keeps them to a
+        single indexed SELECT instead of four ORM round trips.
+        """
+        repos, commits = SqlHubRepo.__table__, SqlHubCommit.__table__
+        entries, refs = SqlHubTreeEntry.__table__, SqlHubRef.__table__
+        entry_join = and_(entries.c.commit_id == commits.c.id, entries.c.path == path)
+        if is_commit_sha(revision):
+            source = repos.join(commits, commits.c.repo_id == repos.c.id).join(entries, entry_join)
+            condition = commits.c.sha == revision
+        else:
+            source = (
+                repos.join(refs, and_(refs.c.repo_id == repos.c.id, refs.c.name == revision))
+                .join(commits, commits.c.id == refs.c.commit_id)
+                .join(entries, entry_join)
+            )
+            condition = true()
+        query = (
+            select(
+                repos.c.private,
+                repos.c.namespace,
+                commits.c.sha,
+                entries.c.blob_sha256,
+                entries.c.size,
+                entries.c.is_lfs,
+                entries.c.git_oid,
+            )
+            .select_from(source)
+            .where(repos.c.full_id == repo_id, condition)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        private, namespace, sha, blob, size, is_lfs, git_oid = row
+        if private and (identity is None or namespace not in identity.namespaces):
+            return None
+        tree_file = TreeFile(path, blob, size, bool(is_lfs), git_oid)
+        return ResolvedFile(sha, tree_file, self.blobs.path_for(blob))
 
     def refs(self, identity: Identity | None, repo_id: str) -> dict[str, Any]:
         """``/api/models/{id}/refs``."""
