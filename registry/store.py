@@ -62,11 +62,12 @@ _POSTING_CAP = 20_000
 _FTS_CARD_CHARS = 20_000
 # bm25 column weights on SQLite: repo id, task text, tags, card.
 _BM25 = "bm25(module_fts, 8.0, 4.0, 4.0, 1.0)"
+# The PostgreSQL document, built from the staged text columns (alias s).
 _PG_DOCUMENT = (
-    "setweight(to_tsvector('english', :repo), 'A') || "
-    "setweight(to_tsvector('english', :task), 'B') || "
-    "setweight(to_tsvector('english', :tags), 'B') || "
-    "setweight(to_tsvector('english', :card), 'C')"
+    "setweight(to_tsvector('english', s.repo), 'A') || "
+    "setweight(to_tsvector('english', s.task), 'B') || "
+    "setweight(to_tsvector('english', s.tags), 'B') || "
+    "setweight(to_tsvector('english', s.card), 'C')"
 )
 _WORD = re.compile(r"[^\W_]+")
 
@@ -215,10 +216,7 @@ class RegistryStore:
         self._delete_rows(conn, self._existing_ids(conn, [(m.source, m.repo_id) for m in modules]))
         now = datetime.now(UTC)
         rows = [self._module_row(m, now) for m in modules]
-        result = conn.execute(
-            sa.insert(_modules).returning(_modules.c.id, sort_by_parameter_order=True), rows
-        )
-        ids = [row[0] for row in result]
+        ids = self._insert_modules(conn, rows)
         tags, targets, files, lineage, cards, fts = [], [], [], [], [], []
         for module_id, module, row in zip(ids, modules, rows, strict=True):
             tags += [{"module_id": module_id, "tag": t} for t in normalize_tags(module.tags)]
@@ -241,8 +239,7 @@ class RegistryStore:
             fts.append(self._fts_row(module_id, module, row))
         for table, values in ((_tags, tags), (_targets, targets), (_files, files),
                               (_lineage, lineage), (_cards, cards)):
-            if values:
-                conn.execute(sa.insert(table), values)
+            self._insert_rows(conn, table, values)
         if self._sqlite:
             conn.execute(
                 sa.text(
@@ -252,12 +249,71 @@ class RegistryStore:
                 fts,
             )
         else:
-            conn.execute(
-                sa.text(
-                    f"INSERT INTO {FTS_TABLE} (module_id, document) VALUES (:id, {_PG_DOCUMENT})"
-                ),
-                fts,
+            # Stage the text with COPY, then build every tsvector in one statement.
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE IF NOT EXISTS module_fts_stage "
+                "(id integer, repo text, task text, tags text, card text) ON COMMIT DELETE ROWS"
             )
+            self._copy(conn, "module_fts_stage", ["id", "repo", "task", "tags", "card"], fts)
+            conn.exec_driver_sql(
+                f"INSERT INTO {FTS_TABLE} (module_id, document) "
+                f"SELECT s.id, {_PG_DOCUMENT} FROM module_fts_stage AS s"
+            )
+            conn.exec_driver_sql("TRUNCATE module_fts_stage")
+
+    def _insert_modules(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert ``modules`` rows; return their new ids in order."""
+        if self._sqlite:
+            # One executemany, then read the ids back by key (inside this transaction, which
+            # holds SQLite's write lock): ordered RETURNING would insert row by row.
+            conn.execute(sa.insert(_modules), rows)
+            keys = [(row["source"], row["repo_id"]) for row in rows]
+            found = dict(self._existing_keys(conn, keys))
+            return [found[key] for key in keys]
+        # PostgreSQL: take ids from the sequence, then COPY (a multi-row INSERT of thousands
+        # of rows spends most of its time being parsed on the client).
+        ids = list(conn.scalars(
+            sa.text(
+                "SELECT nextval(pg_get_serial_sequence('modules', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": len(rows)},
+        ))
+        for module_id, row in zip(ids, rows, strict=True):
+            row["id"] = module_id
+        self._insert_rows(conn, _modules, rows)
+        return ids
+
+    def _insert_rows(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = list(rows[0])
+        if self._sqlite:
+            # Child rows hold only ints, strings, floats and bools: skip per-value processing.
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join("?" for _ in columns)
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({names}) VALUES ({marks})",
+                [tuple(row[c] for c in columns) for row in rows],
+            )
+        else:
+            self._copy(conn, table.name, columns, rows)
+
+    @staticmethod
+    def _copy(conn: Connection, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        """COPY ``rows`` into ``table`` through the connection's psycopg cursor."""
+        import psycopg
+
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        names = ", ".join(f'"{c}"' for c in columns)
+        statement = f"COPY {table} ({names}) FROM STDIN"
+        try:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        except psycopg.Error as exc:
+            # Same exception types as every other statement that goes through SQLAlchemy.
+            raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
     @staticmethod
     def _module_row(m: Module, now: datetime) -> dict[str, Any]:
@@ -310,19 +366,26 @@ class RegistryStore:
         }
 
     def _existing_ids(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> list[int]:
-        ids: list[int] = []
+        return [module_id for _key, module_id in self._existing_keys(conn, keys)]
+
+    @staticmethod
+    def _existing_keys(
+        conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[tuple[str, str], int]]:
+        """((source, repo_id), id) of the given keys that are in the index."""
+        found: list[tuple[tuple[str, str], int]] = []
         by_source: dict[str, list[str]] = {}
         for source, repo_id in keys:
             by_source.setdefault(source, []).append(repo_id)
+        m = _modules.c
         for source, repo_ids in by_source.items():
             for start in range(0, len(repo_ids), 500):
                 chunk = repo_ids[start : start + 500]
-                ids += conn.scalars(
-                    sa.select(_modules.c.id).where(
-                        _modules.c.source == source, _modules.c.repo_id.in_(chunk)
-                    )
+                rows = conn.execute(
+                    sa.select(m.repo_id, m.id).where(m.source == source, m.repo_id.in_(chunk))
                 ).all()
-        return ids
+                found += [((source, repo_id), module_id) for repo_id, module_id in rows]
+        return found
 
     def _delete_rows(self, conn: Connection, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), 500):
