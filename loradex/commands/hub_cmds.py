@@ -380,7 +380,7 @@ def pull(
     )
     if result.from_cache:
         click.echo(f"(offline: served from the cache at revision {result.revision})", err=True)
-    click.echo(str(result.folder))
+    click.echo(str(result.folder.resolve()))
 
 
 @click.command()
