@@ -4,18 +4,20 @@ A repo holding ``adapter_config.json`` + ``adapter_model.safetensors`` becomes a
 (source = the server's public URL, or ``local``) as soon as the commit lands, so
 ``loradex --db SAME search`` sees uploads at once. The adapter is judged by the registry's own
 ``module_from_metadata``; a broken adapter stays stored (this is a Hub) but is not indexed, and
-the reason is logged.
+the reason is logged. A deleted repo, or one whose head is no longer a valid adapter, leaves
+the registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from datetime import UTC
 
 from sqlalchemy import Engine
 
-from loradex.errors import InvalidAdapter
+from loradex.errors import InvalidAdapter, ModuleNotFound
 from registry.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -78,8 +80,11 @@ def make_registry_indexer(engine: Engine, config: ServerConfig) -> Indexer:
             module = hosted_module(commit, source)
         except InvalidAdapter as exc:
             log.warning("stored but not indexed: %s", exc)
+            module = None
+        if module is None:  # deleted, no longer an adapter, or broken: drop a stale entry
+            with contextlib.suppress(ModuleNotFound):
+                store.delete_module(commit.repo_id, source=source)
             return
-        if module is not None:
-            store.upsert_module(module)
+        store.upsert_module(module)
 
     return index

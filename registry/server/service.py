@@ -196,7 +196,10 @@ class CommitOp:
 
 @dataclass(frozen=True)
 class HostedCommit:
-    """What the registry indexer receives after a commit: the repo, its new sha and files."""
+    """What the registry indexer receives after a commit: the repo, its new sha and files.
+
+    A deleted repo is reported with no files and an empty sha.
+    """
 
     repo_id: str
     sha: str
@@ -470,6 +473,7 @@ class HubService:
             )
             session.execute(delete(SqlHubCommit).where(SqlHubCommit.repo_id == repo.id))
             session.execute(delete(SqlHubRepo).where(SqlHubRepo.id == repo.id))
+        self._index(HostedCommit(repo_id, "", utcnow(), (), self.blobs))
 
     def _resolve(self, session: Session, repo: SqlHubRepo, revision: str) -> SqlHubCommit:
         ref = session.scalar(
@@ -963,11 +967,7 @@ class HubService:
             )
             raise HubHTTPError(409, "too many concurrent commits on this branch, try again")
         hosted, sha = result
-        if self._indexer is not None:
-            try:
-                self._indexer(hosted)
-            except Exception as exc:  # a Hub stores broken adapters too; it only skips indexing
-                log.warning("not indexed: %s@%s: %s", repo_id, sha, exc)
+        self._index(hosted)
         return {
             "success": True,
             "commitOid": sha,
@@ -975,6 +975,15 @@ class HubService:
             "hookOutput": "",
             "pullRequestUrl": None,
         }
+
+    def _index(self, hosted: HostedCommit) -> None:
+        """Tell the registry indexer about a new head (or a deletion); never fails the request."""
+        if self._indexer is None:
+            return
+        try:
+            self._indexer(hosted)
+        except Exception as exc:  # the commit stands; only the registry entry is missing
+            log.warning("not indexed: %s@%s: %s", hosted.repo_id, hosted.sha or "-", exc)
 
     def _commit_once(
         self,

@@ -86,6 +86,12 @@ def test_round_trip_bytes_hashes_and_registry_index(
     assert module.rank == 4 and module.target_modules == ("q_proj", "v_proj")
     recorded = {f.path: f.sha256 for f in module.files}
     assert recorded["adapter_model.safetensors"] == sha256(weights)
+    # deleting the repo removes it from the registry too
+    api.delete_repo("alice/round-trip")
+    from loradex.errors import ModuleNotFound
+
+    with pytest.raises(ModuleNotFound):
+        store.get_module("alice/round-trip", source="local")
 
 
 def test_old_revisions_stay_downloadable(hub: HubServer, tmp_path: Path, hf_cache: Path) -> None:
