@@ -3,8 +3,9 @@
 For each adapter repo whose head sha differs from the recorded sync state, three small reads
 (``adapter_config.json``, ``README.md``, the safetensors header by range request) feed the
 registry's own ``module_from_metadata``; the weights are never downloaded. Fetches run in a
-bounded thread pool; writes happen in the calling thread, one repo at a time, each followed by
-its sync state, so an interrupted sync resumes where it stopped.
+bounded thread pool; writes happen in the calling thread in short batches (modules first, then
+their sync states, at least once a second and again on Ctrl-C), so an interrupted sync resumes
+where it stopped.
 """
 
 from __future__ import annotations
