@@ -51,7 +51,11 @@ class ModuleRow(Base):
     __table_args__ = (
         UniqueConstraint("source", "repo_id", name="uq_modules_source_repo_id"),
         Index("ix_modules_compat", "base_model_key", "target_key", "rank"),
+        # Searches nearly always name a base model: one index per sort order under it.
         Index("ix_modules_base_downloads", "base_model_key", "downloads"),
+        Index("ix_modules_base_likes", "base_model_key", "likes"),
+        Index("ix_modules_base_updated_at", "base_model_key", "updated_at"),
+        Index("ix_modules_base_rank", "base_model_key", "rank"),
         Index("ix_modules_downloads", "downloads"),
         Index("ix_modules_likes", "likes"),
         Index("ix_modules_updated_at", "updated_at"),

@@ -133,6 +133,7 @@ class _Terms:
 
     terms: list[tuple[Any, Any, str]]
     sizes: list[int]
+    tokens: list[str]
 
     def apply(self, stmt: sa.Select[Any], *, page: bool) -> sa.Select[Any]:
         """``stmt`` with every term added, planned for a count or for a page."""
@@ -458,8 +459,8 @@ class RegistryStore:
         """How many modules match ``query`` (all modules when None); stops at ``limit``."""
         query = query or SearchQuery()
         with self.engine.connect() as conn:
-            stmt, _score, terms = self._filtered(conn, query)
-            return self._count(conn, terms.apply(stmt, page=False), limit)
+            stmt, terms = self._filtered(conn, query)
+            return self._count(conn, self._with_text(stmt, terms, scored=False), limit)
 
     @staticmethod
     def _count(conn: Connection, stmt: sa.Select[Any], limit: int | None) -> int:
@@ -479,15 +480,18 @@ class RegistryStore:
         matches, a page does not.
         """
         with self.engine.connect() as conn:
-            stmt, score, terms = self._filtered(conn, query)
+            stmt, terms = self._filtered(conn, query)
             probe = None if count_limit is None else count_limit + 1
-            total = self._count(conn, terms.apply(stmt, page=False), probe)
+            total = self._count(conn, self._with_text(stmt, terms, scored=False), probe)
             exact = probe is None or total < probe
             if not exact:
                 total = count_limit or 0
             if total == 0 or (exact and query.offset >= total):
                 return SearchPage((), total, exact)
-            ordered = terms.apply(stmt, page=True).order_by(*self._order(query, score))
+            scored = query.effective_sort == "relevance"
+            paged = self._with_text(stmt, terms, scored=scored, page=True)
+            score = paged.selected_columns.score if terms.tokens else None
+            ordered = paged.order_by(*self._order(query, score))
             ids = list(conn.scalars(ordered.limit(query.limit).offset(query.offset)))
             return SearchPage(tuple(self._load(conn, ids)), total, exact)
 
@@ -521,17 +525,23 @@ class RegistryStore:
 
     # ------------------------------------------------------------------ query building
 
-    def _fts_subquery(self, tokens: list[str]) -> sa.CTE:
+    def _fts_subquery(self, tokens: list[str], *, scored: bool) -> sa.CTE:
+        """The modules matching every token, with a relevance score (higher is better).
+
+        Scoring costs time per match, so counts and non-relevance sorts skip it (score 0).
+        """
         if self._sqlite:
             match = " ".join(f'"{t}"*' for t in tokens)
+            score = f"-{_BM25}" if scored else "0.0"
             text = sa.text(
-                f"SELECT rowid AS module_id, -{_BM25} AS score FROM {FTS_TABLE} "
+                f"SELECT rowid AS module_id, {score} AS score FROM {FTS_TABLE} "
                 f"WHERE {FTS_TABLE} MATCH :match"
             ).bindparams(match=match)
         else:
             tsquery = " & ".join(f"{t}:*" for t in tokens)
+            score = "ts_rank(document, q)" if scored else "0.0"
             text = sa.text(
-                f"SELECT module_id, ts_rank(document, q) AS score "
+                f"SELECT module_id, {score} AS score "
                 f"FROM {FTS_TABLE}, to_tsquery('english', :tsquery) AS q WHERE document @@ q"
             ).bindparams(tsquery=tsquery)
         # MATERIALIZED: run the full-text match once, then join; never once per module row.
@@ -541,18 +551,11 @@ class RegistryStore:
             .prefix_with("MATERIALIZED")
         )
 
-    def _filtered(
-        self, conn: Connection, q: SearchQuery
-    ) -> tuple[sa.Select[Any], sa.ColumnElement[Any] | None, _Terms]:
-        """The matching module ids (without tag/target terms), the relevance score, the terms."""
+    def _filtered(self, conn: Connection, q: SearchQuery) -> tuple[sa.Select[Any], _Terms]:
+        """The ids matching the column filters of ``q``, and its tag/target/text terms."""
         m = _modules.c
         stmt: sa.Select[Any] = sa.select(m.id)
-        score: sa.ColumnElement[Any] | None = None
         tokens = search_tokens(q.text)
-        if tokens:
-            fts = self._fts_subquery(tokens)
-            stmt = stmt.join(fts, fts.c.module_id == m.id)
-            score = fts.c.score
         if q.base_model:
             stmt = stmt.where(m.base_model_key == base_model_key(q.base_model))
         if q.rank is not None:
@@ -586,7 +589,16 @@ class RegistryStore:
         terms = [(_targets.c.module_id, _targets.c.target, t) for t in normalize_targets(q.targets)]
         terms += [(_tags.c.module_id, _tags.c.tag, t) for t in normalize_tags(q.tags)]
         sizes = [] if tokens else [self._posting_size(conn, *term) for term in terms]
-        return stmt, score, _Terms(terms, sizes)
+        return stmt, _Terms(terms, sizes, tokens)
+
+    def _with_text(
+        self, stmt: sa.Select[Any], terms: _Terms, *, scored: bool, page: bool = False
+    ) -> sa.Select[Any]:
+        """Add the full-text match (and its score column, if any) and the tag/target terms."""
+        if terms.tokens:
+            fts = self._fts_subquery(terms.tokens, scored=scored)
+            stmt = stmt.join(fts, fts.c.module_id == _modules.c.id).add_columns(fts.c.score)
+        return terms.apply(stmt, page=page)
 
     @staticmethod
     def _posting_size(conn: Connection, owner: Any, column: Any, value: str) -> int:
