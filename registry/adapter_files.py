@@ -363,11 +363,11 @@ def analyse_lora_tensors(
         # PEFT accepts a target as a leaf name or as a dotted suffix of the module path.
         declared_leaves = normalize_targets(str(t).rsplit(".", 1)[-1] for t in declared)
         extra = sorted(set(leaves) - set(declared_leaves))
-        missing = sorted(set(declared_leaves) - set(leaves))
-        if extra or missing:
+        missing_targets = sorted(set(declared_leaves) - set(leaves))
+        if extra or missing_targets:
             parts = []
-            if missing:
-                parts.append(f"targets {missing} have no tensors")
+            if missing_targets:
+                parts.append(f"targets {missing_targets} have no tensors")
             if extra:
                 parts.append(f"tensors target {extra} which the config does not list")
             raise InvalidAdapter(
@@ -461,7 +461,8 @@ def module_from_metadata(
         front, body = parse_card(card_text)
     except InvalidAdapter as exc:
         raise InvalidAdapter(f"{prefix}{exc}") from exc
-    extra = front.get("loradex") if isinstance(front.get("loradex"), dict) else {}
+    section = front.get("loradex")
+    extra: dict[str, Any] = section if isinstance(section, dict) else {}
 
     def meta(key: str) -> Any:
         return extra.get(key, front.get(key))

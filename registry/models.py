@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry.db import Base
@@ -129,7 +130,7 @@ class ModuleRow(Base):
 
 
 def module_entity(
-    values: Mapping[str, Any],
+    values: Mapping[str, Any] | RowMapping,
     *,
     tags: Iterable[str],
     targets: Iterable[str],

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, event
@@ -71,12 +71,12 @@ _PG_DOCUMENT = (
 )
 _WORD = re.compile(r"[^\W_]+")
 
-_modules = ModuleRow.__table__
-_tags = ModuleTagRow.__table__
-_targets = ModuleTargetRow.__table__
-_files = ModuleFileRow.__table__
-_lineage = LineageRow.__table__
-_cards = ModuleCardRow.__table__
+_modules = cast(sa.Table, ModuleRow.__table__)
+_tags = cast(sa.Table, ModuleTagRow.__table__)
+_targets = cast(sa.Table, ModuleTargetRow.__table__)
+_files = cast(sa.Table, ModuleFileRow.__table__)
+_lineage = cast(sa.Table, LineageRow.__table__)
+_cards = cast(sa.Table, ModuleCardRow.__table__)
 _CHILD_TABLES = (_tags, _targets, _files, _lineage, _cards)
 # SQLite page cache and memory map per connection: the filter columns of 100k modules fit.
 _SQLITE_TUNING = ("PRAGMA cache_size = -65536", "PRAGMA mmap_size = 268435456",
@@ -85,7 +85,7 @@ _SQLITE_TUNING = ("PRAGMA cache_size = -65536", "PRAGMA mmap_size = 268435456",
 
 
 def _by_module_ids(table: sa.Table, *columns: str, order: str | None = None) -> sa.Select[Any]:
-    ids = sa.bindparam("ids", expanding=True)
+    ids: sa.BindParameter[list[int]] = sa.bindparam("ids", expanding=True)
     stmt = sa.select(table.c.module_id, *(table.c[c] for c in columns))
     stmt = stmt.where(table.c.module_id.in_(ids))
     return stmt.order_by(table.c.module_id, table.c[order]) if order else stmt
@@ -393,7 +393,7 @@ class RegistryStore:
             chunk = list(ids[start : start + 500])
             for table in _CHILD_TABLES:
                 conn.execute(sa.delete(table).where(table.c.module_id.in_(chunk)))
-            id_list = sa.bindparam("ids", expanding=True)
+            id_list: sa.BindParameter[list[int]] = sa.bindparam("ids", expanding=True)
             fts_key = "rowid" if self._sqlite else "module_id"
             conn.execute(
                 sa.text(f"DELETE FROM {FTS_TABLE} WHERE {fts_key} IN :ids").bindparams(id_list),
