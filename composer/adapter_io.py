@@ -38,9 +38,11 @@ def lora_config_dict(
     """An ``adapter_config.json`` that stock PEFT loads, built through PEFT's own ``LoraConfig``."""
     from peft import LoraConfig
 
+    # PEFT annotates lora_alpha as int, but float alphas are valid and saved as such.
+    alpha_arg: Any = alpha
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha_arg,
         target_modules=sorted(target_modules),
         lora_dropout=dropout,
         bias="none",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class TargetBatch:
 
     def to(self, device: torch.device) -> TargetBatch:
         """This batch with every tensor on ``device``."""
-        moved = {
+        moved: dict[str, Any] = {
             k: (v.to(device) if isinstance(v, torch.Tensor) else v)
             for k, v in self.__dict__.items()
         }
@@ -217,17 +218,18 @@ def _head_only_ok(model: PreTrainedModel) -> bool:
 def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
     """Logits ``[n_target_tokens, vocab]`` at the target positions only."""
     if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers live in the model
-        model = model.get_base_model()
+        unwrap: Any = model.get_base_model
+        model = unwrap()
     if _head_only_ok(model):
-        hidden = model.base_model(
+        backbone: Any = model.base_model
+        hidden = backbone(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
         ).last_hidden_state
         picked = hidden[batch.target_rows, batch.target_cols]
-        head = model.get_output_embeddings()
-        assert head is not None
+        head: Any = model.get_output_embeddings()
         return head(picked)
     kwargs = {
         "input_ids": batch.input_ids,

@@ -127,7 +127,8 @@ def generate_answers(
             elif p:
                 ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 mask[i, width - len(p) :] = 1
-        out = loaded.model.generate(
+        model: Any = loaded.model
+        out = model.generate(
             input_ids=ids.to(loaded.device),
             attention_mask=mask.to(loaded.device),
             max_new_tokens=max_new_tokens,

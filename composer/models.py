@@ -183,7 +183,8 @@ def load_base_model(spec: ModelSpec | None = None) -> LoadedModel:
                 f" Hugging Face cache (loradex never downloads models at run time): {first}"
             ) from None
         raise ModelLoadError(f"cannot load base model {source!r}: {first}") from None
-    model.to(device)
+    movable: Any = model  # transformers' typing of .to() confuses mypy
+    movable.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

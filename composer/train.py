@@ -174,9 +174,10 @@ def train_lora(
         dropout=config.dropout,
     )
     torch.manual_seed(config.seed)
+    alpha_arg: Any = config.lora_alpha  # PEFT annotates int; float alphas are valid
     peft_config = PeftLoraConfig(
         r=config.rank,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=alpha_arg,
         target_modules=list(config.targets),
         lora_dropout=config.dropout,
         bias="none",
@@ -205,7 +206,7 @@ def train_lora(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         rng = random.Random(config.seed)
         order: list[int] = []
-        hf_model = peft_model.get_base_model()
+        hf_model: Any = peft_model.get_base_model()
         peft_model.train()
         bar = tqdm(range(n_steps), desc="train", unit="step", disable=not progress)
         for step in bar:
@@ -233,7 +234,7 @@ def train_lora(
         tensors = dict(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
     finally:
         # Give the caller its plain base model back.
-        restored = peft_model.unload()
+        restored: Any = peft_model.unload()
         loaded.model = restored
         loaded.model.eval()
     seconds = time.perf_counter() - started
