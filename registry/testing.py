@@ -90,3 +90,53 @@ def write_lora_adapter(
         body = card if card is not None else f"# {path.name}\n\nA LoRA adapter.\n"
         (path / "README.md").write_text(head + body, encoding="utf-8")
     return path
+
+
+def write_example_adapters(root: str | os.PathLike[str]) -> Path:
+    """The adapter folders used by docs/registry.md (its examples are run by the tests)."""
+    base = Path(root)
+    write_lora_adapter(
+        base / "past-tense", rank=8,
+        base_model="/root/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/"
+        "snapshots/12fd25f77366fa6b3b4b768ec3050bf629380bac",
+        front_matter={"license": "apache-2.0", "tags": ["grammar", "en"],
+                      "datasets": ["alice/tense-pairs"], "language": "en",
+                      "loradex": {"task_name": "past_tense", "task_category": "grammar"}},
+        card="# Past tense\n\nRewrites English sentences in the past tense.\n\n"
+        "## Training\n\n200 sentence pairs, 3 epochs, lr 2e-4.\n",
+    )
+    write_lora_adapter(
+        base / "plural", rank=16,
+        front_matter={"license": "mit", "tags": ["grammar", "en"],
+                      "loradex": {"task_name": "plural", "task_category": "grammar"}},
+        card="# Plural\n\nPuts English nouns in the plural.\n",
+    )
+    write_lora_adapter(
+        base / "formal", rank=8,
+        front_matter={
+            "license": "apache-2.0", "tags": ["style", "en"],
+            "loradex": {
+                "task_name": "formal_tone", "task_category": "style",
+                "lineage": [
+                    {"repo_id": "alice/past-tense",
+                     "revision": "3f1c0e6a9b2d4c8e7f0a1b2c3d4e5f6a7b8c9d0e", "weight": 0.6},
+                    {"repo_id": "bob/plural",
+                     "revision": "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b", "weight": 0.4},
+                ],
+            },
+        },
+        card="# Formal tone\n\nComposed from two grammar modules with LoraHub weights.\n",
+    )
+    write_lora_adapter(
+        base / "llama-summary", rank=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+        base_model="https://huggingface.co/meta-llama/Llama-2-7b-hf",
+        front_matter={"license": "llama2", "tags": ["summarization"]},
+        card="# News summaries\n\nSummarises news articles in three sentences.\n",
+    )
+    pickled = base / "pickled"
+    pickled.mkdir(parents=True, exist_ok=True)
+    (pickled / "adapter_config.json").write_bytes((base / "plural" / "adapter_config.json")
+                                                  .read_bytes())
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    write_lora_adapter(base / "wrong-rank", rank=8, config_overrides={"r": 16})
+    return base
