@@ -82,14 +82,37 @@ def _run(url: str, action: str, revision: str) -> None:
 
     config = alembic_config(url)
     engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+        _serialise_sqlite(engine)
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
             config.attributes["connection"] = conn
             getattr(command, action)(config, revision)
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"cannot migrate {display_url(url)}: {exc.orig}") from exc
     finally:
         engine.dispose()
+
+
+# Migrations run one at a time: two processes opening a fresh database at once (a server and
+# a command, parallel tests) must not both create the tables. Alembic reads the current
+# revision only after the lock is held, so the second one finds nothing left to do.
+_PG_LOCK = 0x6C6F7261646578  # "loradex"
+
+
+def _serialise_sqlite(engine: sa.Engine) -> None:
+    """Make every transaction on ``engine`` BEGIN IMMEDIATE, DDL included (pysqlite's default
+    autocommits DDL and takes the write lock late)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -108,3 +108,15 @@ def test_unreachable_database_is_one_clear_error() -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
     with pytest.raises(DatabaseError, match="cannot open postgresql"):
         schema.ensure_schema(url)
+
+
+def test_concurrent_first_use_migrates_once(db_url: str) -> None:
+    code = "import sys; from registry.schema import ensure_schema; ensure_schema(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert schema.current(db_url) == schema.script_heads()
+    assert schema.metadata_diff(db_url) == []
