@@ -142,3 +142,21 @@ def test_help_shows_an_example_without_importing_torch(command):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Example" in proc.stdout and "loradex " + command in proc.stdout
+
+
+def test_compose_from_registry_picks_k_seeded_candidates(tiny, db_url, tmp_path, capsys,
+                                                         loradex_home):
+    from composer.registry_link import index_adapter_folder
+
+    for name in ("m0", "m1", "m2", "r8"):
+        index_adapter_folder(db_url, tiny[name])
+    argv = ["--db", db_url, "compose", "--examples", str(tiny["few"]), "--base-model",
+            str(tiny["base"]), "--from-registry", "--k", "2", "--rank", "4", "--budget", "2",
+            "--modules-dir", str(tiny["root"]), "--no-index", "--json"]
+    code, out, err = run([*argv, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    first = list(json.loads(out)["weights"])
+    code, out, err = run([*argv, "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert list(json.loads(out)["weights"]) == first
+    assert len(first) == 2 and set(first) <= {"local/m0", "local/m1", "local/m2"}
