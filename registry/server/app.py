@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qs, unquote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -158,6 +158,8 @@ class HubApp:
                         return await self.refs(request, repo_id)
                     if len(rest) == 2 and rest[0] == "commits" and method == "GET":
                         return await self.commits(request, repo_id, rest[1])
+                    if len(rest) == 2 and rest[0] == "paths-info" and method == "POST":
+                        return await self.paths_info(request, repo_id, rest[1])
                     if len(rest) == 2 and rest[0] == "preupload" and method == "POST":
                         return await self.preupload(request, repo_id, rest[1])
                     if len(rest) == 2 and rest[0] == "commit" and method == "POST":
@@ -277,6 +279,21 @@ class HubApp:
         """``GET /api/models/{id}/commits/{rev}``."""
         ident = await self.identity(request)
         return JSONResponse(await run_in_threadpool(self.service.commits, ident, repo_id, revision))
+
+    async def paths_info(self, request: Request, repo_id: str, revision: str) -> Response:
+        """``POST /api/models/{id}/paths-info/{rev}`` (form: ``paths=...`` repeated)."""
+        body = await _read_body(request, MAX_JSON_BODY)
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise bad_request("paths-info: form body is not UTF-8") from None
+        paths = form.get("paths", [])
+        if not paths:
+            raise bad_request("paths-info: give at least one 'paths' form field")
+        ident = await self.identity(request)
+        return JSONResponse(
+            await run_in_threadpool(self.service.paths_info, ident, repo_id, revision, paths)
+        )
 
     async def resolve(self, request: Request, repo_id: str, revision: str, path: str) -> Response:
         """``HEAD``/``GET /{id}/resolve/{rev}/{path}`` with single byte ranges."""

@@ -679,6 +679,29 @@ class HubService:
         result += [f.tree_json() for f in out_files]
         return result
 
+    def paths_info(
+        self, identity: Identity | None, repo_id: str, revision: str, paths: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """``POST /api/models/{id}/paths-info/{rev}``: tree entries of the given paths (missing
+        paths are left out, as on the Hub)."""
+        wanted = [check_path(p.rstrip("/")) for p in paths]
+        with session_scope(self.engine) as session:
+            repo = self._visible_repo(session, identity, repo_id)
+            commit = self._resolve(session, repo, revision)
+            files = self._tree(session, commit.id)
+        by_path = {f.path: f for f in files}
+        result: list[dict[str, Any]] = []
+        for path in dict.fromkeys(wanted):
+            if path in by_path:
+                result.append(by_path[path].tree_json())
+                continue
+            children = [f for f in files if f.path.startswith(path + "/")]
+            if children:
+                result.append(
+                    {"type": "directory", "oid": _tree_oid(children), "size": 0, "path": path}
+                )
+        return result
+
     def resolve_file(
         self, identity: Identity | None, repo_id: str, revision: str, path: str
     ) -> ResolvedFile:

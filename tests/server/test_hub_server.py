@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 import sqlalchemy as sa
-from hubtest_support import MAX_UPLOAD, HubServer, make_adapter
+from hubtest_support import MAX_UPLOAD, HubServer, loradex, make_adapter
 from huggingface_hub import CommitOperationAdd, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
@@ -191,6 +191,18 @@ def test_errors_map_to_the_client_exception_classes(hub: HubServer, hf_cache: Pa
     assert exc.value.response.status_code == 401
     with pytest.raises(hf_errors.HfHubHTTPError) as exc:
         hub.api().create_repo("alice/anon")
+    assert exc.value.response.status_code == 401
+    # a revoked token is an unknown token
+    zed = loradex("--db", hub.db_url, "token", "create", "zed").stdout.strip()
+    assert hub.api(zed).whoami()["name"] == "zed"
+    token_id = next(
+        line.split()[0]
+        for line in loradex("--db", hub.db_url, "token", "list").stdout.splitlines()
+        if line.split()[1] == "zed"
+    )
+    loradex("--db", hub.db_url, "token", "revoke", token_id)
+    with pytest.raises(hf_errors.HfHubHTTPError) as exc:
+        hub.api(zed).whoami()
     assert exc.value.response.status_code == 401
     # 403: a valid token without rights on the namespace (and read-only tokens)
     for token in (hub.bob, hub.reader):
@@ -420,6 +432,18 @@ def test_range_requests_and_headers(hub: HubServer, tmp_path: Path) -> None:
     assert missing.headers["x-repo-commit"]
     tree = api.list_repo_tree("alice/ranges", recursive=True)
     assert {e.path for e in tree} == {".gitattributes", "blob.bin", "hello.txt"}
+    api.upload_file(
+        path_or_fileobj=b"deep", path_in_repo="sub/dir/deep.txt", repo_id="alice/ranges"
+    )
+    infos = api.get_paths_info("alice/ranges", ["blob.bin", "sub", "missing.txt"])
+    assert [(type(i).__name__, i.path) for i in infos] == [
+        ("RepoFile", "blob.bin"),
+        ("RepoFolder", "sub"),
+    ]
+    assert infos[0].lfs.sha256 == sha256(data)
+    top = {e.path for e in api.list_repo_tree("alice/ranges")}
+    assert top == {".gitattributes", "blob.bin", "hello.txt", "sub"}
+    assert {e.path for e in api.list_repo_tree("alice/ranges", path_in_repo="sub")} == {"sub/dir"}
 
 
 def test_lfs_uploads_are_signed_checked_and_limited(hub: HubServer, tmp_path: Path) -> None:
@@ -465,8 +489,14 @@ def test_lfs_uploads_are_signed_checked_and_limited(hub: HubServer, tmp_path: Pa
         api.upload_file(
             path_or_fileobj=str(big), path_in_repo="big.safetensors", repo_id="alice/lfs"
         )
+    # an oversize regular (base64-in-commit) file is refused too
+    with pytest.raises(hf_errors.HfHubHTTPError) as exc:
+        api.upload_file(
+            path_or_fileobj=b"a" * (MAX_UPLOAD + 1), path_in_repo="big.txt", repo_id="alice/lfs"
+        )
+    assert exc.value.response.status_code == 413
     files = api.list_repo_files("alice/lfs")
-    assert "big.safetensors" not in files
+    assert "big.safetensors" not in files and "big.txt" not in files
 
 
 def test_upload_killed_halfway_leaves_nothing(hub: HubServer) -> None:
