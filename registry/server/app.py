@@ -33,7 +33,7 @@ from registry.server.service import (
     parse_commit_body,
     parse_front_matter,
 )
-from registry.server.validation import check_name, parse_range
+from registry.server.validation import check_name, parse_range, reject_nul
 
 log = logging.getLogger("loradex.server")
 
@@ -139,6 +139,9 @@ class HubApp:
             raise bad_request("path is not valid UTF-8") from None
         if any("\0" in s for s in seg):
             raise bad_request("NUL in path")
+        # PostgreSQL text cannot hold NUL: refuse it at the edge, in every query parameter.
+        if any("\0" in k or "\0" in v for k, v in request.query_params.multi_items()):
+            raise bad_request("NUL in query parameters")
         method = request.method
         n = len(seg)
         if n >= 2 and seg[0] == "api":
@@ -515,6 +518,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise bad_request("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object")
+    reject_nul(data)
     return data
 
 

@@ -48,7 +48,13 @@ from registry.server.errors import (
     revision_not_found,
     unauthorized,
 )
-from registry.server.validation import check_name, check_path, check_repo_id, is_commit_sha
+from registry.server.validation import (
+    check_name,
+    check_path,
+    check_repo_id,
+    is_commit_sha,
+    reject_nul,
+)
 
 log = logging.getLogger("loradex.server")
 
@@ -1157,10 +1163,10 @@ def _decode_cursor(cursor: str, keyed: bool) -> tuple[Any, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key, last_id = json.loads(raw)
-        if not isinstance(last_id, str):
+        if not isinstance(last_id, str) or "\0" in last_id:
             raise ValueError("id")
         if keyed:
-            if not isinstance(key, str):
+            if not isinstance(key, str) or "\0" in key:
                 raise ValueError("key")
             return datetime.fromisoformat(key), last_id
         return None, last_id
@@ -1181,6 +1187,7 @@ def parse_commit_body(body: bytes, max_file_size: int) -> tuple[dict[str, Any], 
             raise bad_request(f"commit line {number}: not valid JSON") from None
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise bad_request(f"commit line {number}: expected {{'key': ..., 'value': {{...}}}}")
+        reject_nul(item)
         key, value = item.get("key"), item["value"]
         if key == "header":
             if header is not None or ops:

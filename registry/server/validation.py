@@ -56,6 +56,20 @@ def check_path(path: object) -> str:
     return path
 
 
+def reject_nul(value: object) -> None:
+    """400 when any string in a decoded JSON value contains NUL (PostgreSQL text cannot)."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise bad_request("NUL characters are not allowed in request fields")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key)
+            reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul(item)
+
+
 def is_commit_sha(revision: str) -> bool:
     """True when ``revision`` looks like a full commit sha (40 lowercase hex)."""
     return bool(_SHA1_RE.match(revision))

@@ -363,6 +363,30 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
         ("GET", "/alice/hostile/resolve/main/%ff%fe", b"", {}),
         ("DELETE", "/api/repos/delete", b"nope", {}),
         ("GET", "/api/nothing/here", b"", {}),
+        # NUL anywhere (PostgreSQL text cannot hold it) is the client's mistake, not a 500
+        ("GET", "/api/models?search=%00", b"", {}),
+        ("GET", "/api/models?author=a%00&filter=b%00", b"", {}),
+        ("GET", "/api/models?cursor=W251bGwsICJhXHUwMDAwYiJd", b"", {}),
+        (
+            "GET",
+            "/api/models?sort=lastModified&cursor=WyIyMDI0LTAxLTAxVDAwOjAwOjAwIiwgImFcdTAwMDBiIl0",
+            b"",
+            {},
+        ),
+        (
+            "POST",
+            "/api/models/alice/hostile/commit/main",
+            json.dumps({"key": "header", "value": {"summary": "a\u0000"}}).encode(),
+            {},
+        ),
+        (
+            "POST",
+            "/api/repos/create",
+            json.dumps({"name": "ok", "organization": "al\u0000"}).encode(),
+            {},
+        ),
+        ("POST", "/api/models/alice/hostile/paths-info/main", b"paths=a%00b", {}),
+        ("POST", "/api/models/alice/hostile/paths-info/main", b"", {}),
         ("GET", "/api/whoami-v2", b"", {}),
     ]
     with httpx.Client(base_url=hub.url, timeout=30) as client:
