@@ -61,7 +61,7 @@ _POSTING_CAP = 20_000
 # Card text beyond this adds little to ranking and bloats the index.
 _FTS_CARD_CHARS = 20_000
 # bm25 column weights on SQLite: repo id, task text, tags, card.
-_BM25 = "bm25(module_fts, 8.0, 4.0, 4.0, 1.0)"
+_BM25_WEIGHTS = tuple(sa.literal_column(w) for w in ("8.0", "4.0", "4.0", "1.0"))
 # The PostgreSQL document, built from the staged text columns (alias s).
 _PG_DOCUMENT = (
     "setweight(to_tsvector('english', s.repo), 'A') || "
@@ -481,6 +481,18 @@ class RegistryStore:
         """
         with self.engine.connect() as conn:
             stmt, terms = self._filtered(conn, query)
+            if terms.tokens and query.effective_sort == "relevance":
+                # Ranking visits every match anyway: count them in the same pass.
+                # (bm25 cannot sit next to a window function: score in a subquery.)
+                scored = self._with_text(stmt, terms, scored=True, page=True)
+                inner = scored.add_columns(_modules.c.downloads).subquery()
+                ordered = sa.select(
+                    inner.c.id, sa.func.count().over().label("total")
+                ).order_by(inner.c.score.desc(), inner.c.downloads.desc(), inner.c.id)
+                rows = conn.execute(ordered.limit(query.limit).offset(query.offset)).all()
+                if rows:
+                    modules = self._load(conn, [row.id for row in rows])
+                    return SearchPage(tuple(modules), int(rows[0].total), True)
             probe = None if count_limit is None else count_limit + 1
             total = self._count(conn, self._with_text(stmt, terms, scored=False), probe)
             exact = probe is None or total < probe
@@ -490,7 +502,7 @@ class RegistryStore:
                 return SearchPage((), total, exact)
             scored = query.effective_sort == "relevance"
             paged = self._with_text(stmt, terms, scored=scored, page=True)
-            score = paged.selected_columns.score if terms.tokens else None
+            score = paged.selected_columns.score if terms.tokens and scored else None
             ordered = paged.order_by(*self._order(query, score))
             ids = list(conn.scalars(ordered.limit(query.limit).offset(query.offset)))
             return SearchPage(tuple(self._load(conn, ids)), total, exact)
@@ -525,31 +537,34 @@ class RegistryStore:
 
     # ------------------------------------------------------------------ query building
 
-    def _fts_subquery(self, tokens: list[str], *, scored: bool) -> sa.CTE:
-        """The modules matching every token, with a relevance score (higher is better).
+    def _join_text(
+        self, stmt: sa.Select[Any], tokens: list[str], *, scored: bool
+    ) -> sa.Select[Any]:
+        """Join the full-text index on ``tokens`` (all must match, each as a prefix).
 
-        Scoring costs time per match, so counts and non-relevance sorts skip it (score 0).
+        A plain join, not a subquery: the database starts from the index matches, checks the
+        other filters on each, and scores (bm25 / ts_rank, higher is better as ``score``) only
+        the rows that survive, and only when the sort needs it.
         """
+        module_id = _modules.c.id
+        score: sa.ColumnElement[Any]
         if self._sqlite:
+            fts = sa.table(FTS_TABLE, sa.column("rowid"))
             match = " ".join(f'"{t}"*' for t in tokens)
-            score = f"-{_BM25}" if scored else "0.0"
-            text = sa.text(
-                f"SELECT rowid AS module_id, {score} AS score FROM {FTS_TABLE} "
-                f"WHERE {FTS_TABLE} MATCH :match"
-            ).bindparams(match=match)
+            stmt = stmt.join(fts, fts.c.rowid == module_id).where(
+                sa.literal_column(FTS_TABLE).op("MATCH")(match)
+            )
+            score = -sa.func.bm25(sa.literal_column(FTS_TABLE), *_BM25_WEIGHTS)
         else:
-            tsquery = " & ".join(f"{t}:*" for t in tokens)
-            score = "ts_rank(document, q)" if scored else "0.0"
-            text = sa.text(
-                f"SELECT module_id, {score} AS score "
-                f"FROM {FTS_TABLE}, to_tsquery('english', :tsquery) AS q WHERE document @@ q"
-            ).bindparams(tsquery=tsquery)
-        # MATERIALIZED: run the full-text match once, then join; never once per module row.
-        return (
-            text.columns(sa.column("module_id", sa.Integer), sa.column("score", sa.Float))
-            .cte("fts")
-            .prefix_with("MATERIALIZED")
-        )
+            fts = sa.table(FTS_TABLE, sa.column("module_id"), sa.column("document"))
+            tsquery = sa.func.to_tsquery(
+                sa.literal_column("'english'"), " & ".join(f"{t}:*" for t in tokens)
+            )
+            stmt = stmt.join(fts, fts.c.module_id == module_id).where(
+                fts.c.document.op("@@")(tsquery)
+            )
+            score = sa.func.ts_rank(fts.c.document, tsquery)
+        return stmt.add_columns(score.label("score")) if scored else stmt
 
     def _filtered(self, conn: Connection, q: SearchQuery) -> tuple[sa.Select[Any], _Terms]:
         """The ids matching the column filters of ``q``, and its tag/target/text terms."""
@@ -596,8 +611,7 @@ class RegistryStore:
     ) -> sa.Select[Any]:
         """Add the full-text match (and its score column, if any) and the tag/target terms."""
         if terms.tokens:
-            fts = self._fts_subquery(terms.tokens, scored=scored)
-            stmt = stmt.join(fts, fts.c.module_id == _modules.c.id).add_columns(fts.c.score)
+            stmt = self._join_text(stmt, terms.tokens, scored=scored)
         return terms.apply(stmt, page=page)
 
     @staticmethod
