@@ -61,7 +61,9 @@ _POSTING_CAP = 20_000
 # Card text beyond this adds little to ranking and bloats the index.
 _FTS_CARD_CHARS = 20_000
 # bm25 column weights on SQLite: repo id, task text, tags, card.
-_BM25_WEIGHTS = tuple(sa.literal_column(w) for w in ("8.0", "4.0", "4.0", "1.0"))
+_BM25_WEIGHTS: tuple[sa.ColumnElement[Any], ...] = tuple(
+    sa.literal_column(w) for w in ("8.0", "4.0", "4.0", "1.0")
+)
 # The PostgreSQL document, built from the staged text columns (alias s).
 _PG_DOCUMENT = (
     "setweight(to_tsvector('english', s.repo), 'A') || "
@@ -484,8 +486,8 @@ class RegistryStore:
             if terms.tokens and query.effective_sort == "relevance":
                 # Ranking visits every match anyway: count them in the same pass.
                 # (bm25 cannot sit next to a window function: score in a subquery.)
-                scored = self._with_text(stmt, terms, scored=True, page=True)
-                inner = scored.add_columns(_modules.c.downloads).subquery()
+                ranked = self._with_text(stmt, terms, scored=True, page=True)
+                inner = ranked.add_columns(_modules.c.downloads).subquery()
                 ordered = sa.select(
                     inner.c.id, sa.func.count().over().label("total")
                 ).order_by(inner.c.score.desc(), inner.c.downloads.desc(), inner.c.id)
