@@ -186,8 +186,10 @@ def _print_table(modules: list[Module], compat: dict[str, bool] | None) -> None:
               help="Only modules with the same base model and target modules as ID.")
 @click.option("--sort", type=click.Choice(["relevance", "downloads", "likes", "updated", "rank"]),
               help="Order (default: relevance with TEXT, else downloads).")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Results per page.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Results to skip (the next page: --offset 20).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 @click.pass_context
 def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, rank: int | None,
