@@ -258,17 +258,13 @@ def record_sync_states(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
 
     from registry.models import SyncStateRow
 
-    table = SyncStateRow.__table__
     unique = list({(r["endpoint"], r["repo_id"]): r for r in rows}.values())
     keys = [(r["endpoint"], r["repo_id"]) for r in unique]
+    key_columns = tuple_(SyncStateRow.endpoint, SyncStateRow.repo_id)
     with engine.begin() as conn:
         for chunk in range(0, len(keys), 400):
-            conn.execute(
-                delete(table).where(
-                    tuple_(table.c.endpoint, table.c.repo_id).in_(keys[chunk : chunk + 400])
-                )
-            )
-        conn.execute(insert(table), unique)
+            conn.execute(delete(SyncStateRow).where(key_columns.in_(keys[chunk : chunk + 400])))
+        conn.execute(insert(SyncStateRow), unique)
 
 
 def _fetch_all(
