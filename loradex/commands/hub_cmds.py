@@ -96,6 +96,12 @@ def _settings(
     help="Base URL clients reach the server at (default: from the Host header).",
 )
 @click.option(
+    "--gc-only",
+    is_flag=True,
+    help="Delete unreferenced blobs (from failed commits or abandoned uploads, unused for 2 h) "
+    "and exit; this also runs at every start.",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -111,6 +117,7 @@ def serve(
     workers: int,
     max_upload_size: str,
     public_url: str | None,
+    gc_only: bool,
     log_level: str,
 ) -> None:
     """Run a Hugging Face Hub compatible server backed by the registry database.
@@ -129,10 +136,11 @@ def serve(
 
     import uvicorn
 
+    from registry.db import make_engine
     from registry.schema import ensure_schema
     from registry.server.app import CONFIG_ENV, config_to_env, create_app, load_or_create_secret
     from registry.server.blobstore import BlobStore
-    from registry.server.service import ServerConfig
+    from registry.server.service import HubService, ServerConfig
 
     settings = _settings(ctx, db=db)
     data = Path(data_dir).expanduser() if data_dir else settings.home / "hub"
@@ -143,8 +151,17 @@ def serve(
         max_upload_size=parse_size(max_upload_size),
     )
     ensure_schema(config.db_url)
-    load_or_create_secret(config.data_dir)
-    BlobStore(config.blobs_dir).remove_stale_temp_files()
+    secret = load_or_create_secret(config.data_dir)
+    engine = make_engine(config.db_url)
+    try:
+        service = HubService(engine, BlobStore(config.blobs_dir), config, secret)
+        removed, freed = service.collect_garbage()
+    finally:
+        engine.dispose()
+    if removed or gc_only:
+        click.echo(f"removed {removed} unreferenced blob(s), {freed} bytes", err=True)
+    if gc_only:
+        return
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     click.echo(
         f"loradex Hub on http://{host}:{port} (data {config.data_dir}, {workers} worker(s))",

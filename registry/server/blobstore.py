@@ -7,11 +7,13 @@ upload never leaves a partial blob under a real name. Identical content is store
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -124,10 +126,22 @@ class BlobStore:
         """Store ``data`` (skipped when already present); return its sha256."""
         digest = hashlib.sha256(data).hexdigest()
         if self.size_of(digest) == len(data):
+            self.touch(digest)
             return digest
         writer = self.writer(len(data))
         writer.write(data)
         return writer.commit(digest, len(data))
+
+    def touch(self, sha256: str) -> None:
+        """Mark a blob as in use now: garbage collection spares recently used blobs."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path_for(sha256))
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """Every stored blob as (sha256, path); temporary files excluded."""
+        for path in self.root.glob("??/??/*"):
+            if is_sha256(path.name) and path.is_file():
+                yield path.name, path
 
     def remove_stale_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files left by a crashed process; return how many."""

@@ -91,6 +91,7 @@ GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LF
 MAX_PAGE = 1000
 COMMIT_ATTEMPTS = 20
 UPLOAD_URL_TTL = 3600
+GC_GRACE_SECONDS = 2 * UPLOAD_URL_TTL
 
 
 @dataclass(frozen=True)
@@ -961,6 +962,7 @@ class HubService:
             elif op.kind == "lfsFile":
                 assert op.sha256 is not None
                 stored = self.blobs.size_of(op.sha256)
+                self.blobs.touch(op.sha256)  # in use: keep it from garbage collection
                 if stored is None:
                     raise bad_request(f"LFS object {op.sha256} for {op.path!r} was never uploaded")
                 if op.size is not None and op.size != stored:
@@ -1004,6 +1006,32 @@ class HubService:
             "hookOutput": "",
             "pullRequestUrl": None,
         }
+
+    def collect_garbage(self, older_than: float = GC_GRACE_SECONDS) -> tuple[int, int]:
+        """Delete blob files no commit references and nobody used for ``older_than`` seconds.
+
+        They come from commits that failed after their content was stored, and from LFS
+        uploads never committed. The grace period (longer than an upload URL lives) spares
+        anything an in-flight upload or commit may still reference. Returns (files, bytes).
+        """
+        cutoff = time.time() - older_than
+        with self.engine.connect() as conn:
+            referenced = set(conn.scalars(select(SqlHubBlob.sha256)))
+        removed = freed = 0
+        for sha, path in self.blobs.iter_blobs():
+            if sha in referenced:
+                continue
+            try:
+                stat = path.stat()
+                if stat.st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += stat.st_size
+        self.blobs.remove_stale_temp_files(older_than)
+        return removed, freed
 
     def _index(self, hosted: HostedCommit) -> None:
         """Tell the registry indexer about a new head (or a deletion); never fails the request."""
