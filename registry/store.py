@@ -486,11 +486,18 @@ class RegistryStore:
             if terms.tokens and query.effective_sort == "relevance":
                 # Ranking visits every match anyway: count them in the same pass.
                 # (bm25 cannot sit next to a window function: score in a subquery.)
-                ranked = self._with_text(stmt, terms, scored=True, page=True)
-                inner = ranked.add_columns(_modules.c.downloads).subquery()
+                if stmt.whereclause is None and not terms.terms:
+                    # Text alone: rank inside the full-text index, no module row needed
+                    # (ties are then broken by id, not downloads).
+                    inner = self._text_only(terms.tokens).subquery()
+                    tiebreak: list[Any] = [inner.c.id]
+                else:
+                    ranked = self._with_text(stmt, terms, scored=True, page=True)
+                    inner = ranked.add_columns(_modules.c.downloads).subquery()
+                    tiebreak = [inner.c.downloads.desc(), inner.c.id]
                 ordered = sa.select(
                     inner.c.id, sa.func.count().over().label("total")
-                ).order_by(inner.c.score.desc(), inner.c.downloads.desc(), inner.c.id)
+                ).order_by(inner.c.score.desc(), *tiebreak)
                 rows = conn.execute(ordered.limit(query.limit).offset(query.offset)).all()
                 if rows:
                     modules = self._load(conn, [row.id for row in rows])
@@ -567,6 +574,23 @@ class RegistryStore:
             )
             score = sa.func.ts_rank(fts.c.document, tsquery)
         return stmt.add_columns(score.label("score")) if scored else stmt
+
+    def _text_only(self, tokens: list[str]) -> sa.Select[Any]:
+        """(id, score) of the modules matching ``tokens``, from the full-text index alone."""
+        if self._sqlite:
+            fts = sa.table(FTS_TABLE, sa.column("rowid"))
+            match = " ".join(f'"{t}"*' for t in tokens)
+            score = -sa.func.bm25(sa.literal_column(FTS_TABLE), *_BM25_WEIGHTS)
+            return sa.select(fts.c.rowid.label("id"), score.label("score")).where(
+                sa.literal_column(FTS_TABLE).op("MATCH")(match)
+            )
+        fts = sa.table(FTS_TABLE, sa.column("module_id"), sa.column("document"))
+        tsquery = sa.func.to_tsquery(
+            sa.literal_column("'english'"), " & ".join(f"{t}:*" for t in tokens)
+        )
+        return sa.select(
+            fts.c.module_id.label("id"), sa.func.ts_rank(fts.c.document, tsquery).label("score")
+        ).where(fts.c.document.op("@@")(tsquery))
 
     def _filtered(self, conn: Connection, q: SearchQuery) -> tuple[sa.Select[Any], _Terms]:
         """The ids matching the column filters of ``q``, and its tag/target/text terms."""
