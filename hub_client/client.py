@@ -8,6 +8,7 @@ a ``HubClient`` instead of building its own, which is what makes the real-server
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -208,6 +209,20 @@ class HubClient:
                     etag_timeout=self.timeout,
                 )
             )
+
+    @staticmethod
+    def remember_ref(snapshot_file: Path, revision: str, sha: str) -> None:
+        """Record ``revision -> sha`` in the cache (``refs/<revision>``), as a download by branch
+        name would, so an offline pull of that branch finds a snapshot fetched by sha."""
+        if revision == sha or "snapshots" not in snapshot_file.parts:
+            return
+        parts = snapshot_file.parts
+        storage = Path(*parts[: len(parts) - 1 - parts[::-1].index("snapshots")])
+        ref = storage / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(sha)
+        os.replace(tmp, ref)
 
     # --------------------------------------------------------------- writes
 

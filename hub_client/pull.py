@@ -102,6 +102,8 @@ def pull_module(
                 raise
             # The Hub went away between calls: start over from the cache.
             return pull_module(client, store, repo_id, revision, target=target, offline=True)
+    if not from_cache and sha is not None:
+        client.remember_ref(paths[0], revision or "main", sha)
     if from_cache:
         try:
             paths.append(client.download(repo_id, CARD, revision=sha, offline=True))

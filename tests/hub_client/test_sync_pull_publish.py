@@ -297,6 +297,19 @@ def test_pull_and_publish_cli(hub: HubServer, tmp_path: Path) -> None:
         str(tmp_path / "got"),
     )
     assert Path(pulled.stdout.strip()) == tmp_path / "got"
+    offline = loradex(
+        "--db",
+        hub.db_url,
+        "--home",
+        str(tmp_path / "home"),
+        "pull",
+        "alice/cli-pub",
+        "--endpoint",
+        hub.url,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert "offline: served from the cache" in offline.stderr
+    assert Path(offline.stdout.strip()).name == line.split("@")[1].split()[0]  # snapshot folder
     assert (tmp_path / "got" / "adapter_model.safetensors").read_bytes() == (
         folder / "adapter_model.safetensors"
     ).read_bytes()
