@@ -53,7 +53,8 @@ def upgrade() -> None:
         sa.Column("library_name", sa.String(length=96), nullable=True),
         sa.Column("pipeline_tag", sa.String(length=96), nullable=True),
         sa.ForeignKeyConstraint(
-            ["repo_id"], ["hub_repos.id"], name="fk_hub_commits_repo_id_hub_repos", ondelete="CASCADE"
+            ["repo_id"], ["hub_repos.id"], name="fk_hub_commits_repo_id_hub_repos",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["parent_id"], ["hub_commits.id"], name="fk_hub_commits_parent_id_hub_commits",
