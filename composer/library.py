@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,7 +81,7 @@ class LibrarySpec:
     max_train: int = field(default=1000, metadata={"help": "at most this many training examples"})
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            rank=16, steps=100, lr=5e-4, batch_size=8, max_length=256, save_dtype="float16"
+            rank=16, steps=30, lr=1e-3, batch_size=8, max_length=256, save_dtype="float16"
         ),
         metadata={"help": "training settings of every module"},
     )
@@ -171,8 +172,15 @@ def build_library(
             description=f"LoRA module for the BIG-bench task {task}, trained by loradex.",
             tags=("bigbench", "loradex-starter-library"),
         )
+        started = time.perf_counter()
+
+        def log_step(step: int, loss: float, task: str = task, started: float = started) -> None:
+            if (step + 1) % 10 == 0:
+                rate = (time.perf_counter() - started) / (step + 1)
+                tqdm.write(f"{task}: step {step + 1} loss {loss:.3f} ({rate:.2f} s/step)")
+
         result = train_lora(loaded, train, folder, spec.train, task=info, heldout=test,
-                            progress=False)
+                            progress=False, on_step=log_step)
         manifest["modules"][task] = {
             "task": task,
             "category": info.category,
@@ -180,6 +188,7 @@ def build_library(
             "n_test": len(test),
             "multiple_choice": test[0].choices is not None if test else False,
             "steps": result.steps,
+            "lr": spec.train.lr,
             "seconds": round(result.seconds, 1),
             "final_train_loss": result.front_matter["loradex"]["training"]["final_train_loss"],
             "heldout_loss_base": result.heldout_loss_before,

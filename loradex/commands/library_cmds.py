@@ -21,9 +21,9 @@ def library() -> None:
               type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
 @click.option("--task", "tasks", multiple=True, help="Build only these tasks (repeatable).")
 @click.option("--max-modules", type=int, default=None, help="Stop after this many tasks.")
-@click.option("--steps", type=int, default=100, show_default=True,
+@click.option("--steps", type=int, default=30, show_default=True,
               help="Training steps per module.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Learning rate.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
 @click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per step.")
 @click.option("--test-size", type=int, default=50, show_default=True,
