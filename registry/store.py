@@ -127,29 +127,46 @@ class _Terms:
     """The --target/--tag conditions of a search (a module must have every one).
 
     ``sizes`` are how many modules carry each value (capped; empty when a full-text match
-    already narrows the search). Counting starts from the rarest value (``id IN (...)``) and
-    probes the others (``EXISTS``). A page does the same only when that value is rare: for
-    broad values, probing rows while walking the sort column's index finds the first page
-    without collecting and sorting every module that carries them.
+    already narrows the search). A count joins the value tables, rarest first, so it reads
+    two small indexes instead of module rows. A page does the same only when the rarest value
+    is rare; for broad values, probing rows (``EXISTS``) while walking the sort column's index
+    finds the first page without collecting and sorting every module that carries them.
     """
 
-    terms: list[tuple[Any, Any, str]]
+    terms: list[tuple[sa.Table, str, str]]
     sizes: list[int]
     tokens: list[str]
 
+    def _by_rarity(self) -> list[tuple[sa.Table, str, str]]:
+        if not self.sizes:
+            return list(self.terms)
+        order = sorted(range(len(self.terms)), key=self.sizes.__getitem__)
+        return [self.terms[i] for i in order]
+
     def apply(self, stmt: sa.Select[Any], *, page: bool) -> sa.Select[Any]:
-        """``stmt`` with every term added, planned for a count or for a page."""
-        driver = -1
-        if self.sizes:
-            rarest = min(range(len(self.sizes)), key=self.sizes.__getitem__)
-            if not page or self.sizes[rarest] <= _DRIVER_MAX:
-                driver = rarest
+        """``stmt`` (over ``modules``) with every term added, planned for a count or a page."""
         module_id = _modules.c.id
-        for i, (owner, column, value) in enumerate(self.terms):
-            if i == driver:
-                stmt = stmt.where(module_id.in_(sa.select(owner).where(column == value)))
+        join = bool(self.sizes) and (not page or min(self.sizes) <= _DRIVER_MAX)
+        for i, (table, column, value) in enumerate(self._by_rarity()):
+            if join:
+                held = table.alias(f"term_{i}")
+                stmt = stmt.join(held, sa.and_(held.c.module_id == module_id,
+                                               held.c[column] == value))
             else:
-                stmt = stmt.where(sa.exists().where(owner == module_id, column == value))
+                stmt = stmt.where(
+                    sa.exists().where(table.c.module_id == module_id, table.c[column] == value)
+                )
+        return stmt
+
+    def alone(self) -> sa.Select[Any]:
+        """The ids carrying every term, from the term tables only (no other filter given)."""
+        (first, column, value), *rest = self._by_rarity()
+        driver = first.alias("term_0")
+        stmt = sa.select(driver.c.module_id).where(driver.c[column] == value)
+        for i, (table, col, val) in enumerate(rest, start=1):
+            held = table.alias(f"term_{i}")
+            stmt = stmt.join(held, sa.and_(held.c.module_id == driver.c.module_id,
+                                           held.c[col] == val))
         return stmt
 
 
@@ -462,7 +479,7 @@ class RegistryStore:
         query = query or SearchQuery()
         with self.engine.connect() as conn:
             stmt, terms = self._filtered(conn, query)
-            return self._count(conn, self._with_text(stmt, terms, scored=False), limit)
+            return self._count(conn, self._counted(stmt, terms), limit)
 
     @staticmethod
     def _count(conn: Connection, stmt: sa.Select[Any], limit: int | None) -> int:
@@ -503,7 +520,7 @@ class RegistryStore:
                     modules = self._load(conn, [row.id for row in rows])
                     return SearchPage(tuple(modules), int(rows[0].total), True)
             probe = None if count_limit is None else count_limit + 1
-            total = self._count(conn, self._with_text(stmt, terms, scored=False), probe)
+            total = self._count(conn, self._counted(stmt, terms), probe)
             exact = probe is None or total < probe
             if not exact:
                 total = count_limit or 0
@@ -627,10 +644,16 @@ class RegistryStore:
                 m.target_key == ref.target_key,
                 m.id != ref_id,
             )
-        terms = [(_targets.c.module_id, _targets.c.target, t) for t in normalize_targets(q.targets)]
-        terms += [(_tags.c.module_id, _tags.c.tag, t) for t in normalize_tags(q.tags)]
+        terms = [(_targets, "target", t) for t in normalize_targets(q.targets)]
+        terms += [(_tags, "tag", t) for t in normalize_tags(q.tags)]
         sizes = [] if tokens else [self._posting_size(conn, *term) for term in terms]
         return stmt, _Terms(terms, sizes, tokens)
+
+    def _counted(self, stmt: sa.Select[Any], terms: _Terms) -> sa.Select[Any]:
+        """What to count: the term tables alone when nothing else filters, else everything."""
+        if stmt.whereclause is None and terms.terms and not terms.tokens:
+            return terms.alone()
+        return self._with_text(stmt, terms, scored=False)
 
     def _with_text(
         self, stmt: sa.Select[Any], terms: _Terms, *, scored: bool, page: bool = False
@@ -641,8 +664,10 @@ class RegistryStore:
         return terms.apply(stmt, page=page)
 
     @staticmethod
-    def _posting_size(conn: Connection, owner: Any, column: Any, value: str) -> int:
-        capped = sa.select(owner).where(column == value).limit(_POSTING_CAP).subquery()
+    def _posting_size(conn: Connection, table: sa.Table, column: str, value: str) -> int:
+        capped = (
+            sa.select(table.c.module_id).where(table.c[column] == value).limit(_POSTING_CAP)
+        ).subquery()
         return int(conn.scalar(sa.select(sa.func.count()).select_from(capped)) or 0)
 
     @staticmethod
