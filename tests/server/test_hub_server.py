@@ -645,3 +645,33 @@ def test_broken_adapter_is_stored_but_not_indexed(
     with pytest.raises(ModuleNotFound):
         store.get_module("alice/broken-adapter", source="local")
     assert "not indexed" in hub.log_path.read_text()
+
+
+def test_racing_commits_on_one_parent_one_wins_the_rest_get_412(hub: HubServer) -> None:
+    api = hub.api(hub.alice)
+    api.create_repo("alice/race", exist_ok=True)
+    head = api.model_info("alice/race").sha
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def commit(i: int) -> None:
+        barrier.wait()
+        try:
+            hub.api(hub.alice).create_commit(
+                "alice/race",
+                [CommitOperationAdd(f"r{i}.txt", f"{i}".encode())],
+                commit_message=f"racer {i}",
+                parent_commit=head,
+            )
+            statuses.append(200)
+        except hf_errors.HfHubHTTPError as exc:
+            statuses.append(exc.response.status_code)
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [412] * 7
+    files = [f for f in api.list_repo_files("alice/race") if f.startswith("r")]
+    assert len(files) == 1 and len(api.list_repo_commits("alice/race")) == 2
