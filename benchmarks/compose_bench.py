@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from composer.batching import make_batch, mean_target_loss  # noqa: E402
+from composer.batching import make_batch  # noqa: E402
 from composer.candidates import read_candidate  # noqa: E402
 from composer.compose import ComposeConfig, ComposeSession, compose  # noqa: E402
 from composer.data import Example, encode_examples  # noqa: E402
@@ -77,6 +77,11 @@ EXAMPLES = [
         "42",
     ),
 ]
+
+
+def note(message: str) -> None:
+    """Progress on stderr (stdout is the JSON result)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -148,6 +153,7 @@ def build_t5(folder: Path) -> Path:
 
 def bench_seq2seq(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     """(a0): the reference lorahub package against our composer on a local T5-style model."""
+    import nevergrad as ng
     from lorahub.algorithm import (
         default_get_loss,
         default_l1_regularization,
@@ -157,8 +163,6 @@ def bench_seq2seq(args: argparse.Namespace, work: Path, results: dict[str, Any])
         lorahub_learning,
     )
     from transformers import AutoModelForSeq2SeqLM
-
-    import nevergrad as ng
 
     base = build_t5(work / "t5-base")
     model = AutoModelForSeq2SeqLM.from_pretrained(base)
@@ -170,6 +174,7 @@ def bench_seq2seq(args: argparse.Namespace, work: Path, results: dict[str, Any])
     folders = [str(p) for p in mods]
     quiet = contextlib.redirect_stdout(io.StringIO())
 
+    note("seq2seq: reference lorahub_learning end to end")
     # The reference end to end (loads the model and modules itself).
     start = time.perf_counter()
     with quiet:
@@ -194,6 +199,7 @@ def bench_seq2seq(args: argparse.Namespace, work: Path, results: dict[str, Any])
         w0 = np.zeros(len(folders))
         ref_step = timeit(lambda: score(w0), args.repeats)
 
+    note("seq2seq: ours")
     start = time.perf_counter()
     loaded = load_base_model(ModelSpec(name_or_path=str(base), device="cpu", dtype="float32"))
     our_load = time.perf_counter() - start
@@ -306,6 +312,7 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
         "target_tokens": n_target,
     }
 
+    note("causal: model and modules ready; timing steps")
     # (d) the floor: bare base forward of the padded batch with full logits.
     attn = padded.attention_mask
 
@@ -329,17 +336,20 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
         sequential = np.array([session.losses(objective, row[None])[0] for row in wp])
         out["batched_vs_sequential_max_abs_diff"] = float(np.abs(batched - sequential).max())
 
-        # Full compose, ours (sequential and batched), from the loaded model.
-        start = time.perf_counter()
-        compose(loaded, cands, EXAMPLES,
-                ComposeConfig(search=SearchConfig(budget=args.budget, seed=0)), progress=False)
-        full_ours = time.perf_counter() - start
-        start = time.perf_counter()
-        compose(loaded, cands, EXAMPLES,
-                ComposeConfig(search=SearchConfig(budget=args.budget, seed=0),
-                              batched_population=True), progress=False)
-        full_ours_batched = time.perf_counter() - start
+    note("causal: full composes (ours)")
+    # Full compose, ours (sequential and batched), from the loaded model: includes stacking
+    # the candidates, tokenising, 40 evaluations and the export.
+    start = time.perf_counter()
+    compose(loaded, cands, EXAMPLES,
+            ComposeConfig(search=SearchConfig(budget=args.budget, seed=0)), progress=False)
+    full_ours = time.perf_counter() - start
+    start = time.perf_counter()
+    compose(loaded, cands, EXAMPLES,
+            ComposeConfig(search=SearchConfig(budget=args.budget, seed=0),
+                          batched_population=True), progress=False)
+    full_ours_batched = time.perf_counter() - start
 
+    note("causal: reference-style step and full compose")
     # (a) reference-style step and full compose with the same optimizer.
     ref = ReferenceStyleCausal(loaded, mods, EXAMPLES)
     ref_loss = ref.step(w)
@@ -371,6 +381,7 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
         "full_ours_vs_floor_x_budget": full_ours / (t_d * args.budget),
     })
 
+    note("causal: bfloat16")
     # bfloat16 vs float32: speed and loss agreement of our step.
     if not args.skip_bf16:
         loaded.model.to(torch.bfloat16)
@@ -388,6 +399,7 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
             "bf16_loss_abs_diff": abs(bf_loss - ours_loss),
         })
 
+    note("causal: torch.compile")
     # torch.compile of the backbone (compile time reported separately).
     if not args.skip_compile:
         backbone = loaded.model.model
