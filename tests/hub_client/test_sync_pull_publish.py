@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hubtest_support import HubServer, free_port, loradex, make_adapter
 
@@ -313,3 +314,25 @@ def test_pull_and_publish_cli(hub: HubServer, tmp_path: Path) -> None:
     assert (tmp_path / "got" / "adapter_model.safetensors").read_bytes() == (
         folder / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def test_listing_without_file_sizes_falls_back_to_model_info(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    """huggingface.co lists siblings by name only; the sync then asks model_info for sizes."""
+    from huggingface_hub.hf_api import ModelInfo
+
+    from hub_client.sync import module_from_hub
+
+    folder = make_adapter(tmp_path / "sizes", seed=44)
+    sha = upload_adapter(hub, "team/no-sizes", folder)
+    raw = httpx.get(
+        f"{hub.url}/api/models", params={"author": "team", "search": "no-sizes", "full": "true"}
+    ).json()[0]
+    raw["siblings"] = [{"rfilename": s["rfilename"]} for s in raw["siblings"]]
+    module = module_from_hub(HubClient(hub.url), ModelInfo(**raw))
+    assert module.revision == sha
+    sizes = {f.path: f.size for f in module.files}
+    assert (
+        sizes["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").stat().st_size
+    )
