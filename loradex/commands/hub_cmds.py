@@ -42,6 +42,23 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """One clear line instead of uvicorn's traceback when the address is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def _quiet_hf_logs() -> None:
     """huggingface_hub logs retries as warnings; the CLI reports one line per failure itself."""
     from huggingface_hub.utils import logging as hf_logging
@@ -142,6 +159,7 @@ def serve(
     from registry.server.blobstore import BlobStore
     from registry.server.service import HubService, ServerConfig
 
+    _check_port_free(host, port)
     settings = _settings(ctx, db=db)
     data = Path(data_dir).expanduser() if data_dir else settings.home / "hub"
     config = ServerConfig(
