@@ -1,0 +1,122 @@
+"""The main job end to end: library build, server, publish, sync, search, compose, eval, publish.
+
+The fast test runs it on a tiny random model with a two-module library built in the test; the
+slow one runs the real demo path (embedded SmolLM2, the shipped library) on a small budget.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "composer"))
+from composer_testing import save_tiny_causal
+
+from loradex.cli import cli
+from loradex.demo import DemoConfig, format_scores, repo_name_for, run_demo
+from loradex.errors import ConfigError
+
+REPO = Path(__file__).parents[2]
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_world(tmp_path: Path) -> dict[str, Path]:
+    """A tiny base model, two upstream tasks, and a new yes/no task split few-shot/test."""
+    model = save_tiny_causal(tmp_path / "tiny-model", chat_template=None)
+    upstream = tmp_path / "upstream"
+    _write(upstream / "past_tense.jsonl",
+           [{"input": f"past tense of walk {i}", "target": "walked"} for i in range(12)])
+    _write(upstream / "yes_no.jsonl",
+           [{"input": f"is the sky blue {i}", "target": "yes", "choices": ["yes", "no"]}
+            for i in range(12)])
+    task = [{"input": f"the cat sat on the mat {i}?", "target": "yes" if i % 2 else "no",
+             "choices": ["yes", "no"]} for i in range(14)]
+    return {
+        "model": model,
+        "upstream": upstream,
+        "few_shot": _write(tmp_path / "new" / "few.jsonl", task[:5]),
+        "test": _write(tmp_path / "new" / "test.jsonl", task[5:]),
+    }
+
+
+def test_demo_pipeline_on_tiny_model(tiny_world: dict[str, Path], tmp_path: Path,
+                                     loradex_home: Path) -> None:
+    library = tmp_path / "library"
+    runner = CliRunner()
+    built = runner.invoke(cli, [
+        "library", "build", "--data-dir", str(tiny_world["upstream"]), "--out", str(library),
+        "--base-model", str(tiny_world["model"]), "--steps", "3", "--test-size", "2",
+    ])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((library / "manifest.json").read_text())
+    assert set(manifest["modules"]) == {"past_tense", "yes_no"}
+    assert all(m["n_test"] == 2 and m["steps"] == 3 for m in manifest["modules"].values())
+
+    # Building again skips finished modules (resumable) and changes nothing.
+    before = (library / "past_tense" / "adapter_model.safetensors").read_bytes()
+    again = runner.invoke(cli, ["library", "build", "--data-dir", str(tiny_world["upstream"]),
+                                "--out", str(library), "--base-model", str(tiny_world["model"])])
+    assert again.exit_code == 0, again.output
+    assert (library / "past_tense" / "adapter_model.safetensors").read_bytes() == before
+
+    lines: list[str] = []
+    result = run_demo(DemoConfig(
+        workdir=tmp_path / "demo", library=library, few_shot=tiny_world["few_shot"],
+        test=tiny_world["test"], task_name="cat_question", k=2, budget=4,
+        base_model=str(tiny_world["model"]),
+    ), echo=lines.append)
+    log = "\n".join(lines)
+    for step in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5."):
+        assert step in log
+    assert "new 2, updated 0, unchanged 0, failed 0" in log
+    assert result.zero_shot["n_examples"] == result.composed["n_examples"] == 9
+    assert "choice_accuracy" in result.composed
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert result.plot is not None and result.plot.stat().st_size > 0
+    assert result.composed_repo == "demo/cat-question-composed"
+
+    # The published composed module is in the demo's registry with both parents as lineage.
+    shown = runner.invoke(cli, ["--db", f"sqlite:///{tmp_path / 'demo' / 'registry.db'}",
+                                "show", result.composed_repo, "--json"])
+    assert shown.exit_code == 0, shown.output
+    module = json.loads(shown.output)
+    parents = {edge["parent_repo_id"] for edge in module["lineage"]}
+    assert parents == {"demo/past-tense", "demo/yes-no"}
+
+
+def test_demo_refuses_missing_library(tmp_path: Path) -> None:
+    few = _write(tmp_path / "few.jsonl", [{"input": "a", "target": "b"}])
+    with pytest.raises(ConfigError, match="starter library not found"):
+        run_demo(DemoConfig(workdir=tmp_path / "w", library=tmp_path / "nope",
+                            few_shot=few, test=few), echo=lambda _: None)
+
+
+def test_repo_names_and_score_table() -> None:
+    assert repo_name_for("linguistic_mappings__past_tense") == "linguistic-mappings-past-tense"
+    table = format_scores({"loss": 2.0, "choice_accuracy": 0.5, "n_examples": 3},
+                          {"loss": 1.0, "choice_accuracy": 0.75, "n_examples": 3})
+    assert "choice_accuracy" in table and "0.750" in table and "n_examples" not in table
+
+
+@pytest.mark.slow
+def test_real_demo_path_small_budget(tmp_path: Path, loradex_home: Path) -> None:
+    """The `make demo` path: embedded SmolLM2, the shipped library, a CI-sized budget."""
+    result = run_demo(DemoConfig(
+        workdir=tmp_path / "demo", library=REPO / "library",
+        few_shot=REPO / "examples/boolean_expressions/few_shot.jsonl",
+        test=REPO / "examples/boolean_expressions/test.jsonl",
+        k=4, budget=4, test_limit=10, max_modules=6,
+    ), echo=lambda _: None)
+    assert result.zero_shot["n_examples"] == 10
+    assert set(result.composed) >= {"loss", "choice_accuracy", "exact_match"}
+    assert (result.adapter_dir / "README.md").read_text().count("revision") >= 1
