@@ -136,6 +136,25 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+def _update_manifest(out_dir: Path, settings: dict[str, Any], task: str | None = None,
+                     record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge one module's record into ``manifest.json`` under a file lock.
+
+    Several builders may work on disjoint task lists of one library at once (one per core);
+    the lock and the re-read make their manifest updates add up instead of overwriting.
+    """
+    import fcntl
+
+    with open(out_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = load_manifest(out_dir)
+        manifest["settings"] = settings
+        if task is not None and record is not None:
+            manifest["modules"][task] = record
+        _write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
 def build_library(
     loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -143,8 +162,7 @@ def build_library(
     from tqdm.auto import tqdm
 
     spec.out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(spec.out_dir)
-    manifest["settings"] = {
+    settings = {
         "base_model": loaded.name,
         "test_size": spec.test_size,
         "max_train": spec.max_train,
@@ -153,6 +171,7 @@ def build_library(
             k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec.train).items()
         },
     }
+    manifest = _update_manifest(spec.out_dir, settings)
     files = task_files(spec.data_dir, spec.tasks)
     bar = tqdm(files, desc="library", unit="module", disable=not progress)
     for path in bar:
@@ -181,7 +200,7 @@ def build_library(
 
         result = train_lora(loaded, train, folder, spec.train, task=info, heldout=test,
                             progress=False, on_step=log_step)
-        manifest["modules"][task] = {
+        record = {
             "task": task,
             "category": info.category,
             "n_train": len(train),
@@ -195,12 +214,11 @@ def build_library(
             "heldout_loss": result.heldout_loss_after,
             "size_bytes": (folder / "adapter_model.safetensors").stat().st_size,
         }
-        _write_json_atomic(spec.out_dir / "manifest.json", manifest)
+        manifest = _update_manifest(spec.out_dir, settings, task, record)
         tqdm.write(
             f"{task}: loss {result.heldout_loss_before:.3f} -> {result.heldout_loss_after:.3f}"
             f" in {result.seconds:.0f} s"
         )
-    _write_json_atomic(spec.out_dir / "manifest.json", manifest)
     return manifest
 
 
