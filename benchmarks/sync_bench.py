@@ -146,6 +146,27 @@ def timed_sync(url: str, db_url: str, jobs: int, limit: int | None = None) -> tu
     return elapsed, report.summary()
 
 
+def process_cpu_seconds(root_pid: int) -> float:
+    """user+system CPU seconds of a process and its children so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == root_pid or ppid == root_pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def own_cpu_seconds() -> float:
+    """user+system CPU seconds of this process (all threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def download_rate(
     url: str, files: int, clients: int, seconds: float, cache: Path
 ) -> tuple[int, float]:
@@ -250,10 +271,18 @@ def main() -> None:
             f"sync, jobs={args.jobs}, first {args.serial_subset} repos: {subset_p:.1f} s "
             f"({args.serial_subset / subset_p:.0f} repos/s)  [{subset_summary}]"
         )
+        client_cpu, server_cpu = own_cpu_seconds(), process_cpu_seconds(server.pid)
         full, summary = timed_sync(url, f"sqlite:///{root / 'client.db'}", args.jobs)
+        client_cpu = own_cpu_seconds() - client_cpu
+        server_cpu = process_cpu_seconds(server.pid) - server_cpu
         print(
             f"full sync, jobs={args.jobs}: {args.repos} repos in {full:.1f} s "
             f"({args.repos / full:.0f} repos/s; target >= 200)  [{summary}]"
+        )
+        per_repo = (client_cpu + server_cpu) / args.repos * 1000
+        print(
+            f"  CPU: client {client_cpu:.1f} s + server {server_cpu:.1f} s = {per_repo:.2f} ms "
+            f"per repo, i.e. {2000 / per_repo:.0f} repos/s if both cores were ours"
         )
         again, summary = timed_sync(url, f"sqlite:///{root / 'client.db'}", args.jobs)
         print(f"no-change re-sync: {again:.2f} s (target < 10 s)  [{summary}]")

@@ -55,6 +55,8 @@ class HubClient:
         self.timeout = timeout
         # token=False stops huggingface_hub from sending a token saved on this machine.
         self.api = api or HfApi(endpoint=self.endpoint, token=token or False)
+        # user agent + auth, built once: the sync sends thousands of small requests
+        self._headers: dict[str, str] = self.api._build_hf_headers(token=token or False)
 
     def __repr__(self) -> str:
         return f"HubClient({self.endpoint!r})"
@@ -109,7 +111,7 @@ class HubClient:
             get_session().get(
                 f"{self.endpoint}/api/models",
                 params={"limit": 1},
-                headers=self.api._build_hf_headers(token=self.token or False),
+                headers=self._headers,
                 timeout=self.timeout,
             )
 
@@ -147,7 +149,7 @@ class HubClient:
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.endpoint)
         response = get_session().get(
             url,
-            headers={**self.api._build_hf_headers(token=self.token or False), **headers},
+            headers={**self._headers, **headers},
             timeout=self.timeout,
         )
         hf_raise_for_status(response)
