@@ -118,3 +118,17 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     )
     assert read_config(out).num_heads == 1
     assert not (out / "keep.txt").exists()
+
+
+def test_train_on_a_seq2seq_model(tmp_path: Path, tiny_seq2seq_dir: Path, load_tiny) -> None:
+    """Encoder and decoder layers are wrapped alike; padding is left out of the balance term."""
+    from .conftest import write_topic_files as topics
+
+    loaded = load_tiny(tiny_seq2seq_dir)
+    config = HydraTrainConfig(heads=2, rank=4, steps=6, lr=5e-3, targets=("q", "v"))
+    result = train_hydra(loaded, topics(tmp_path, n_per_topic=6), tmp_path / "t5", config,
+                         progress=False)
+    module = load_hydra(tmp_path / "t5")
+    assert any(name.startswith("encoder.") for name in module.layers)
+    assert any(name.startswith("decoder.") for name in module.layers)
+    assert len(result.balance_losses) == 6 and all(b >= 1.0 - 1e-6 for b in result.balance_losses)
