@@ -165,6 +165,8 @@ class LorahubBank(WeightBank):
                     )
                 stacked[i, off_a : off_a + a.numel()] = a.reshape(-1)
                 stacked[i, off_b : off_b + b.numel()] = b.reshape(-1)
+        # Export always composes from the float32 originals, whatever the compute dtype.
+        self.stacked_fp32 = stacked
         self.stacked = stacked.to(device=device, dtype=dtype).contiguous()
         self.buffer = torch.zeros(max_groups, offset, device=device, dtype=dtype)
 
@@ -184,7 +186,7 @@ class LorahubBank(WeightBank):
 
     def export(self, weights: np.ndarray) -> ExportedLora:
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
-        flat = (w[None, :] @ self.stacked.double().cpu())[0].float()
+        flat = (w[None, :] @ self.stacked_fp32.double())[0].float()
         tensors: dict[str, torch.Tensor] = {}
         for path, (off_a, shape_a, off_b, shape_b) in self._slots.items():
             n_a = shape_a[0] * shape_a[1]
