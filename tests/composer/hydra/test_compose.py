@@ -105,7 +105,7 @@ def test_router_fit_lowers_fewshot_loss_and_freezes_a_and_heads(tmp_path: Path) 
     paths = write_topic_files(tmp_path, n_per_topic=6)
     few_shot = load_examples(paths[0])[:3] + load_examples(paths[1])[:3]
     holdout = load_examples(paths[0])[3:] + load_examples(paths[1])[3:]
-    result = fit_router(loaded, module, few_shot, holdout=holdout, steps=25, lr=0.05)
+    result = fit_router(loaded, module, few_shot, holdout=holdout, steps=10, lr=0.05)
     assert result.fewshot_loss_after < result.fewshot_loss_before
     assert result.heldout_loss_before is not None and result.heldout_loss_after is not None
     for name, layer in module.layers.items():

@@ -24,12 +24,12 @@ def test_train_auto_heads_writes_a_loadable_module(tmp_path: Path) -> None:
         before = loaded.model(input_ids=ids).logits
     paths = write_topic_files(tmp_path)
     out = tmp_path / "hydra"
-    config = HydraTrainConfig(heads="auto", max_heads=5, rank=4, steps=40, lr=5e-3, batch_size=8)
+    config = HydraTrainConfig(heads="auto", max_heads=5, rank=4, steps=20, lr=1e-2, batch_size=8)
     result = train_hydra(loaded, paths, out, config, progress=False)
 
     assert result.num_heads == 2  # two clearly separated topics in the inputs
     assert result.head_selection is not None and result.head_selection.k == (1, 2, 3, 4, 5)
-    assert len(result.losses) == 40
+    assert len(result.losses) == 20
     assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5
 
     module = load_hydra(out)
@@ -72,7 +72,7 @@ def test_heldout_losses_reported(tmp_path: Path) -> None:
 
     paths = write_topic_files(tmp_path)
     heldout = load_examples(paths[0])[:4]
-    config = HydraTrainConfig(heads=2, rank=4, steps=40, lr=5e-3)
+    config = HydraTrainConfig(heads=2, rank=4, steps=20, lr=1e-2)
     result = train_hydra(make_loaded(), paths, None, config, heldout=heldout, progress=False)
     assert result.heldout_loss_before is not None and result.heldout_loss_after is not None
     assert result.heldout_loss_after < result.heldout_loss_before
