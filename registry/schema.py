@@ -125,16 +125,21 @@ def downgrade(url: str, revision: str = "base") -> None:
     _run(url, "downgrade", revision)
 
 
-def current(url: str) -> set[str]:
-    """The revision ids the database is at (empty set: never migrated)."""
-    engine = make_engine(url)
+def current(url: str, *, engine: sa.Engine | None = None) -> set[str]:
+    """The revision ids the database is at (empty set: never migrated).
+
+    Pass ``engine`` (for ``url``) to reuse its connection pool instead of opening another.
+    """
+    own = engine is None
+    engine = make_engine(url) if engine is None else engine
     try:
         with engine.connect() as conn:
             return _versions(conn)
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"cannot open {display_url(url)}: {exc.orig}") from exc
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
 
 
 def _versions(conn: sa.Connection) -> set[str]:
@@ -143,14 +148,15 @@ def _versions(conn: sa.Connection) -> set[str]:
     return set(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
 
 
-def ensure_schema(url: str) -> None:
+def ensure_schema(url: str, *, engine: sa.Engine | None = None) -> None:
     """Upgrade ``url`` to head unless it is there already (one cheap query when it is).
 
-    Raises :class:`DatabaseError` when the database is at a revision this version of
-    loradex does not know (made by a newer loradex).
+    ``engine`` (for ``url``) is reused for that query if given. Raises
+    :class:`DatabaseError` when the database is at a revision this version of loradex does
+    not know (made by a newer loradex).
     """
     heads = script_heads()
-    found = current(url)
+    found = current(url, engine=engine)
     if found == heads:
         return
     unknown = found - _known_revisions()

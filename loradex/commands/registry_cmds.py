@@ -33,8 +33,9 @@ def open_store(ctx: click.Context) -> RegistryStore:
     from registry.store import RegistryStore
 
     settings = ctx.find_object(Settings) or Settings.resolve()
-    ensure_schema(settings.db_url)
-    return RegistryStore(make_engine(settings.db_url))
+    engine = make_engine(settings.db_url)
+    ensure_schema(settings.db_url, engine=engine)
+    return RegistryStore(engine)
 
 
 def _human_size(size: int | None) -> str:
