@@ -1,0 +1,663 @@
+"""The BIG-Bench Hard study: does composing library modules teach a task, or only its format?
+
+For every task (a JSONL file in ``--tasks-dir``) and seed:
+
+- 5 few-shot examples are drawn with the seed; every other example is the test split
+  (``--test-limit N`` keeps the first N of them, in file order);
+- ``k`` candidates are drawn with the seed from the library (the pool of modules is frozen in
+  the results file on the first run);
+- systems, all scored on the same test examples (paired): the majority label of the test split
+  (a constant answer), zero-shot, 5-shot in-context (the few-shot examples as demonstrations),
+  the best single candidate *chosen by few-shot loss* (``--oracle`` adds the best single
+  candidate chosen on the test split itself, labelled as such), the uniform average of the k
+  candidates (weights 1/k, lorahub method), and loradex compose (CMA-ES) for every method and
+  objective asked for;
+- metrics: exact match of the greedy answer, multiple-choice accuracy (the choice with the
+  highest log-likelihood), the distribution of the picked labels, and paired tests (exact
+  McNemar and a paired bootstrap) of every system against zero-shot and the majority label.
+
+Results are written after every system to ``--out`` (atomically); a run that is stopped can be
+resumed and finished cells are not recomputed. ``--markdown`` prints the tables.
+
+Run:  .venv/bin/python benchmarks/bbh_study.py --tasks navigate --seeds 2 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from composer.study import (  # noqa: E402
+    format_distribution,
+    format_p,
+    label_distribution,
+    majority_correct,
+    majority_label,
+    markdown_table,
+    mcnemar_exact,
+    paired_bootstrap,
+    summarize,
+)
+from loradex.errors import ConfigError, InvalidDataFile, LoradexError, ModuleNotFound  # noqa: E402
+
+if TYPE_CHECKING:
+    from composer.candidates import Candidate
+    from composer.data import Example
+    from composer.models import LoadedModel
+
+RESULTS_VERSION = 1
+ZERO_SHOT = "zero-shot"
+IN_CONTEXT = "in-context"
+SINGLE = "single (by few-shot loss)"
+ORACLE = "oracle single (chosen on test)"
+UNIFORM = "uniform 1/k"
+MAJORITY = "majority label"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What every cell of a results file was computed with (checked when resuming)."""
+
+    tasks_dir: str
+    library: str
+    base_model: str | None
+    k: int
+    shots: int
+    budget: int
+    test_limit: int | None
+    use_chat_template: bool
+    dtype: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that make cells comparable (paths are informative, not checked)."""
+        return {
+            "k": self.k,
+            "shots": self.shots,
+            "budget": self.budget,
+            "test_limit": self.test_limit,
+            "use_chat_template": self.use_chat_template,
+            "dtype": self.dtype,
+            "base_model": self.base_model,
+        }
+
+
+def compose_system(method: str, objective: str) -> str:
+    """The name of a compose row, e.g. ``compose lorahub/lm``."""
+    return f"compose {method}/{objective}"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def task_files(tasks_dir: Path, only: Sequence[str]) -> dict[str, Path]:
+    """The task files of ``tasks_dir`` by name (``only`` restricts and orders them)."""
+    if not tasks_dir.is_dir():
+        raise InvalidDataFile(f"--tasks-dir {tasks_dir}: no such folder")
+    found = {p.stem: p for p in sorted(tasks_dir.glob("*.jsonl"))}
+    if not found:
+        raise InvalidDataFile(f"--tasks-dir {tasks_dir}: no .jsonl task files")
+    if not only:
+        return found
+    missing = [t for t in only if t not in found]
+    if missing:
+        raise InvalidDataFile(
+            f"--tasks {','.join(missing)}: not in {tasks_dir} (have {', '.join(found)})"
+        )
+    return {t: found[t] for t in only}
+
+
+def library_pool(library: Path) -> list[str]:
+    """Names of the adapter folders under ``library`` (sorted)."""
+    if not library.is_dir():
+        raise ModuleNotFound(f"--library {library}: no such folder")
+    names = sorted(p.name for p in library.iterdir() if (p / "adapter_config.json").is_file())
+    if not names:
+        raise ModuleNotFound(f"--library {library}: no adapter folders (adapter_config.json)")
+    return names
+
+
+def split_task(
+    examples: Sequence[Example], shots: int, seed: int, test_limit: int | None
+) -> tuple[list[int], list[int]]:
+    """Seeded few-shot indices, and the test indices: every other example (first N with a limit)."""
+    if len(examples) <= shots:
+        raise InvalidDataFile(f"{len(examples)} example(s): too few for {shots} few-shot + a test")
+    few = sorted(random.Random(seed).sample(range(len(examples)), shots))
+    chosen = set(few)
+    test = [i for i in range(len(examples)) if i not in chosen]
+    return few, test[:test_limit] if test_limit else test
+
+
+def pick_candidates(pool: Sequence[str], k: int, seed: int) -> list[str]:
+    """A seeded random ``k`` of the pool (all of it, sorted, when it has at most ``k``)."""
+    if k >= len(pool):
+        return sorted(pool)
+    return sorted(random.Random(seed).sample(sorted(pool), k))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_test(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    *,
+    demonstrations: Sequence[Example] = (),
+    use_chat_template: bool = True,
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> dict[str, Any]:
+    """Per-example results of the model as it is: greedy answers, exact match, picked choices.
+
+    Prompts are rendered exactly as ``composer.evaluate.evaluate_examples`` renders them;
+    generation runs in batches of similar prompt lengths, choices are scored all together.
+    """
+    from composer.data import (
+        EncodedExample,
+        encode_examples,
+        encode_prompt,
+        encode_target,
+        normalize_answer,
+        render_prompt,
+    )
+    from composer.evaluate import generate_answers, sequence_logprobs
+
+    loaded.model.eval()
+    tok = loaded.tokenizer
+    encoded = encode_examples(
+        tok, examples, seq2seq=loaded.is_seq2seq, max_length=max_length,
+        use_chat_template=use_chat_template, demonstrations=demonstrations,
+    )
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids))
+    longest = max(len(e.target_ids) for e in encoded)
+    sorted_answers = generate_answers(
+        loaded, [encoded[i].prompt_ids for i in order], max_new_tokens=longest + 8,
+        batch_size=batch_size,
+    )
+    answers = [""] * len(encoded)
+    for i, answer in zip(order, sorted_answers, strict=True):
+        answers[i] = answer
+    em = [normalize_answer(a) == normalize_answer(ex.target)
+          for a, ex in zip(answers, examples, strict=True)]
+
+    options: list[EncodedExample] = []
+    owners: list[tuple[int, str]] = []
+    for i, ex in enumerate(examples):
+        if not ex.choices:
+            continue
+        prompt = render_prompt(tok, ex.input, demonstrations=demonstrations,
+                               use_chat_template=use_chat_template)
+        prompt_ids = tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)
+                           [-max_length:])
+        for choice in ex.choices:
+            target = tuple(encode_target(tok, choice, seq2seq=loaded.is_seq2seq))
+            options.append(EncodedExample(prompt_ids, target))
+            owners.append((i, choice))
+    picks: list[str | None] = [None] * len(examples)
+    if options:
+        scores = sequence_logprobs(loaded, options, batch_size)
+        best: dict[int, float] = {}
+        for (i, choice), score in zip(owners, scores, strict=True):
+            if i not in best or score > best[i]:  # first of equal scores wins, as in eval
+                best[i], picks[i] = score, choice
+    return {
+        "answers": [normalize_answer(a) for a in answers],
+        "em_correct": [int(x) for x in em],
+        "mc_picks": picks,
+    }
+
+
+def cell_metrics(result: dict[str, Any], targets: Sequence[str], has_choices: bool) -> None:
+    """Add exact match, choice accuracy and label distributions to a system's result."""
+    result["exact_match"] = sum(result["em_correct"]) / len(targets)
+    if has_choices:
+        correct = [int(p == t) for p, t in zip(result["mc_picks"], targets, strict=True)]
+        result["mc_correct"] = correct
+        result["choice_accuracy"] = sum(correct) / len(targets)
+        result["mc_labels"] = label_distribution(p for p in result["mc_picks"] if p is not None)
+    result["generated_labels"] = label_distribution(result["answers"])
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+class Study:
+    """Runs the cells of a study and keeps the results file up to date."""
+
+    def __init__(
+        self,
+        settings: StudySettings,
+        out: Path,
+        *,
+        methods: Sequence[str],
+        objectives: Sequence[str],
+        oracle: bool,
+        quiet: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.out = out
+        self.methods = list(methods)
+        self.objectives = list(objectives)
+        self.oracle = oracle
+        self.quiet = quiet
+        self.loaded: LoadedModel | None = None
+        self.computed: list[tuple[str, int, str]] = []
+        self.results = self._open()
+
+    def _open(self) -> dict[str, Any]:
+        if self.out.exists():
+            try:
+                results = json.loads(self.out.read_text())
+            except ValueError as exc:
+                raise ConfigError(f"--out {self.out}: not a results file ({exc})") from None
+            if results.get("version") != RESULTS_VERSION:
+                raise ConfigError(f"--out {self.out}: not a results file of this study")
+            stored = results["settings"]["fingerprint"]
+            if stored != self.settings.fingerprint():
+                diff = ", ".join(
+                    f"{k} {stored.get(k)!r} -> {v!r}"
+                    for k, v in self.settings.fingerprint().items() if stored.get(k) != v
+                )
+                raise ConfigError(
+                    f"--out {self.out} was made with other settings ({diff}); "
+                    "use another --out to start a new study"
+                )
+            return results
+        pool = library_pool(Path(self.settings.library))
+        return {
+            "version": RESULTS_VERSION,
+            "settings": {
+                "fingerprint": self.settings.fingerprint(),
+                "tasks_dir": self.settings.tasks_dir,
+                "library": self.settings.library,
+                "library_pool": pool,
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            },
+            "wall_seconds": 0.0,
+            "tasks": {},
+        }
+
+    def save(self) -> None:
+        """Write the results file atomically (a crash never leaves half a file)."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.results, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, self.out)
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def _model(self) -> LoadedModel:
+        if self.loaded is None:
+            from composer.models import ModelSpec, load_base_model
+
+            self._say(f"loading base model {self.settings.base_model or '(embedded SmolLM2)'} ...")
+            self.loaded = load_base_model(ModelSpec(
+                name_or_path=self.settings.base_model, device="cpu", dtype=self.settings.dtype,
+            ))
+        return self.loaded
+
+    def systems(self) -> list[str]:
+        """The systems every cell computes, in order."""
+        names = [ZERO_SHOT, IN_CONTEXT, SINGLE]
+        if self.oracle:
+            names.append(ORACLE)
+        names.append(UNIFORM)
+        names += [compose_system(m, o) for m in self.methods for o in self.objectives]
+        return names
+
+    def run(self, tasks: dict[str, Path], seeds: Sequence[int]) -> None:
+        """Compute every missing (task, seed, system), saving after each one."""
+        for task, path in tasks.items():
+            from composer.data import load_examples
+
+            examples = load_examples(path, min_examples=self.settings.shots + 1)
+            for seed in seeds:
+                started = time.perf_counter()
+                try:
+                    self._run_cell(task, examples, seed)
+                finally:
+                    self.results["wall_seconds"] += time.perf_counter() - started
+                    self.save()
+
+    def _run_cell(self, task: str, examples: list[Example], seed: int) -> None:
+        s = self.settings
+        cell = self.results["tasks"].setdefault(task, {}).setdefault(str(seed), {})
+        todo = [name for name in self.systems() if name not in cell.get("systems", {})]
+        if not todo:
+            self._say(f"[{task} seed {seed}] done already, skipped")
+            return
+        few_idx, test_idx = split_task(examples, s.shots, seed, s.test_limit)
+        pool = self.results["settings"]["library_pool"]
+        names = pick_candidates(pool, s.k, seed)
+        few = [examples[i] for i in few_idx]
+        test = [examples[i] for i in test_idx]
+        targets = [ex.target for ex in test]
+        has_choices = all(ex.choices for ex in test)
+        label, rate = majority_label(targets)
+        cell.update({
+            "few_shot_indices": few_idx,
+            "n_test": len(test),
+            "test_targets": targets,
+            "has_choices": has_choices,
+            "majority": {"label": label, "rate": rate},
+            "candidates": names,
+        })
+        systems = cell.setdefault("systems", {})
+        loaded = self._model()
+        candidates = [self._candidate(n) for n in names]
+        chat = s.use_chat_template
+
+        def record(name: str, result: dict[str, Any], started: float) -> None:
+            result["seconds"] = round(time.perf_counter() - started, 2)
+            cell_metrics(result, targets, has_choices)
+            systems[name] = result
+            self.computed.append((task, seed, name))
+            mc = result.get("choice_accuracy")
+            self._say(
+                f"[{task} seed {seed}] {name}: exact match {result['exact_match']:.3f}"
+                + (f", choice accuracy {mc:.3f}" if mc is not None else "")
+                + f" ({result['seconds']:.0f} s)"
+            )
+            self.save()
+
+        for name in todo:
+            t0 = time.perf_counter()
+            if name == ZERO_SHOT:
+                record(name, score_test(loaded, test, use_chat_template=chat), t0)
+            elif name == IN_CONTEXT:
+                scored = score_test(loaded, test, demonstrations=few, use_chat_template=chat)
+                record(name, scored, t0)
+            elif name in (SINGLE, UNIFORM, ORACLE):
+                record(name, self._lorahub_system(name, loaded, candidates, few, test), t0)
+            else:
+                method, objective = name.removeprefix("compose ").split("/")
+                record(name, self._compose_system(method, objective, seed, loaded, candidates,
+                                                  few, test), t0)
+
+    def _candidate(self, name: str) -> Candidate:
+        from composer.candidates import read_candidate
+
+        folder = Path(self.settings.library) / name
+        if not (folder / "adapter_config.json").is_file():
+            raise ModuleNotFound(
+                f"{folder}: module {name} of this study's frozen pool is gone from --library"
+            )
+        return read_candidate(folder, repo_id=f"local/{name}")
+
+    def _lorahub_system(
+        self,
+        name: str,
+        loaded: LoadedModel,
+        candidates: Sequence[Candidate],
+        few: Sequence[Example],
+        test: Sequence[Example],
+    ) -> dict[str, Any]:
+        import numpy as np
+
+        from composer.compose import ComposeSession
+        from composer.methods import get_method
+        from composer.objectives import get_objective
+
+        chat = self.settings.use_chat_template
+        k = len(candidates)
+        with ComposeSession(loaded, candidates, get_method("lorahub")) as session:
+            if name == UNIFORM:
+                weights = np.full(k, 1.0 / k)
+                session.set_weights(weights)
+                scored = score_test(loaded, test, use_chat_template=chat)
+                return {**scored, "weights": weights.tolist()}
+            if name == SINGLE:
+                objective = get_objective("lm")
+                objective.prepare(loaded, few, use_chat_template=chat)
+                losses = [float(session.losses(objective, np.eye(k)[i : i + 1])[0])
+                          for i in range(k)]
+                best = int(np.argmin(losses))
+                session.set_weights(np.eye(k)[best])
+                scored = score_test(loaded, test, use_chat_template=chat)
+                return {**scored, "module": candidates[best].repo_id,
+                        "few_shot_losses": [round(x, 6) for x in losses]}
+            # ORACLE: the candidate with the best choice accuracy on the test split itself.
+            accuracies = []
+            for i in range(k):
+                session.set_weights(np.eye(k)[i])
+                picks = score_test(loaded, test, use_chat_template=chat)["mc_picks"]
+                accuracies.append(sum(p == ex.target for p, ex in zip(picks, test, strict=True)))
+            best = int(np.argmax(accuracies))
+            session.set_weights(np.eye(k)[best])
+            scored = score_test(loaded, test, use_chat_template=chat)
+            return {**scored, "module": candidates[best].repo_id,
+                    "test_choice_correct": accuracies}
+
+    def _compose_system(
+        self,
+        method: str,
+        objective: str,
+        seed: int,
+        loaded: LoadedModel,
+        candidates: Sequence[Candidate],
+        few: Sequence[Example],
+        test: Sequence[Example],
+    ) -> dict[str, Any]:
+        from composer.compose import ComposeConfig, ComposeSession, compose
+        from composer.methods import get_method
+        from composer.search import SearchConfig
+
+        config = ComposeConfig(
+            method=method, objective=objective,
+            search=SearchConfig(budget=self.settings.budget, seed=seed),
+            use_chat_template=self.settings.use_chat_template,
+        )
+        result = compose(loaded, candidates, few, config, progress=False)
+        with ComposeSession(loaded, candidates, get_method(method)) as session:
+            session.set_weights(result.weights)
+            scored = score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
+        return {
+            **scored,
+            "weights": [round(float(w), 6) for w in result.weights],
+            "few_shot_loss": round(result.search.loss, 6),
+            "few_shot_loss_zero_weights": round(result.zero_loss, 6),
+            "search_seconds": round(result.seconds, 2),
+        }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def paired_tests(cell: dict[str, Any], name: str) -> dict[str, Any]:
+    """McNemar and bootstrap of a system against zero-shot and the majority label, per metric."""
+    system = cell["systems"][name]
+    targets = cell["test_targets"]
+    out: dict[str, Any] = {}
+    metrics = [("mc", "mc_correct")] if cell["has_choices"] else []
+    metrics.append(("em", "em_correct"))
+    for metric, key in metrics:
+        mine = [bool(x) for x in system[key]]
+        against = {"majority": majority_correct(targets)}
+        if name != ZERO_SHOT and ZERO_SHOT in cell["systems"]:
+            against[ZERO_SHOT] = [bool(x) for x in cell["systems"][ZERO_SHOT][key]]
+        for other, theirs in against.items():
+            mc = mcnemar_exact(mine, theirs)
+            boot = paired_bootstrap(mine, theirs, resamples=2000, seed=0)
+            out[f"{metric} vs {other}"] = {
+                "only_this": mc.only_a, "only_other": mc.only_b, "mcnemar_p": mc.p_value,
+                "difference": boot.difference, "bootstrap_95": [boot.low, boot.high],
+                "bootstrap_p": boot.p_value,
+            }
+    return out
+
+
+def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[str]) -> str:
+    """The Markdown table of one task over its seeds (systems missing from a seed are skipped)."""
+    seeds = sorted(cells, key=int)
+    first = cells[seeds[0]]
+    has_choices = first["has_choices"]
+    metric = "mc" if has_choices else "em"
+    majority = summarize([cells[s]["majority"]["rate"] for s in seeds])
+    labels = sorted({cells[s]["majority"]["label"] for s in seeds})
+    header = ["system", "exact match", "MC accuracy", "best seed (EM / MC)",
+              "labels picked (MC)", "generated answers", "p vs zero-shot", "p vs majority"]
+    rows = [[MAJORITY, majority.format(), majority.format() if has_choices else "-",
+             f"{majority.high:.2f}", f"{'/'.join(labels)} 100%", "-", "-", "-"]]
+    for name in systems:
+        done = [s for s in seeds if name in cells[s].get("systems", {})]
+        if not done:
+            continue
+        res = [cells[s]["systems"][name] for s in done]
+        em = summarize([r["exact_match"] for r in res])
+        mc = summarize([r["choice_accuracy"] for r in res]) if has_choices else None
+        best = max(res, key=lambda r: (r.get("choice_accuracy") or 0.0, r["exact_match"]))
+        best_txt = f"{best['exact_match']:.2f} / " + (
+            f"{best['choice_accuracy']:.2f}" if has_choices else "-")
+        picked = _pooled([r.get("mc_labels", {}) for r in res])
+        generated = _pooled([r["generated_labels"] for r in res])
+        tests = [paired_tests(cells[s], name) for s in done]
+        vs_zero = ("-" if name == ZERO_SHOT
+                   else "/".join(format_p(t[f"{metric} vs {ZERO_SHOT}"]["mcnemar_p"])
+                                 for t in tests if f"{metric} vs {ZERO_SHOT}" in t))
+        vs_major = "/".join(format_p(t[f"{metric} vs majority"]["mcnemar_p"]) for t in tests)
+        rows.append([name, em.format(), mc.format() if mc else "-", best_txt,
+                     format_distribution(picked) if picked else "-",
+                     format_distribution(generated, top=2), vs_zero or "-", vs_major])
+    n_test = sorted({cells[s]["n_test"] for s in seeds})
+    head = (f"**{task}** — {len(seeds)} seed(s) ({', '.join(seeds)}), "
+            f"{'/'.join(map(str, n_test))} test examples per seed, "
+            f"{len(first['candidates'])} candidates; p-values: exact McNemar on "
+            f"{'multiple-choice' if has_choices else 'exact-match'} correctness, one per seed")
+    return head + "\n\n" + markdown_table(header, rows)
+
+
+def _pooled(distributions: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in distributions:
+        for label, n in d.items():
+            total[label] = total.get(label, 0) + n
+    return label_distribution(label for label, n in total.items() for _ in range(n))
+
+
+def report(results: dict[str, Any], systems: Sequence[str]) -> str:
+    """All task tables of a results file, with the settings and wall time."""
+    fp = results["settings"]["fingerprint"]
+    parts = [
+        f"Settings: k = {fp['k']} candidates, {fp['shots']} few-shot examples, budget "
+        f"{fp['budget']}, test limit {fp['test_limit'] or 'none'}, chat template "
+        f"{fp['use_chat_template']}, dtype {fp['dtype']}; library pool of "
+        f"{len(results['settings']['library_pool'])} modules; wall time "
+        f"{results['wall_seconds'] / 60:.1f} min.",
+    ]
+    for task, cells in results["tasks"].items():
+        if any(c.get("systems") for c in cells.values()):
+            done = {s: c for s, c in cells.items() if c.get("systems")}
+            parts.append(task_table(task, done, systems))
+    return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks-dir", type=Path, default=ROOT.parent / "shared" / "data" / "bbh",
+                   help="folder of JSONL tasks (input, target, optional choices)")
+    p.add_argument("--library", type=Path, default=ROOT / "library",
+                   help="folder of candidate adapter folders")
+    p.add_argument("--base-model", default=None,
+                   help="base model folder/GGUF (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--k", type=int, default=20, help="candidates per seed")
+    p.add_argument("--shots", type=int, default=5, help="few-shot examples per task")
+    p.add_argument("--budget", type=int, default=40, help="CMA-ES evaluations per compose")
+    p.add_argument("--tasks", default="", help="comma-separated subset of task names")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="keep the first N test examples (default: every non-few-shot example)")
+    p.add_argument("--methods", default="lorahub,mixed-rank", help="composition methods")
+    p.add_argument("--objectives", default=None,
+                   help="search objectives (default: every one the composer offers of lm, choice)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also report the best single module chosen on the test split (k evals)")
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
+    p.add_argument("--markdown", action="store_true", help="print the tables")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Study:
+    """Run (or resume) the study; return it (the tests read ``computed``)."""
+    from composer.methods import METHODS
+    from composer.objectives import OBJECTIVES
+
+    args = parse_args(argv)
+    for name, value in (("--seeds", args.seeds), ("--k", args.k), ("--shots", args.shots),
+                        ("--budget", args.budget)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if args.test_limit is not None and args.test_limit < 1:
+        raise ConfigError(f"--test-limit must be >= 1, got {args.test_limit}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods {','.join(unknown)}: known: {', '.join(METHODS)}")
+    if args.objectives is None:
+        objectives = [o for o in ("lm", "choice") if o in OBJECTIVES]
+    else:
+        objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown:
+            raise ConfigError(f"--objectives {','.join(unknown)}: known: {', '.join(OBJECTIVES)}")
+    tasks = task_files(args.tasks_dir, [t.strip() for t in args.tasks.split(",") if t.strip()])
+    settings = StudySettings(
+        tasks_dir=str(args.tasks_dir.resolve()),
+        library=str(args.library.resolve()),
+        base_model=args.base_model,
+        k=args.k,
+        shots=args.shots,
+        budget=args.budget,
+        test_limit=args.test_limit,
+        use_chat_template=not args.no_chat_template,
+        dtype=args.dtype,
+    )
+    study = Study(settings, args.out, methods=methods, objectives=objectives,
+                  oracle=args.oracle, quiet=args.quiet)
+    try:
+        study.run(tasks, range(args.seeds))
+    except KeyboardInterrupt:
+        study.save()
+        print(f"stopped; finished cells are in {args.out}, run again to resume",
+              file=sys.stderr)
+        raise
+    if args.markdown:
+        print(report(study.results, study.systems()))
+    return study
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LoradexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

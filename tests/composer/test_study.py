@@ -1,0 +1,212 @@
+"""The study's statistics against hand-computed examples, and the BBH study script end to end
+on a tiny model, two tiny LoRA modules and a tiny task folder (resumable results file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from composer_testing import save_lora, write_jsonl
+
+from composer.study import (
+    format_distribution,
+    label_distribution,
+    majority_correct,
+    majority_label,
+    markdown_table,
+    mcnemar_exact,
+    paired_bootstrap,
+    summarize,
+)
+from loradex.errors import ConfigError, InvalidDataFile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_majority_label_and_rate_on_the_test_split():
+    targets = ["No", "Yes", "No", "No", "Yes"]
+    assert majority_label(targets) == ("No", 0.6)
+    assert majority_correct(targets) == [True, False, True, True, False]
+    # A tie goes to the label that sorts first, so the baseline is deterministic.
+    assert majority_label(["b", "a", "b", "a"]) == ("a", 0.5)
+    with pytest.raises(ValueError):
+        majority_label([])
+
+
+def test_label_distribution_on_a_constructed_example():
+    picks = ["(B)", "(A)", "(B)", "(C)", "(B)", "(A)"]
+    counts = label_distribution(picks)
+    assert counts == {"(B)": 3, "(A)": 2, "(C)": 1}
+    assert list(counts) == ["(B)", "(A)", "(C)"]  # commonest first
+    assert format_distribution(counts, top=2) == "(B) 50% · (A) 33% · +1 more"
+    assert format_distribution({"No": 100}) == "No 100%"
+
+
+def test_mcnemar_matches_hand_computed_binomial():
+    # 10 pairs: A right & B wrong on 6, B right & A wrong on 1, 3 concordant.
+    a = [1] * 6 + [0] + [1, 1, 0]
+    b = [0] * 6 + [1] + [1, 1, 0]
+    result = mcnemar_exact([bool(x) for x in a], [bool(x) for x in b])
+    assert (result.only_a, result.only_b) == (6, 1)
+    # n = 7 discordant pairs; p = 2 * (C(7,0) + C(7,1)) / 2^7 = 16/128 = 0.125
+    assert result.p_value == pytest.approx(0.125)
+    # Symmetric, and equal discordant counts give p = 1 (capped).
+    assert mcnemar_exact([bool(x) for x in b], [bool(x) for x in a]).p_value == pytest.approx(0.125)
+    assert mcnemar_exact([True, False], [False, True]).p_value == 1.0
+    assert mcnemar_exact([True, True], [True, True]).p_value == 1.0
+    # 10 discordant pairs all one way: 2 / 2^10.
+    assert mcnemar_exact([True] * 10, [False] * 10).p_value == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_bootstrap_matches_the_exact_resampling_distribution():
+    # Per-example differences d = [1, 0]: the mean of two draws is 0, 0.5 or 1 with
+    # probability 1/4, 1/2, 1/4, so P[d* <= 0] = 1/4 and the two-sided p-value is 1/2.
+    result = paired_bootstrap([True, False], [False, False], resamples=20_000, seed=3)
+    assert result.difference == 0.5
+    assert result.p_value == pytest.approx(0.5, abs=0.02)
+    assert (result.low, result.high) == (0.0, 1.0)
+    # Identical systems: no difference, p = 1; one always right vs always wrong: p = 0.
+    same = paired_bootstrap([True, False, True], [True, False, True], resamples=200)
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    apart = paired_bootstrap([True] * 5, [False] * 5, resamples=200)
+    assert (apart.difference, apart.low, apart.high, apart.p_value) == (1.0, 1.0, 1.0, 0.0)
+    # Reproducible with a seed.
+    a, b = [True, False, True, True], [False, False, True, False]
+    assert paired_bootstrap(a, b, seed=1) == paired_bootstrap(a, b, seed=1)
+
+
+def test_summarize_and_table():
+    s = summarize([0.5, 0.7, 0.6])
+    assert s.mean == pytest.approx(0.6) and s.std == pytest.approx(0.1)
+    assert (s.low, s.high, s.n) == (0.5, 0.7, 3)
+    assert s.format() == "0.60 ± 0.10"
+    assert summarize([0.25]).format() == "0.25"
+    table = markdown_table(["a", "b"], [["1", "x|y"]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
+    with pytest.raises(ValueError):
+        markdown_table(["a", "b"], [["1"]])
+    assert math.isclose(summarize([1.0, 3.0]).std, math.sqrt(2))
+
+
+# --------------------------------------------------------------------------- the study script
+
+
+def _load_study_module():
+    spec = importlib.util.spec_from_file_location("bbh_study", ROOT / "benchmarks" / "bbh_study.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bbh_study"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def study_module():
+    return _load_study_module()
+
+
+def _task_rows(labels: tuple[str, str], n: int, skew: int) -> list[dict]:
+    # ``skew`` of every 3 targets are labels[0], so the majority rate is not 1/2.
+    return [
+        {
+            "input": f"question {i}: is {i} {'even' if i % 2 else 'odd'}?",
+            "target": labels[0] if i % 3 < skew else labels[1],
+            "choices": list(labels),
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def tiny_study(tmp_path, tiny_causal_dir):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_jsonl(tasks / "yesno.jsonl", _task_rows(("yes", "no"), 14, 2))
+    write_jsonl(tasks / "truth.jsonl", _task_rows(("true", "false"), 12, 1))
+    write_jsonl(tasks / "unused.jsonl", _task_rows(("a", "b"), 8, 1))
+    library = tmp_path / "library"
+    for i in range(2):
+        save_lora(tiny_causal_dir, library / f"mod{i}", seed=20 + i)
+    out = tmp_path / "out" / "results.json"
+
+    def argv(*extra: str) -> list[str]:
+        return ["--tasks-dir", str(tasks), "--library", str(library), "--base-model",
+                str(tiny_causal_dir), "--seeds", "1", "--budget", "3", "--k", "20",
+                "--tasks", "yesno,truth", "--out", str(out), "--quiet", *extra]
+
+    return argv, out
+
+
+def test_study_runs_end_to_end_and_resumes(study_module, tiny_study, capsys):
+    argv, out = tiny_study
+    study = study_module.main(argv("--markdown"))
+    systems = study.systems()
+    assert systems[:4] == ["zero-shot", "in-context", "single (by few-shot loss)", "uniform 1/k"]
+    assert "compose lorahub/lm" in systems and "compose mixed-rank/lm" in systems
+    assert len(study.computed) == 2 * len(systems)
+
+    results = json.loads(out.read_text())
+    assert set(results["tasks"]) == {"yesno", "truth"}
+    cell = results["tasks"]["yesno"]["0"]
+    assert cell["n_test"] == 14 - 5 and len(cell["few_shot_indices"]) == 5
+    assert len(set(cell["few_shot_indices"])) == 5 and max(cell["few_shot_indices"]) < 14
+    assert cell["candidates"] == ["mod0", "mod1"]  # k = 20 > 2 available: all of them
+    targets = cell["test_targets"]
+    assert cell["majority"]["rate"] == max(targets.count("yes"), targets.count("no")) / 9
+    for name in systems:
+        res = cell["systems"][name]
+        assert len(res["em_correct"]) == len(res["mc_picks"]) == 9
+        assert res["choice_accuracy"] == sum(
+            p == t for p, t in zip(res["mc_picks"], targets, strict=True)) / 9
+        assert sum(res["mc_labels"].values()) == 9
+    assert len(cell["systems"]["compose lorahub/lm"]["weights"]) == 2
+    assert cell["systems"]["single (by few-shot loss)"]["module"] in {"local/mod0", "local/mod1"}
+    assert results["wall_seconds"] > 0
+
+    table = capsys.readouterr().out
+    assert "**yesno**" in table and "**truth**" in table
+    assert "| majority label |" in table and "| compose lorahub/lm |" in table
+    assert "p vs zero-shot" in table
+
+    # A second run recomputes nothing; losing one system recomputes only that system.
+    again = study_module.main(argv())
+    assert again.computed == []
+    del results["tasks"]["truth"]["0"]["systems"]["uniform 1/k"]
+    out.write_text(json.dumps(results))
+    third = study_module.main(argv())
+    assert third.computed == [("truth", 0, "uniform 1/k")]
+    assert json.loads(out.read_text())["tasks"]["yesno"] == results["tasks"]["yesno"]
+
+
+def test_study_refuses_to_resume_with_other_settings(study_module, tiny_study):
+    argv, _ = tiny_study
+    study_module.main(argv("--tasks", "truth", "--methods", "lorahub"))
+    with pytest.raises(ConfigError, match="budget 3 -> 4"):
+        study_module.main(argv("--budget", "4"))
+    with pytest.raises(InvalidDataFile, match="--tasks nope"):
+        study_module.main(argv("--tasks", "nope"))
+
+
+def test_choice_picks_agree_with_loradex_eval(study_module, tiny_causal_dir, load_tiny):
+    from composer.data import Example
+    from composer.evaluate import evaluate_examples
+
+    loaded = load_tiny(tiny_causal_dir)
+    rows = _task_rows(("yes", "no"), 9, 2) + _task_rows(("(A)", "(B)"), 3, 1)
+    examples = [Example(r["input"], r["target"], tuple(r["choices"])) for r in rows]
+    demos = examples[:2]
+    scored = study_module.score_test(loaded, examples[2:], demonstrations=demos)
+    report = evaluate_examples(loaded, examples[2:], demonstrations=demos, progress=False)
+    assert label_distribution(scored["mc_picks"]) == report.label_distribution
+    correct = sum(p == ex.target for p, ex in zip(scored["mc_picks"], examples[2:], strict=True))
+    assert correct / len(examples[2:]) == pytest.approx(report.choice_accuracy)
+    assert sum(scored["em_correct"]) / len(examples[2:]) == pytest.approx(report.exact_match)
