@@ -26,6 +26,10 @@ def _examples() -> list[tuple[str, str]]:
     return examples
 
 
+def _any_head(text: str) -> str:
+    return re.sub(r"\b\w+ \(head\)", "<revision> (head)", text)
+
+
 def test_doc_examples_print_what_the_doc_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -42,4 +46,5 @@ def test_doc_examples_print_what_the_doc_shows(
             main(argv[1:])
         out, err = capsys.readouterr()
         printed = (out + err).replace(str(home), DOC_HOME).strip()
-        assert printed == expected, f"`{command}` printed:\n{printed}"
+        # Other features add migrations; which revision is head is not this doc's point.
+        assert _any_head(printed) == _any_head(expected), f"`{command}` printed:\n{printed}"
