@@ -227,3 +227,145 @@ def test_split(spec: LibrarySpec, task: str) -> list[Example]:
     examples = load_examples(spec.data_dir / f"{task}.jsonl")
     return split_task(examples, spec.test_size, spec.split_seed)[1]
 
+
+
+def evaluate_library(
+    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Score every built module on its task's held-out split, beside the base model alone.
+
+    Multiple-choice tasks are scored by choice accuracy (log-likelihood of each choice),
+    the others by exact match of greedy generations. Results go into the manifest.
+    """
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+
+    from composer.evaluate import EvalConfig, evaluate_examples
+
+    manifest = load_manifest(spec.out_dir)
+    settings = manifest.get("settings", {})
+    todo = [t for t, rec in sorted(manifest["modules"].items())
+            if force or "accuracy" not in rec]
+    for task in tqdm(todo, desc="evaluate", unit="module", disable=not progress):
+        record = dict(manifest["modules"][task])
+        test = test_split(spec, task)
+        multiple_choice = test[0].choices is not None
+        config = EvalConfig(generate=not multiple_choice)
+        metric = "choice_accuracy" if multiple_choice else "exact_match"
+        base = evaluate_examples(loaded, test, config)
+        peft_model = PeftModel.from_pretrained(loaded.model, str(spec.out_dir / task))
+        try:
+            tuned = evaluate_examples(loaded, test, config)
+        finally:
+            loaded.model = peft_model.unload()
+            loaded.model.eval()
+        record.update(
+            metric=metric,
+            accuracy_base=getattr(base, metric),
+            accuracy=getattr(tuned, metric),
+            majority_rate=majority_rate(test),
+        )
+        manifest = _update_manifest(spec.out_dir, settings, task, record)
+        tqdm.write(f"{task}: {metric} {record['accuracy_base']:.2f} -> {record['accuracy']:.2f}")
+    return manifest
+
+
+def majority_rate(examples: Sequence[Example]) -> float:
+    """Share of the most frequent target: what always answering one label scores."""
+    from collections import Counter
+
+    counts = Counter(e.target for e in examples)
+    return max(counts.values()) / len(examples) if examples else 0.0
+
+
+def learned(record: dict[str, Any]) -> str:
+    """Whether a module measurably learned its task, judged on its held-out split.
+
+    "yes" when accuracy rose by more than two standard errors of the difference (binomial,
+    n = the test size) or, for generation tasks where exact match stays at 0, when the held-out
+    loss fell by more than half; "loss only" when just the loss fell; else "no".
+    """
+    import math
+
+    n = max(1, int(record.get("n_test", 0)))
+    acc, base = record.get("accuracy"), record.get("accuracy_base")
+    if acc is not None and base is not None:
+        se = math.sqrt(max(acc * (1 - acc) + base * (1 - base), 1e-9) / n)
+        if acc - base > 2 * se:
+            return "yes"
+    loss, loss_base = record.get("heldout_loss"), record.get("heldout_loss_base")
+    if loss is not None and loss_base is not None and loss < loss_base:
+        return "loss only"
+    return "no"
+
+
+def render_library_readme(manifest: dict[str, Any]) -> str:
+    """``library/README.md``: how the library was built and what each module learned."""
+    settings = manifest.get("settings", {})
+    train = settings.get("train", {})
+    modules = manifest.get("modules", {})
+    total = sum(int(m.get("size_bytes", 0)) for m in modules.values())
+    lines = [
+        "# The loradex starter library",
+        "",
+        f"{len(modules)} LoRA modules, one per upstream BIG-bench task in"
+        f" `../shared/data/upstream/`, trained on `{settings.get('base_model', '?')}`"
+        " (the embedded SmolLM2-135M-Instruct GGUF) with `loradex library build`."
+        " This file and `manifest.json` are written by the build; the build script is the"
+        " source of truth.",
+        "",
+        f"Every module: rank {train.get('rank')}, alpha {2 * int(train.get('rank', 0) or 0)},"
+        f" targets {', '.join(train.get('targets', []))}, {train.get('batch_size')} examples per"
+        f" step, learning rate of the module's row, chat template, max {train.get('max_length')}"
+        f" tokens, seed {train.get('seed')}, stored as float16 safetensors"
+        f" ({total / 1e6:.1f} MB in all, {total / max(1, len(modules)) / 1e6:.2f} MB each).",
+        f"Each task's examples are split with `random.Random({settings.get('split_seed')})`:"
+        f" {settings.get('test_size')} held out (at most a fifth of the task), never trained on;"
+        " the scores below are on those.",
+        "",
+        "Rebuild (resumable; finished modules are skipped), then score:",
+        "",
+        "```console",
+        "loradex library build --data-dir ../shared/data/upstream --out library",
+        "loradex library evaluate --data-dir ../shared/data/upstream --out library",
+        "```",
+        "",
+        "Metric: multiple-choice accuracy (log-likelihood of each choice) for tasks with"
+        " choices, exact match of greedy generation for the others. *Learned* is `yes` when the"
+        " score rose by more than two standard errors at this test size, `loss only` when only"
+        " the held-out loss fell.",
+        "",
+        "| task | category | metric | n test | majority | base | module | held-out loss"
+        " base -> module | steps | learned |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for task, rec in sorted(modules.items()):
+        metric = {"choice_accuracy": "MC acc", "exact_match": "EM"}.get(rec.get("metric"), "-")
+        lines.append(
+            f"| {task} | {rec.get('category') or '-'} | {metric} | {rec.get('n_test')} |"
+            f" {fmt(rec.get('majority_rate')) if rec.get('multiple_choice') else '-'} |"
+            f" {fmt(rec.get('accuracy_base'))} | {fmt(rec.get('accuracy'))} |"
+            f" {fmt(rec.get('heldout_loss_base'))} -> {fmt(rec.get('heldout_loss'))} |"
+            f" {rec.get('steps')} | {learned(rec) if 'accuracy' in rec else 'not scored yet'} |"
+        )
+    lines += [
+        "",
+        "Data licence: the upstream tasks come from the `bigbench==1.0.0` source distribution"
+        " (Apache-2.0; some tasks derive from earlier datasets whose terms also apply), see"
+        " `../shared/data/README.md`. The modules are released under Apache-2.0.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_library_readme(out_dir: Path) -> Path:
+    """Regenerate ``README.md`` of the library from its manifest."""
+    path = out_dir / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(render_library_readme(load_manifest(out_dir)), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

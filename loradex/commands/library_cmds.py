@@ -11,7 +11,13 @@ from loradex.settings import Settings
 
 @click.group()
 def library() -> None:
-    """Build and inspect the starter library of LoRA modules."""
+    """Build and score the starter library of LoRA modules (one per upstream task).
+
+    \b
+    Example:
+      loradex library build --data-dir ../shared/data/upstream --out library
+      loradex library evaluate --data-dir ../shared/data/upstream --out library
+    """
 
 
 @library.command()
@@ -40,7 +46,7 @@ def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, .
     Example:
       loradex library build --data-dir ../shared/data/upstream --out library
     """
-    from composer.library import LibrarySpec, build_library, task_files
+    from composer.library import LibrarySpec, build_library, task_files, write_library_readme
     from composer.models import ModelSpec, load_base_model
     from composer.train import TrainConfig
 
@@ -58,4 +64,32 @@ def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, .
     click.echo(f"loading base model {base_model or '(embedded SmolLM2-135M-Instruct)'} ...")
     loaded = load_base_model(ModelSpec(name_or_path=base_model, dtype=dtype))
     manifest = build_library(loaded, spec)
+    write_library_readme(out_dir)
     click.echo(f"library {out_dir}: {len(manifest['modules'])} module(s)")
+
+
+@library.command()
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the upstream task files the library was built from.")
+@click.option("--out", "out_dir", default="library", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
+@click.option("--force", is_flag=True, help="Score modules that already have scores again.")
+@click.option("--base-model", default=None, help="Base model (default: the embedded SmolLM2).")
+def evaluate(data_dir: Path, out_dir: Path, force: bool, base_model: str | None) -> None:
+    """Score each built module and the base model on the task's held-out split.
+
+    Writes the scores into manifest.json and regenerates the library's README.md table.
+
+    \b
+    Example:
+      loradex library evaluate --data-dir ../shared/data/upstream --out library
+    """
+    from composer.library import LibrarySpec, evaluate_library, load_manifest, write_library_readme
+    from composer.models import ModelSpec, load_base_model
+
+    manifest = load_manifest(out_dir)
+    test_size = int(manifest.get("settings", {}).get("test_size", 50))
+    spec = LibrarySpec(data_dir=data_dir, out_dir=out_dir, test_size=test_size)
+    loaded = load_base_model(ModelSpec(name_or_path=base_model))
+    evaluate_library(loaded, spec, force=force)
+    click.echo(f"wrote {write_library_readme(out_dir)}")

@@ -69,6 +69,17 @@ def test_demo_pipeline_on_tiny_model(tiny_world: dict[str, Path], tmp_path: Path
     assert again.exit_code == 0, again.output
     assert (library / "past_tense" / "adapter_model.safetensors").read_bytes() == before
 
+    scored = runner.invoke(cli, ["library", "evaluate", "--data-dir", str(tiny_world["upstream"]),
+                                 "--out", str(library), "--base-model", str(tiny_world["model"])])
+    assert scored.exit_code == 0, scored.output
+    records = json.loads((library / "manifest.json").read_text())["modules"]
+    assert records["yes_no"]["metric"] == "choice_accuracy"
+    assert records["past_tense"]["metric"] == "exact_match"
+    assert records["yes_no"]["majority_rate"] == 1.0
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in records.values())
+    table = (library / "README.md").read_text()
+    assert "| past_tense |" in table and "| yes_no |" in table and "not scored" not in table
+
     lines: list[str] = []
     result = run_demo(DemoConfig(
         workdir=tmp_path / "demo", library=library, few_shot=tiny_world["few_shot"],
@@ -120,3 +131,14 @@ def test_real_demo_path_small_budget(tmp_path: Path, loradex_home: Path) -> None
     assert result.zero_shot["n_examples"] == 10
     assert set(result.composed) >= {"loss", "choice_accuracy", "exact_match"}
     assert (result.adapter_dir / "README.md").read_text().count("revision") >= 1
+
+
+def test_learned_verdict() -> None:
+    from composer.library import learned
+
+    assert learned({"n_test": 50, "accuracy_base": 0.2, "accuracy": 0.8}) == "yes"
+    # +0.04 at n=50 is noise; the loss fell, so only the loss moved.
+    assert learned({"n_test": 50, "accuracy_base": 0.50, "accuracy": 0.54,
+                    "heldout_loss_base": 2.0, "heldout_loss": 1.0}) == "loss only"
+    assert learned({"n_test": 50, "accuracy_base": 0.5, "accuracy": 0.5,
+                    "heldout_loss_base": 1.0, "heldout_loss": 1.2}) == "no"
