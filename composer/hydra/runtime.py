@@ -369,6 +369,7 @@ def export_constant_gate_to_peft(
     gates: Sequence[float] | None,
     out_dir: str | Path,
     *,
+    task_type: str = "CAUSAL_LM",
     overwrite: bool = False,
 ) -> Path:
     """Write a plain PEFT LoRA (A, merged B) that ``peft.PeftModel.from_pretrained`` loads.
@@ -390,7 +391,7 @@ def export_constant_gate_to_peft(
         rank=config.rank,
         alpha=config.alpha,
         target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     gate_note = (
         "each layer's router at x = 0, softmax(b / T)"

@@ -14,13 +14,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from composer.adapter_io import check_output_dir
+from composer.adapter_io import SAVE_DTYPES, check_output_dir
 from composer.batching import TargetBatch, make_batch, mean_target_loss
 from composer.cards import render_card, settings_table
 from composer.data import EncodedExample, Example, encode_examples, file_sha256, load_examples
@@ -34,7 +34,6 @@ from loradex import __version__
 from loradex.errors import ConfigError, InvalidDataFile
 
 BALANCE_KINDS = ("switch", "kl", "none")
-_SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class HydraTrainConfig:
             raise ConfigError("batch size must be >= 1 and max length >= 2")
         if not self.targets:
             raise ConfigError("at least one target module is needed")
-        if self.save_dtype not in _SAVE_DTYPES:
+        if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"invalid save dtype {self.save_dtype!r}")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
@@ -264,7 +263,7 @@ def train_hydra(
             out,
             card=card,
             extra_files={"training_log.json": json.dumps(log).encode()},
-            save_dtype=_SAVE_DTYPES[config.save_dtype],
+            save_dtype=SAVE_DTYPES[config.save_dtype],
         )
     return HydraTrainResult(
         out_dir=out,
@@ -473,8 +472,3 @@ def _card_body(
             f"(base model without the module: {h['loss_base']}).",
         ]
     return "\n".join(lines)
-
-
-def with_heads(config: HydraTrainConfig, heads: int | Literal["auto"]) -> HydraTrainConfig:
-    """A copy of ``config`` with another head setting (handy for sweeps and the CLI)."""
-    return replace(config, heads=heads)
