@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -53,19 +54,26 @@ def median_ms(times: list[float]) -> float:
     return 1000 * statistics.median(times)
 
 
-def interleaved(variants: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict:
-    """Run each variant once per round (rotating the order); return seconds per variant."""
+def interleaved(
+    variants: dict[str, Callable[[], None]], rounds: int, warmup: int
+) -> dict[str, dict[str, list[float]]]:
+    """Run each variant once per round (rotating the order).
+
+    Returns, per variant, wall seconds and process CPU seconds per call: on a machine shared
+    with other jobs the wall time swings with their load, the CPU time much less.
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             variants[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
     return times
 
 
@@ -174,6 +182,18 @@ def model_bench(loaded, rank: int, heads: int, rounds: int, batch_size: int, max
     return interleaved(variants, rounds, warmup=2), n_tokens, len(encoded)
 
 
+def print_times(times: dict, reference: str, unit: str, divide: float) -> None:
+    """A markdown table of median wall and CPU time per variant, and ratios to ``reference``."""
+    print(f"| variant | wall {unit} | wall vs LoRA r=N·r | CPU {unit} | CPU vs LoRA r=N·r |")
+    print("|---|---|---|---|---|")
+    ref_wall = median_ms(times[reference]["wall"])
+    ref_cpu = median_ms(times[reference]["cpu"])
+    for name, t in times.items():
+        wall, cpu = median_ms(t["wall"]), median_ms(t["cpu"])
+        print(f"| {name} | {wall / divide:.3f} | {wall / ref_wall:.2f}x | {cpu / divide:.3f} | "
+              f"{cpu / ref_cpu:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=4)
@@ -182,8 +202,11 @@ def main() -> None:
     parser.add_argument("--layer-rounds", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", type=Path, default=None, help="also write raw figures here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from composer.models import load_base_model
 
@@ -198,7 +221,8 @@ def main() -> None:
     adapter, router = hydra_params(shapes, r, n)
     print(f"# Hydra benchmark: {loaded.name}, q_proj+v_proj ({len(shapes)} layers), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}\n")
+          f"{platform.processor() or platform.machine()}, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     print("## Parameters\n")
     print("| module | parameters | vs LoRA r=N·r | adapter MFLOP / token (forward) |")
     print("|---|---|---|---|")
@@ -220,22 +244,14 @@ def main() -> None:
     layer_times = layer_bench(fan_in, fan_out, tokens, r, n, args.layer_rounds)
     print(f"\n## One layer [{fan_in} -> {fan_out}], {tokens} tokens, forward + backward "
           f"(median of {args.layer_rounds}, interleaved)\n")
-    print("| variant | ms | vs LoRA r=N·r |")
-    print("|---|---|---|")
-    ref = median_ms(layer_times[f"PEFT LoRA r={n * r}"])
-    for name, times in layer_times.items():
-        print(f"| {name} | {median_ms(times):.3f} | {median_ms(times) / ref:.2f}x |")
+    print_times(layer_times, f"PEFT LoRA r={n * r}", "ms", 1.0)
 
     step_times, n_tokens, n_examples = model_bench(
         loaded, r, n, args.rounds, args.batch_size, args.max_length
     )
     print(f"\n## Full training step, {n_examples} upstream examples ({n_tokens} tokens), "
           f"median of {args.rounds} interleaved rounds\n")
-    print("| variant | s / step | vs LoRA r=N·r |")
-    print("|---|---|---|")
-    ref = median_ms(step_times[f"PEFT LoRA r={n * r}"])
-    for name, times in step_times.items():
-        print(f"| {name} | {median_ms(times) / 1000:.3f} | {median_ms(times) / ref:.2f}x |")
+    print_times(step_times, f"PEFT LoRA r={n * r}", "s", 1000.0)
     if args.json:
         params = {label: count for label, count, _ in rows}
         raw = {"params": params, "layer": layer_times, "step": step_times}
