@@ -120,10 +120,18 @@ def task_files(tasks_dir: Path, only: Sequence[str]) -> dict[str, Path]:
 
 
 def library_pool(library: Path) -> list[str]:
-    """Names of the adapter folders under ``library`` (sorted)."""
+    """Names of the adapter folders under ``library`` (sorted); when the library has a
+    ``manifest.json`` (``loradex library build``), only the modules it lists as finished."""
     if not library.is_dir():
         raise ModuleNotFound(f"--library {library}: no such folder")
     names = sorted(p.name for p in library.iterdir() if (p / "adapter_config.json").is_file())
+    manifest = library / "manifest.json"
+    if manifest.is_file():  # a library being built lists its finished modules there
+        try:
+            finished = set(json.loads(manifest.read_text()).get("modules", {}))
+        except ValueError:
+            raise ModuleNotFound(f"{manifest}: not valid JSON") from None
+        names = [n for n in names if n in finished]
     if not names:
         raise ModuleNotFound(f"--library {library}: no adapter folders (adapter_config.json)")
     return names
@@ -320,23 +328,27 @@ class Study:
 
     def systems(self) -> list[str]:
         """The systems every cell computes, in order."""
-        names = [ZERO_SHOT, IN_CONTEXT, SINGLE]
+        # In-context prompts are ~6x longer than the others: computed last, so a stopped run
+        # has the module rows of as many cells as possible.
+        names = [ZERO_SHOT, SINGLE]
         if self.oracle:
             names.append(ORACLE)
         names.append(UNIFORM)
         names += [compose_system(m, o) for m in self.methods for o in self.objectives]
-        return names
+        return [*names, IN_CONTEXT]
 
     def run(self, tasks: dict[str, Path], seeds: Sequence[int]) -> None:
         """Compute every missing (task, seed, system), saving after each one."""
-        for task, path in tasks.items():
-            from composer.data import load_examples
+        from composer.data import load_examples
 
-            examples = load_examples(path, min_examples=self.settings.shots + 1)
-            for seed in seeds:
+        examples = {task: load_examples(path, min_examples=self.settings.shots + 1)
+                    for task, path in tasks.items()}
+        # Seeds outside: a run stopped early still covers every task.
+        for seed in seeds:
+            for task in tasks:
                 started = time.perf_counter()
                 try:
-                    self._run_cell(task, examples, seed)
+                    self._run_cell(task, examples[task], seed)
                 finally:
                     self.results["wall_seconds"] += time.perf_counter() - started
                     self.save()
