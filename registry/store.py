@@ -508,9 +508,12 @@ class RegistryStore:
                     # (ties are then broken by id, not downloads).
                     inner = self._text_only(terms.tokens).subquery()
                     tiebreak: list[Any] = [inner.c.id]
-                else:
+                elif self._sqlite:
                     ranked = self._with_text(stmt, terms, scored=True, page=True)
                     inner = ranked.add_columns(_modules.c.downloads).subquery()
+                    tiebreak = [inner.c.downloads.desc(), inner.c.id]
+                else:
+                    inner = self._pg_ranked_survivors(stmt, terms).subquery()
                     tiebreak = [inner.c.downloads.desc(), inner.c.id]
                 ordered = sa.select(
                     inner.c.id, sa.func.count().over().label("total")
@@ -591,6 +594,29 @@ class RegistryStore:
             )
             score = sa.func.ts_rank(fts.c.document, tsquery)
         return stmt.add_columns(score.label("score")) if scored else stmt
+
+    def _pg_ranked_survivors(self, stmt: sa.Select[Any], terms: _Terms) -> sa.Select[Any]:
+        """(id, downloads, score) on PostgreSQL, ts_rank computed after the other filters.
+
+        Left to itself the planner sorts every text match by ts_rank first (to feed an
+        incremental sort), ranking thousands of documents the filters then throw away.
+        """
+        matches = (
+            self._with_text(stmt, terms, scored=False, page=True)
+            .add_columns(
+                _modules.c.downloads, sa.literal_column(f"{FTS_TABLE}.document").label("document")
+            )
+            .cte("matches")
+            .prefix_with("MATERIALIZED")
+        )
+        tsquery = sa.func.to_tsquery(
+            sa.literal_column("'english'"), " & ".join(f"{t}:*" for t in terms.tokens)
+        )
+        return sa.select(
+            matches.c.id,
+            matches.c.downloads,
+            sa.func.ts_rank(matches.c.document, tsquery).label("score"),
+        )
 
     def _text_only(self, tokens: list[str]) -> sa.Select[Any]:
         """(id, score) of the modules matching ``tokens``, from the full-text index alone."""
