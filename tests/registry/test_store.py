@@ -290,3 +290,17 @@ def test_orm_rows_map_to_the_same_entities(store: RegistryStore, module_factory:
     with Session(store.engine) as session:
         row = session.scalars(sa.select(ModuleRow)).one()
         assert row.to_entity() == module
+
+
+def test_relevance_pages_and_totals(catalogue: RegistryStore) -> None:
+    everything = catalogue.search(SearchQuery(text="past tense"))
+    first = catalogue.search_page(SearchQuery(text="past tense", limit=2), count_limit=1)
+    # Ranking sees every match, so the total is exact even under a count limit.
+    assert (first.total, first.total_is_exact) == (4, True)
+    assert list(first.modules) == everything[:2]
+    second = catalogue.search_page(SearchQuery(text="past tense", limit=2, offset=2))
+    assert list(second.modules) == everything[2:]
+    beyond = catalogue.search_page(SearchQuery(text="past tense", offset=9))
+    assert (beyond.modules, beyond.total) == ((), 4)
+    filtered = catalogue.search_page(SearchQuery(text="past tense", rank=8, limit=1))
+    assert (filtered.total, _ids(list(filtered.modules))) == (2, ["alice/past-tense"])
