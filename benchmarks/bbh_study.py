@@ -614,6 +614,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
     p.add_argument("--markdown", action="store_true", help="print the tables")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: print the tables of what --out holds so far")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -653,8 +655,13 @@ def main(argv: Sequence[str] | None = None) -> Study:
         use_chat_template=not args.no_chat_template,
         dtype=args.dtype,
     )
+    if args.report_only and not args.out.is_file():
+        raise ConfigError(f"--report-only: no results file {args.out}")
     study = Study(settings, args.out, methods=methods, objectives=objectives,
                   oracle=args.oracle, quiet=args.quiet)
+    if args.report_only:
+        print(report(study.results, study.systems()))
+        return study
     try:
         study.run(tasks, range(args.seeds))
     except KeyboardInterrupt:

@@ -186,6 +186,10 @@ def test_study_runs_end_to_end_and_resumes(study_module, tiny_study, capsys):
     third = study_module.main(argv())
     assert third.computed == [("truth", 0, "uniform 1/k")]
     assert json.loads(out.read_text())["tasks"]["yesno"] == results["tasks"]["yesno"]
+    capsys.readouterr()
+    assert study_module.main(argv("--report-only")).computed == []
+    # The same tables (the settings line's wall time has grown with the third run).
+    assert capsys.readouterr().out.strip().split("\n\n")[1:] == table.strip().split("\n\n")[1:]
 
 
 def test_study_refuses_to_resume_with_other_settings(study_module, tiny_study):
