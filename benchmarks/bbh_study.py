@@ -543,7 +543,7 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
         best_txt = f"{best['exact_match']:.2f} / " + (
             f"{best['choice_accuracy']:.2f}" if has_choices else "-")
         picked = _pooled([r.get("mc_labels", {}) for r in res])
-        generated = _pooled([r["generated_labels"] for r in res])
+        generated = _pooled([label_distribution(_short(a) for a in r["answers"]) for r in res])
         tests = [paired_tests(cells[s], name) for s in done]
         vs_zero = ("-" if name == ZERO_SHOT
                    else "/".join(format_p(t[f"{metric} vs {ZERO_SHOT}"]["mcnemar_p"])
@@ -558,6 +558,12 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
             f"{len(first['candidates'])} candidates; p-values: exact McNemar on "
             f"{'multiple-choice' if has_choices else 'exact-match'} correctness, one per seed")
     return head + "\n\n" + markdown_table(header, rows)
+
+
+def _short(answer: str, width: int = 14) -> str:
+    """A generated answer for a table cell: quoted, cut to ``width`` characters."""
+    text = answer if len(answer) <= width else answer[: width - 1] + "…"
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _pooled(distributions: Sequence[dict[str, int]]) -> dict[str, int]:
