@@ -64,6 +64,9 @@ class HydraTrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, data order and k-means"})
     use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
     save_dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})
+    usage_examples: int = field(
+        default=64, metadata={"help": "training examples the final head usage is measured on"}
+    )
 
     @property
     def lora_alpha(self) -> float:
@@ -102,6 +105,8 @@ class HydraTrainConfig:
             raise ConfigError(f"invalid save dtype {self.save_dtype!r}")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.usage_examples < 1:
+            raise ConfigError(f"usage examples must be >= 1, got {self.usage_examples}")
 
 
 @dataclass
@@ -115,7 +120,7 @@ class HydraTrainResult:
     losses: list[float]
     balance_losses: list[float]
     head_usage: HeadUsage
-    seconds: float
+    seconds: float  # the training steps only
     heldout_loss_before: float | None = None
     heldout_loss_after: float | None = None
     front_matter: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +237,9 @@ def train_hydra(
                 on_step(step, losses[-1])
         bar.close()
         model.eval()
-        usage = measure_head_usage(handle, loaded, encoded[:256], config.batch_size)
+        seconds = time.perf_counter() - started
+        usage_sample = encoded[: config.usage_examples]
+        usage = measure_head_usage(handle, loaded, usage_sample, config.batch_size)
         after = _mean_loss(loaded, encode(heldout), config.batch_size) if heldout else None
         trained = handle.to_module(hydra_config)
     finally:
@@ -240,7 +247,6 @@ def train_hydra(
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, False))
         model.eval()
-    seconds = time.perf_counter() - started
 
     front_matter = hydra_front_matter(
         loaded,
