@@ -194,6 +194,63 @@ def print_times(times: dict, reference: str, unit: str, divide: float) -> None:
               f"{cpu / ref_cpu:.2f}x |")
 
 
+def mixture_run(loaded, rank: int, steps: int, batch_size: int, max_length: int) -> None:
+    """Hydra (heads='auto') vs LoRA r=N*r trained on the same mixture of upstream tasks."""
+    import tempfile
+
+    from composer.data import load_examples, split_holdout
+    from composer.hydra.training import HydraTrainConfig, train_hydra
+    from composer.train import TrainConfig, train_lora
+
+    work = Path(tempfile.mkdtemp(prefix="hydra-mix-"))
+    train_files, train_all, heldout = [], [], []
+    for task in TASKS:
+        train, held = split_holdout(load_examples(DATA / f"{task}.jsonl"), 0.05, seed=0)
+        path = work / f"{task}.jsonl"
+        path.write_text("".join(
+            json.dumps({"input": ex.input, "target": ex.target}) + "\n" for ex in train
+        ))
+        train_files.append(path)
+        train_all.extend(train)
+        heldout.extend(held[:8])
+    hydra_cfg = HydraTrainConfig(heads="auto", rank=rank, steps=steps, batch_size=batch_size,
+                                 max_length=max_length, lr=1e-3)
+    hydra = train_hydra(loaded, train_files, work / "hydra", hydra_cfg, heldout=heldout,
+                        progress=False)
+    n = hydra.num_heads
+    lora_cfg = TrainConfig(rank=n * rank, steps=steps, batch_size=batch_size,
+                           max_length=max_length, lr=1e-3)
+    lora = train_lora(loaded, train_all, work / "lora", lora_cfg, heldout=heldout,
+                      progress=False)
+    assert hydra.head_selection is not None
+    print(f"\n## Trained on the mixture of {len(TASKS)} upstream tasks "
+          f"({len(train_all)} examples), {steps} steps of {batch_size}, lr 1e-3\n")
+    print(f"heads='auto' chose N = {n} (k = {list(hydra.head_selection.k)}, inertia "
+          f"{[round(v, 1) for v in hydra.head_selection.inertia]})\n")
+    print("| module | trainable params | held-out loss before | after | seconds | "
+          "head usage (top-1 share) |")
+    print("|---|---|---|---|---|---|")
+    hydra_params_n = sum(p.numel() for p in load_hydra_module(work / "hydra"))
+    print(f"| Hydra N={n} r={rank} | {hydra_params_n:,} | {hydra.heldout_loss_before:.4f} | "
+          f"{hydra.heldout_loss_after:.4f} | {hydra.seconds:.0f} | "
+          f"{[round(p, 3) for p in hydra.head_usage.top1_share]} |")
+    print(f"| LoRA r={n * rank} | {lora_params_in(work / 'lora'):,} | "
+          f"{lora.heldout_loss_before:.4f} | {lora.heldout_loss_after:.4f} | "
+          f"{lora.seconds:.0f} | |")
+
+
+def load_hydra_module(folder: Path) -> list[torch.Tensor]:
+    from composer.hydra.format import load_hydra
+
+    return list(load_hydra(folder).state_dict().values())
+
+
+def lora_params_in(folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for t in load_file(str(folder / "adapter_model.safetensors")).values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=4)
@@ -203,6 +260,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--mixture-steps", type=int, default=0,
+                        help="also train Hydra (auto N) and LoRA r=N*r on an upstream mixture")
+    parser.add_argument("--only-mixture", action="store_true", help="skip the timing parts")
     parser.add_argument("--json", type=Path, default=None, help="also write raw figures here")
     args = parser.parse_args()
     if args.threads:
@@ -239,6 +299,10 @@ def main() -> None:
         mflops = "" if flops is None else f"{flops / 1e6:.2f}"
         print(f"| {label} | {count:,} | {count / lora_nr:.3f} | {mflops} |")
 
+    if args.mixture_steps:
+        mixture_run(loaded, r, args.mixture_steps, args.batch_size, args.max_length)
+    if args.only_mixture:
+        return
     fan_in, fan_out = shapes[0]
     tokens = 512
     layer_times = layer_bench(fan_in, fan_out, tokens, r, n, args.layer_rounds)
