@@ -231,7 +231,7 @@ class DemoRun:
         try:
             self.step("1. Host the starter library on a local Hub, sync it into a fresh registry")
             token = self.start_server()
-            self.publish_library(token)
+            published = self.publish_library(token)
             self.loradex("sync", "--endpoint", self.endpoint, "--author", cfg.namespace, "--quiet")
 
             self.step("2. Search the registry for modules that fit the base model")
@@ -243,8 +243,12 @@ class DemoRun:
             self.loradex("search", "yes or no question", "--limit", "5")
 
             n_few = sum(1 for line in cfg.few_shot.open() if line.strip())
+            n_candidates = min(cfg.k, len(published))
             self.step(f"3. Compose a module for the unseen task {cfg.task_name!r} from {n_few} "
-                      f"examples (CMA-ES over {cfg.k} candidates)")
+                      f"examples (CMA-ES over {n_candidates} candidates)")
+            if n_candidates < cfg.k:
+                self.echo(f"   (the library holds {len(published)} modules, fewer than --k {cfg.k}:"
+                          " all of them are candidates)")
             adapter = self.work / "composed"
             self.loradex(
                 "compose", "--examples", str(cfg.few_shot), "--from-registry", "--k", str(cfg.k),
