@@ -82,7 +82,7 @@ def layer_bench(fan_in: int, fan_out: int, tokens: int, rank: int, heads: int, r
     from peft import LoraConfig, get_peft_model
 
     from composer.hydra.runtime import attach_hydra, init_hydra_module
-    from composer.hydra.spec import HydraConfig
+    from registry.hydra import HydraConfig
 
     torch.manual_seed(0)
     x = torch.randn(tokens, fan_in)
@@ -129,7 +129,7 @@ def model_bench(loaded, rank: int, heads: int, rounds: int, batch_size: int, max
     from composer.batching import make_batch, mean_target_loss
     from composer.data import encode_examples, load_examples
     from composer.hydra.runtime import attach_hydra, init_hydra_module
-    from composer.hydra.spec import HydraConfig
+    from registry.hydra import HydraConfig
 
     per_task = max(1, batch_size // len(TASKS))
     examples = [ex for task in TASKS for ex in load_examples(DATA / f"{task}.jsonl")[:per_task]]

@@ -1,24 +1,32 @@
-"""The Hydra on-disk format, read without torch: config parsing and header validation.
+"""The Hydra on-disk format, read without torch: config, header validation, registry entries.
 
-Everything here uses only the standard library (``json`` + ``struct`` on the safetensors
-header), so an indexer that must stay torch-free (the registry) can validate a Hydra folder
-and describe it from the first bytes of its weights file. ``composer.hydra.format`` builds on
-this to load and save the tensors themselves. The format is described in
-``docs/hydra-format.md``.
+A Hydra module folder holds ``hydra_config.json`` + ``hydra_model.safetensors`` (+ README.md);
+the format is described in ``docs/hydra-format.md``. Everything here reads only the config and
+the safetensors header (through :func:`registry.adapter_files.read_safetensors_header`), so
+``loradex add``, the Hub server's indexer and ``loradex sync`` describe a Hydra module without
+torch and without loading tensors. ``composer.hydra.format`` builds on this module to load and
+save the tensors themselves.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import re
-import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loradex.errors import InvalidAdapter
+from registry.adapter_files import list_folder_files, parse_card, read_safetensors_header
+from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
+from registry.normalize import (
+    normalize_base_model,
+    normalize_license,
+    normalize_tags,
+    normalize_targets,
+)
 
 FORMAT_NAME = "loradex-hydra"
 FORMAT_VERSION = 1
@@ -32,7 +40,6 @@ _TENSOR_NAME = re.compile(
     r"^(?P<layer>.+?)\.(?:(?P<a>lora_A)\.weight|lora_B\.(?P<head>\d+)\.weight"
     r"|router\.(?P<router>weight|bias))$"
 )
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -185,37 +192,23 @@ class HydraHeader:
     num_parameters: int
 
 
-def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """Read a safetensors file's tensor table with ``struct`` + ``json``, without loading data."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) != 8:
-                raise InvalidAdapter(f"{path}: too short to be a safetensors file")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > min(size - 8, _MAX_HEADER_BYTES):
-                raise InvalidAdapter(f"{path}: safetensors header length {header_len} is invalid")
-            header = json.loads(handle.read(header_len))
-    except OSError as exc:
-        raise InvalidAdapter(f"{path}: cannot read ({exc.strerror})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{path}: safetensors header is not valid JSON") from exc
-    if not isinstance(header, dict):
-        raise InvalidAdapter(f"{path}: safetensors header is not a JSON object")
+def read_tensor_table(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors file as (dtype, shape), validated and read from its header."""
+    return tensor_table(read_safetensors_header(path), str(path))
+
+
+def tensor_table(header_raw: Mapping[str, Any], label: str) -> dict[str, TensorInfo]:
+    """Turn a safetensors header object into ``{name: TensorInfo}`` (``__metadata__`` dropped)."""
     tensors: dict[str, TensorInfo] = {}
-    data_len = size - 8 - header_len
-    for name, meta in header.items():
+    for name, meta in header_raw.items():
         if name == "__metadata__":
             continue
         try:
-            start, end = meta["data_offsets"]
-            info = TensorInfo(dtype=str(meta["dtype"]), shape=tuple(int(d) for d in meta["shape"]))
+            tensors[name] = TensorInfo(
+                dtype=str(meta["dtype"]), shape=tuple(int(d) for d in meta["shape"])
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{path}: malformed header entry for tensor {name!r}") from exc
-        if not 0 <= start <= end <= data_len:
-            raise InvalidAdapter(f"{path}: tensor {name!r} lies outside the file (truncated?)")
-        tensors[name] = info
+            raise InvalidAdapter(f"{label}: malformed header entry for tensor {name!r}") from exc
     return tensors
 
 
@@ -319,7 +312,7 @@ def inspect_hydra_folder(folder: Path) -> HydraHeader:
         )
         hint = f" (found pickle files {pickles}; loradex reads safetensors only)" if pickles else ""
         raise InvalidAdapter(f"{folder}: no {WEIGHTS_NAME}{hint}")
-    return _describe(config, read_safetensors_header(weights), str(weights))
+    return _describe(config, read_tensor_table(weights), str(weights))
 
 
 def describe_hydra(
@@ -331,16 +324,7 @@ def describe_hydra(
     ``registry.adapter_files.read_safetensors_header`` returns it.
     """
     config = HydraConfig.from_json_dict(config_raw, source=f"{label}: {CONFIG_NAME}")
-    tensors: dict[str, TensorInfo] = {}
-    for name, meta in header_raw.items():
-        if name == "__metadata__":
-            continue
-        try:
-            tensors[name] = TensorInfo(
-                dtype=str(meta["dtype"]), shape=tuple(int(d) for d in meta["shape"])
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidAdapter(f"{label}: malformed header entry for tensor {name!r}") from exc
+    tensors = tensor_table(header_raw, f"{label}: {WEIGHTS_NAME}")
     return _describe(config, tensors, f"{label}: {WEIGHTS_NAME}")
 
 
@@ -356,15 +340,6 @@ def is_hydra_folder(folder: Path) -> bool:
     return (Path(folder) / CONFIG_NAME).is_file()
 
 
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _numel(shape: tuple[int, ...]) -> int:
     count = 1
     for dim in shape:
@@ -378,3 +353,159 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- registry
+
+_DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def hydra_module_entity(
+    folder: str | os.PathLike[str],
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    source: str = LOCAL_SOURCE,
+) -> Module:
+    """Describe a Hydra folder as a registry :class:`Module` (kind ``"hydra"``, files hashed).
+
+    The default repo id is ``local/<folder name>``, as for LoRA folders. Raises
+    ``InvalidAdapter`` naming the file at fault; tensors are never loaded.
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InvalidAdapter(f"{path}: not a folder")
+    header = inspect_hydra_folder(path)
+    card = path / CARD_NAME
+    card_text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
+    return _module(
+        repo_id or f"{LOCAL_SOURCE}/{path.resolve().name}",
+        header,
+        card_text,
+        revision=revision,
+        source=source,
+        files=list_folder_files(path),
+    )
+
+
+def hydra_module_from_metadata(
+    repo_id: str,
+    config_raw: Any,
+    header_raw: Mapping[str, Any],
+    card_text: str | None = None,
+    *,
+    revision: str | None = None,
+    source: str = LOCAL_SOURCE,
+    files: Iterable[ModuleFile] = (),
+    downloads: int = 0,
+    likes: int = 0,
+) -> Module:
+    """Describe a Hydra repo from metadata fetched from a Hub (config JSON + weights header)."""
+    header = describe_hydra(config_raw, header_raw, label=repo_id)
+    return _module(
+        repo_id,
+        header,
+        card_text,
+        revision=revision,
+        source=source,
+        files=tuple(files),
+        downloads=downloads,
+        likes=likes,
+    )
+
+
+def _module(
+    repo_id: str,
+    header: HydraHeader,
+    card_text: str | None,
+    *,
+    revision: str | None,
+    source: str,
+    files: Iterable[ModuleFile],
+    downloads: int = 0,
+    likes: int = 0,
+) -> Module:
+    config = header.config
+    front, body = parse_card(card_text)
+    raw_extra = front.get("loradex")
+    extra: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
+    task = dict(config.task)
+    file_list = tuple(sorted(files, key=lambda f: f.path))
+    namespace = repo_id.split("/", 1)[0] if "/" in repo_id else None
+    lineage = tuple(
+        LineageEdge(
+            parent_repo_id=str(item["repo_id"]),
+            parent_revision=item.get("revision"),
+            weight=float(item["weight"]) if item.get("weight") is not None else None,
+            role=str(item.get("role") or "parent"),
+        )
+        for item in extra.get("lineage") or []
+        if isinstance(item, dict) and item.get("repo_id")
+    )
+    datasets = task.get("datasets")
+    return Module(
+        repo_id=repo_id,
+        revision=revision,
+        source=source,
+        kind="hydra",
+        num_heads=config.num_heads,
+        base_model=normalize_base_model(config.base_model),
+        base_model_raw=config.base_model,
+        peft_type="HYDRA",
+        task_type="CAUSAL_LM",
+        rank=config.rank,
+        alpha=config.alpha,
+        dropout=0.0,
+        target_modules=normalize_targets(config.target_modules),
+        bias="none",
+        num_parameters=header.num_parameters,
+        dtype=_DTYPE_NAMES.get(header.dtype, header.dtype.lower()),
+        total_size=sum(f.size for f in file_list) if file_list else None,
+        author=_text(front.get("author")) or namespace,
+        license=normalize_license(_text(front.get("license"))),
+        tags=normalize_tags([*_list(front.get("tags")), "hydra-lora"]),
+        task_name=_text(task.get("name")) or _text(extra.get("task_name")),
+        task_category=_text(task.get("category")) or _text(extra.get("task_category")),
+        dataset=", ".join(str(d) for d in datasets) if isinstance(datasets, list) else None,
+        language=_text(front.get("language")),
+        description=_text(task.get("description")) or _text(extra.get("description")),
+        downloads=downloads,
+        likes=likes,
+        card_text=body or None,
+        files=file_list,
+        lineage=lineage,
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+# Names a Hub sync needs to fetch for a Hydra repo.
+HYDRA_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+
+def index_hydra_folder(db_url: str, folder: str | os.PathLike[str]) -> str:
+    """Validate a Hydra folder and upsert it in the registry at ``db_url``; return its repo id."""
+    from registry.db import make_engine
+    from registry.schema import ensure_schema
+    from registry.store import RegistryStore
+
+    ensure_schema(db_url)
+    module = hydra_module_entity(folder)
+    engine = make_engine(db_url)
+    try:
+        stored = RegistryStore(engine).upsert_module(module)
+    finally:
+        engine.dispose()
+    return stored.repo_id

@@ -37,11 +37,11 @@ from composer.data import EncodedExample, Example, encode_examples
 from composer.hydra.format import HydraLayerWeights, HydraModule, write_hydra_folder
 from composer.hydra.heads import kmeans
 from composer.hydra.runtime import HeadUsage, attach_hydra
-from composer.hydra.spec import HydraConfig
 from composer.hydra.training import measure_head_usage
 from composer.models import LoadedModel
 from loradex import __version__
 from loradex.errors import ConfigError, IncompatibleModules
+from registry.hydra import HydraConfig
 
 Grouping = Literal["top", "cluster"]
 

@@ -3,7 +3,7 @@
 A Hydra module is, per wrapped linear layer, one shared down-projection A [r, in], N
 up-projection heads B_j [out, r] and a router W_g [N, in] (+ bias [N]). The layout on disk is
 described in ``docs/hydra-format.md``; validation of names and shapes is shared with the
-torch-free reader in :mod:`composer.hydra.spec`.
+torch-free reader in :mod:`registry.hydra`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from composer.hydra.spec import (
+from loradex.errors import InvalidAdapter
+from registry.hydra import (
     CARD_NAME,
     CONFIG_NAME,
     WEIGHTS_NAME,
     HydraConfig,
     TensorInfo,
     read_config,
-    read_safetensors_header,
+    read_tensor_table,
     validate_tensor_table,
 )
-from loradex.errors import InvalidAdapter
 
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -112,7 +112,7 @@ def load_hydra(folder: str | Path, device: str | torch.device = "cpu") -> HydraM
     if not weights.is_file():
         raise InvalidAdapter(f"{folder}: no {WEIGHTS_NAME}")
     # The header check runs first so a bad file is refused before any tensor is read.
-    validate_tensor_table(config, read_safetensors_header(weights), str(weights))
+    validate_tensor_table(config, read_tensor_table(weights), str(weights))
     try:
         tensors = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as exc:

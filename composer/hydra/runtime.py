@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from composer.hydra.format import HydraLayerWeights, HydraModule
-from composer.hydra.spec import HydraConfig
 from loradex.errors import IncompatibleModules
+from registry.hydra import HydraConfig
 
 
 class HydraLinear(nn.Module):

@@ -27,11 +27,11 @@ from composer.data import EncodedExample, Example, encode_examples, file_sha256,
 from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
 from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hydra_module
-from composer.hydra.spec import HydraConfig
 from composer.models import LoadedModel
 from composer.train import TaskInfo
 from loradex import __version__
 from loradex.errors import ConfigError, InvalidDataFile
+from registry.hydra import HydraConfig
 
 BALANCE_KINDS = ("switch", "kl", "none")
 

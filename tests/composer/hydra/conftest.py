@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from composer.hydra.format import HydraModule
 from composer.hydra.runtime import init_hydra_module
-from composer.hydra.spec import HydraConfig
+from registry.hydra import HydraConfig
 
 
 def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:

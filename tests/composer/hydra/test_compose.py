@@ -22,9 +22,9 @@ from composer.hydra.compose import (
     load_peft_candidate,
 )
 from composer.hydra.format import load_hydra
-from composer.hydra.registry import hydra_module_entity
 from composer.hydra.runtime import attach_hydra
 from loradex.errors import IncompatibleModules
+from registry.hydra import hydra_module_entity
 
 from .conftest import make_loaded, make_tiny_llama, write_topic_files
 

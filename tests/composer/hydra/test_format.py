@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from composer.hydra.format import load_hydra, save_hydra
-from composer.hydra.spec import (
+from loradex.errors import InvalidAdapter
+from registry.hydra import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     inspect_hydra_folder,
 )
-from loradex.errors import InvalidAdapter
 
 from .conftest import random_hydra
 

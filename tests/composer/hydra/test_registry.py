@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 
 from composer.hydra.format import save_hydra
-from composer.hydra.registry import (
+from loradex.errors import InvalidAdapter
+from registry.adapter_files import read_safetensors_header
+from registry.entities import SearchQuery
+from registry.hydra import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
     hydra_module_entity,
     hydra_module_from_metadata,
     index_hydra_folder,
 )
-from composer.hydra.spec import CONFIG_NAME, WEIGHTS_NAME
-from loradex.errors import InvalidAdapter
-from registry.adapter_files import read_safetensors_header
-from registry.entities import SearchQuery
 from registry.store import RegistryStore
 
 from .conftest import random_hydra
@@ -85,7 +86,7 @@ def test_index_hydra_folder(hydra_folder: Path, db_url: str) -> None:
 
 def test_indexing_does_not_import_torch(hydra_folder: Path) -> None:
     code = (
-        "import sys; from composer.hydra.registry import hydra_module_entity; "
+        "import sys; from registry.hydra import hydra_module_entity; "
         f"m = hydra_module_entity({str(hydra_folder)!r}); "
         "assert 'torch' not in sys.modules, 'torch imported'; print(m.num_heads)"
     )

@@ -201,7 +201,7 @@ def test_balance_loss_spreads_usage() -> None:
     )
     model = nn.Sequential()
     model.add_module("proj", base)
-    from composer.hydra.spec import HydraConfig
+    from registry.hydra import HydraConfig
 
     config = HydraConfig("toy", ("proj",), rank=4, alpha=4, num_heads=4)
     handle = attach_hydra(model, HydraModule(config, {"proj": weights}), trainable=True)
