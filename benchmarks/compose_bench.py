@@ -79,9 +79,11 @@ EXAMPLES = [
 ]
 
 
-def note(message: str) -> None:
-    """Progress on stderr (stdout is the JSON result)."""
+def note(message: str, partial: dict[str, Any] | None = None) -> None:
+    """Progress on stderr (stdout is the JSON result), with the figures measured so far."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    if partial:
+        print(json.dumps(partial, default=float), file=sys.stderr, flush=True)
 
 
 def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -321,7 +323,7 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
             loaded.model(input_ids=padded.input_ids, attention_mask=attn, use_cache=False)
 
     # (b) our step, (c) batched, overhead of composing alone.
-    population = 12
+    population = args.population
     with ComposeSession(loaded, cands, get_method("lorahub"), max_groups=population) as session:
         wp = rng.uniform(-0.5, 0.5, size=(population, n))
         session.set_weights(w[None])
@@ -336,7 +338,8 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
         sequential = np.array([session.losses(objective, row[None])[0] for row in wp])
         out["batched_vs_sequential_max_abs_diff"] = float(np.abs(batched - sequential).max())
 
-    note("causal: full composes (ours)")
+    note("causal: full composes (ours)", {"b": t_b, "c_batch": t_c, "d": t_d,
+                                          "compose": t_compose, **out})
     # Full compose, ours (sequential and batched), from the loaded model: includes stacking
     # the candidates, tokenising, 40 evaluations and the export.
     start = time.perf_counter()
@@ -383,7 +386,7 @@ def bench_causal(args: argparse.Namespace, work: Path, results: dict[str, Any]) 
         "full_ours_vs_floor_x_budget": full_ours / (t_d * args.budget),
     })
 
-    note("causal: bfloat16")
+    note("causal: bfloat16", out)
     # bfloat16 vs float32: speed and loss agreement of our step.
     if not args.skip_bf16:
         loaded.model.to(torch.bfloat16)
@@ -430,6 +433,8 @@ def main() -> None:
     parser.add_argument("--skip-causal", action="store_true")
     parser.add_argument("--skip-bf16", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--population", type=int, default=12,
+                        help="weight vectors per batched forward in part (c)")
     parser.add_argument("--skip-full-batched", action="store_true",
                         help="skip the full batched-population compose (slow on a CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
