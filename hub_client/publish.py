@@ -12,6 +12,12 @@ Card metadata written (YAML front matter of ``README.md``; existing values are k
 from ``loradex_provenance.json`` in the folder (written by the composer:
 ``{"lineage": [{"repo_id", "revision", "weight", "role"}, ...], ...}``) or from an existing
 ``loradex.lineage`` in the card.
+
+A Hydra module folder (``hydra_config.json`` + ``hydra_model.safetensors``) is validated by
+the Hydra checks (``registry.hydra``, through the same ``inspect_adapter_folder``) and published
+with ``library_name: loradex`` (stock PEFT cannot load it), tags ``loradex``, ``hydra-lora`` and
+``base_model:adapter:<base>`` (what ``loradex sync`` lists), and ``loradex.kind: hydra`` +
+``num_heads``; see ``docs/hydra-format.md``.
 """
 
 from __future__ import annotations
@@ -89,15 +95,23 @@ def build_card(folder: Path, module: Module, repo_id: str, license_id: str | Non
     front, body = parse_card(existing)
     front = dict(front)
     front.setdefault("base_model", module.base_model_raw or module.base_model)
-    front["library_name"] = "peft"
+    hydra = module.kind == "hydra"
+    front["library_name"] = "loradex" if hydra else "peft"
     tags = [str(t) for t in _as_list(front.get("tags"))]
-    for tag in ("lora", "peft", "loradex"):
+    wanted = ("loradex", "hydra-lora") if hydra else ("lora", "peft", "loradex")
+    if hydra:
+        # The Hub derives base_model:adapter:<base> for library_name peft only; sync lists by it.
+        wanted += tuple(f"base_model:adapter:{b}" for b in _as_list(front["base_model"]))
+    for tag in wanted:
         if tag not in tags:
             tags.append(tag)
     front["tags"] = tags
     if license_id:
         front["license"] = license_id
     extra = dict(front.get("loradex") or {}) if isinstance(front.get("loradex"), dict) else {}
+    if hydra:
+        extra["kind"] = "hydra"
+        extra["num_heads"] = module.num_heads
     extra.setdefault("rank", module.rank)
     extra.setdefault("target_modules", list(module.target_modules))
     if module.task_name:
@@ -112,6 +126,17 @@ def build_card(folder: Path, module: Module, repo_id: str, license_id: str | Non
             if provenance.get(key):
                 extra.setdefault(key, provenance[key])
     front["loradex"] = extra
+    if not body and hydra:
+        name = repo_id.split("/", 1)[1]
+        body = (
+            f"# {name}\n\nA Hydra module (shared A of rank {module.rank}, {module.num_heads} "
+            f"heads, a router; targets {', '.join(module.target_modules)}) for "
+            f"`{module.base_model}`. Format: loradex's docs/hydra-format.md.\n\n"
+            "```python\nfrom composer.hydra.format import load_hydra\n"
+            "from composer.hydra.runtime import attach_hydra\n\n"
+            f"handle = attach_hydra(model, load_hydra(folder))  # folder: loradex pull {repo_id}"
+            "\n```"
+        )
     if not body:
         name = repo_id.split("/", 1)[1]
         body = (

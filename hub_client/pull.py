@@ -1,7 +1,8 @@
 """``loradex pull``: download an adapter through huggingface_hub's cache and verify it.
 
 Files land in the huggingface_hub cache layout (temporary file, then rename: atomic; partial
-downloads resume). Each file's sha256 is checked against what the registry recorded for that
+downloads resume). A Hydra repo (``hydra_config.json`` + ``hydra_model.safetensors``) is
+pulled the same way. Each file's sha256 is checked against what the registry recorded for that
 revision and against the Hub's LFS sha256. Pickle-only repos are refused before anything is
 downloaded. When the Hub cannot be reached, the cached snapshot is used.
 """
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
 from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, PICKLE_WEIGHTS
+from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
+from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from registry.store import RegistryStore
 
 REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+HYDRA_REQUIRED = (HYDRA_WEIGHTS, HYDRA_CONFIG)  # a Hydra module (docs/hydra-format.md)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,10 @@ def pull_module(
 ) -> PullResult:
     """Download (or find in the cache) the adapter files of ``repo_id`` and verify them."""
     expected: dict[str, str] = {}
-    names: list[str] = list(REQUIRED)
+    known = _registry_module(store, repo_id, client.endpoint)
+    names: list[str] = list(
+        HYDRA_REQUIRED if known is not None and known.kind == "hydra" else REQUIRED
+    )
     from_cache = offline
     sha = revision
     if not offline:
@@ -77,15 +84,19 @@ def pull_module(
             from_cache = True
         else:
             siblings = {s.rfilename: s for s in info.siblings or []}
-            if ADAPTER_WEIGHTS not in siblings:
+            if ADAPTER_CONFIG not in siblings and HYDRA_CONFIG in siblings:
+                names = list(HYDRA_REQUIRED)
+                if HYDRA_WEIGHTS not in siblings:
+                    raise InvalidAdapter(f"{repo_id}: no {HYDRA_WEIGHTS} in the repo")
+            elif ADAPTER_WEIGHTS not in siblings:
                 if PICKLE_WEIGHTS in siblings:
                     raise InvalidAdapter(
                         f"{repo_id}: pickle weights only ({PICKLE_WEIGHTS}); loradex will not "
                         f"load pickle (it can run code). Ask for a {ADAPTER_WEIGHTS} version"
                     )
                 raise InvalidAdapter(f"{repo_id}: no {ADAPTER_WEIGHTS} in the repo")
-            if ADAPTER_CONFIG not in siblings:
-                raise InvalidAdapter(f"{repo_id}: no {ADAPTER_CONFIG} in the repo")
+            if names[1] not in siblings:
+                raise InvalidAdapter(f"{repo_id}: no {names[1]} in the repo")
             if CARD in siblings:
                 names.append(CARD)
             sha = info.sha
@@ -112,7 +123,7 @@ def pull_module(
             pass
         sha = paths[0].parent.name  # the snapshot folder is named by the commit sha
     assert sha is not None
-    module = _registry_module(store, repo_id, client.endpoint)
+    module = known
     if module is not None and module.revision == sha:
         for f in module.files:
             if f.sha256:

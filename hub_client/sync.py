@@ -1,11 +1,13 @@
-"""``loradex sync``: index the PEFT adapters of a Hub into the registry, incrementally.
+"""``loradex sync``: index the PEFT adapters and Hydra modules of a Hub into the registry.
 
 For each adapter repo whose head sha differs from the recorded sync state, three small reads
 (``adapter_config.json``, ``README.md``, the safetensors header by range request) feed the
-registry's own ``module_from_metadata``; the weights are never downloaded. Fetches run in a
-bounded thread pool; writes happen in the calling thread in short batches (modules first, then
-their sync states, at least once a second and again on Ctrl-C), so an interrupted sync resumes
-where it stopped.
+registry's own ``module_from_metadata``; the weights are never downloaded. Hydra repos
+(``hydra_config.json`` + ``hydra_model.safetensors``, tagged ``hydra-lora``; see
+``docs/hydra-format.md``) are read the same way and judged by ``hydra_module_from_metadata``.
+Fetches run in a bounded thread pool; writes happen in the calling thread in short batches
+(modules first, then their sync states, at least once a second and again on Ctrl-C), so an
+interrupted sync resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from registry.adapter_files import (
     module_from_metadata,
 )
 from registry.entities import Module, ModuleFile
+from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
+from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
+from registry.hydra import hydra_module_from_metadata
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from registry.store import RegistryStore
 
 PEFT_FILTER = "peft"
+HYDRA_FILTER = "hydra-lora"  # ``loradex publish`` tags Hydra repos with it
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"  # the adapter itself is broken at that sha: not retried until it changes
 STATUS_ERROR = "error"  # the Hub refused a request: retried on the next sync
@@ -81,6 +87,18 @@ def adapter_filters(base_model: str | None) -> list[str]:
     return [PEFT_FILTER]
 
 
+def adapter_listings(base_model: str | None) -> list[list[str]]:
+    """The listings (each a list of tag filters, ANDed) that together find every adapter repo.
+
+    PEFT repos carry ``peft``; Hydra repos carry ``hydra-lora``. Both carry
+    ``base_model:adapter:<base>`` (the Hub derives it for PEFT, ``loradex publish`` writes it
+    into a Hydra card), so one listing covers a base model.
+    """
+    if base_model:
+        return [adapter_filters(base_model)]
+    return [[PEFT_FILTER], [HYDRA_FILTER]]
+
+
 def _as_utc(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -97,22 +115,26 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         # Listings of the public Hub carry names only; sizes and LFS hashes need model_info.
         info = client.model_info(repo_id, revision=sha)
         siblings = {s.rfilename: s for s in info.siblings or []}
-    if ADAPTER_WEIGHTS not in siblings:
+    hydra = ADAPTER_CONFIG not in siblings and HYDRA_CONFIG in siblings
+    config_name, weights_name = (
+        (HYDRA_CONFIG, HYDRA_WEIGHTS) if hydra else (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+    )
+    if weights_name not in siblings:
         if PICKLE_WEIGHTS in siblings:
             raise InvalidAdapter(
                 f"{repo_id}: pickle weights only ({PICKLE_WEIGHTS}); loradex reads "
                 f"{ADAPTER_WEIGHTS} (pickle can run code)"
             )
-        raise InvalidAdapter(f"{repo_id}: no {ADAPTER_WEIGHTS}")
-    if ADAPTER_CONFIG not in siblings:
-        raise InvalidAdapter(f"{repo_id}: no {ADAPTER_CONFIG}")
-    config_text = client.fetch_text(repo_id, ADAPTER_CONFIG, sha)
+        raise InvalidAdapter(f"{repo_id}: no {weights_name}")
+    if config_name not in siblings:
+        raise InvalidAdapter(f"{repo_id}: no {config_name}")
+    config_text = client.fetch_text(repo_id, config_name, sha)
     try:
         config = json.loads(config_text)
     except json.JSONDecodeError as exc:
-        raise InvalidAdapter(f"{repo_id}/{ADAPTER_CONFIG}: not valid JSON ({exc})") from exc
-    weights = siblings[ADAPTER_WEIGHTS]
-    header = client.fetch_safetensors_header(repo_id, ADAPTER_WEIGHTS, sha, weights.size)
+        raise InvalidAdapter(f"{repo_id}/{config_name}: not valid JSON ({exc})") from exc
+    weights = siblings[weights_name]
+    header = client.fetch_safetensors_header(repo_id, weights_name, sha, weights.size)
     card_text = client.fetch_text(repo_id, CARD, sha) if CARD in siblings else None
     files = [
         ModuleFile(
@@ -124,6 +146,21 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         for s in siblings.values()
         if not s.rfilename.startswith(".")
     ]
+    if hydra:
+        return hydra_module_from_metadata(
+            repo_id,
+            config,
+            header,
+            card_text,
+            revision=sha,
+            source=client.endpoint,
+            files=files,
+            author=info.author,
+            downloads=info.downloads or 0,
+            likes=info.likes or 0,
+            created_at=_as_utc(info.created_at),
+            updated_at=_as_utc(info.last_modified),
+        )
     return module_from_metadata(
         repo_id,
         config,
@@ -148,14 +185,18 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
     report = SyncReport()
     client.check_reachable()
     states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
-    listing = client.list_models(
-        filters=adapter_filters(options.base_model),
-        author=options.author,
-        search=options.search,
-        limit=options.limit,
-    )
+    listed: dict[str, ModelInfo] = {}
+    for filters in adapter_listings(options.base_model):
+        for info in client.list_models(
+            filters=filters,
+            author=options.author,
+            search=options.search,
+            limit=options.limit,
+        ):
+            listed.setdefault(info.id, info)
+    infos = list(listed.values())[: options.limit] if options.limit else list(listed.values())
     todo: list[tuple[ModelInfo, bool]] = []  # (info, already known)
-    for info in listing:
+    for info in infos:
         state = states.get(info.id)
         if (
             state is not None

@@ -56,6 +56,7 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
+HYDRA_CONFIG = "hydra_config.json"  # registry.hydra.CONFIG_NAME (not imported: it imports us)
 CARD = "README.md"
 
 # Bytes per element of every safetensors dtype loradex accepts.
@@ -565,13 +566,20 @@ def inspect_adapter_folder(
 ) -> Module:
     """Read a PEFT LoRA adapter folder (config, safetensors header, README.md) into a Module.
 
-    The default repo id is ``local/<folder name>``. Raises :class:`InvalidAdapter` naming the
-    file at fault; tensors are never loaded.
+    A Hydra module folder (``hydra_config.json`` + ``hydra_model.safetensors``, see
+    ``docs/hydra-format.md``) is read by :func:`registry.hydra.hydra_module_entity` instead
+    (kind ``"hydra"``, with its head count). The default repo id is ``local/<folder name>``.
+    Raises :class:`InvalidAdapter` naming the file at fault; tensors are never loaded.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise InvalidAdapter(f"{folder}: not a folder")
     config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file() and (folder / HYDRA_CONFIG).is_file():
+        # registry.hydra builds on this module's readers, hence the import here.
+        from registry.hydra import hydra_module_entity
+
+        return hydra_module_entity(folder, repo_id=repo_id, revision=revision, source=source)
     weights_path = folder / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         if (folder / PICKLE_WEIGHTS).is_file():

@@ -397,8 +397,11 @@ def hydra_module_from_metadata(
     revision: str | None = None,
     source: str = LOCAL_SOURCE,
     files: Iterable[ModuleFile] = (),
+    author: str | None = None,
     downloads: int = 0,
     likes: int = 0,
+    created_at: Any = None,
+    updated_at: Any = None,
 ) -> Module:
     """Describe a Hydra repo from metadata fetched from a Hub (config JSON + weights header)."""
     header = describe_hydra(config_raw, header_raw, label=repo_id)
@@ -409,8 +412,11 @@ def hydra_module_from_metadata(
         revision=revision,
         source=source,
         files=tuple(files),
+        author=author,
         downloads=downloads,
         likes=likes,
+        created_at=created_at,
+        updated_at=updated_at,
     )
 
 
@@ -422,8 +428,11 @@ def _module(
     revision: str | None,
     source: str,
     files: Iterable[ModuleFile],
+    author: str | None = None,
     downloads: int = 0,
     likes: int = 0,
+    created_at: Any = None,
+    updated_at: Any = None,
 ) -> Module:
     config = header.config
     front, body = parse_card(card_text)
@@ -461,7 +470,7 @@ def _module(
         num_parameters=header.num_parameters,
         dtype=_DTYPE_NAMES.get(header.dtype, header.dtype.lower()),
         total_size=sum(f.size for f in file_list) if file_list else None,
-        author=_text(front.get("author")) or namespace,
+        author=author or _text(front.get("author")) or namespace,
         license=normalize_license(_text(front.get("license"))),
         tags=normalize_tags([*_list(front.get("tags")), "hydra-lora"]),
         task_name=_text(task.get("name")) or _text(extra.get("task_name")),
@@ -471,6 +480,8 @@ def _module(
         description=_text(task.get("description")) or _text(extra.get("description")),
         downloads=downloads,
         likes=likes,
+        created_at=created_at,
+        updated_at=updated_at,
         card_text=body or None,
         files=file_list,
         lineage=lineage,

@@ -140,3 +140,71 @@ def write_example_adapters(root: str | os.PathLike[str]) -> Path:
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
     write_lora_adapter(base / "wrong-rank", rank=8, config_overrides={"r": 16})
     return base
+
+
+def write_hydra_module(
+    folder: str | os.PathLike[str],
+    *,
+    rank: int = 4,
+    num_heads: int = 3,
+    targets: Iterable[str] = ("q_proj", "v_proj"),
+    base_model: str = DEFAULT_BASE_MODEL,
+    layers: int = 2,
+    hidden: int = 32,
+    card: str | None = None,
+    front_matter: Mapping[str, Any] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a Hydra module folder (``docs/hydra-format.md``) without torch; return its path.
+
+    Per ``model.layers.<i>.<block>.<target>``: ``lora_A.weight`` [r, hidden], ``lora_B.<j>.weight``
+    [hidden, r] for j < ``num_heads``, ``router.weight`` [N, hidden] and ``router.bias`` [N].
+    ``config_overrides`` are merged into ``hydra_config.json`` after the tensors are made.
+    """
+    import numpy as np
+    import yaml
+    from safetensors.numpy import save_file
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    targets = tuple(targets)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, Any] = {}
+    for layer in range(layers):
+        for target in targets:
+            block = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            prefix = f"model.layers.{layer}.{block}.{target}"
+            arrays[f"{prefix}.lora_A.weight"] = rng.standard_normal((rank, hidden)).astype(
+                "float32"
+            )
+            for head in range(num_heads):
+                arrays[f"{prefix}.lora_B.{head}.weight"] = (
+                    rng.standard_normal((hidden, rank)).astype("float32") * 0.01
+                )
+            arrays[f"{prefix}.router.weight"] = (
+                rng.standard_normal((num_heads, hidden)).astype("float32") * 0.02
+            )
+            arrays[f"{prefix}.router.bias"] = np.zeros(num_heads, dtype="float32")
+    save_file(arrays, str(path / "hydra_model.safetensors"))
+    config: dict[str, Any] = {
+        "format": "loradex-hydra",
+        "format_version": 1,
+        "base_model": base_model,
+        "target_modules": list(targets),
+        "rank": rank,
+        "alpha": 2 * rank,
+        "num_heads": num_heads,
+        "router": {"kind": "linear", "temperature": 1.0, "bias": True},
+        "task": {},
+        "head_selection": {"method": "fixed", "num_heads": num_heads},
+    }
+    config.update(config_overrides or {})
+    (path / "hydra_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if front_matter is not None or card is not None:
+        head = ""
+        if front_matter:
+            head = f"---\n{yaml.safe_dump(dict(front_matter), sort_keys=False)}---\n"
+        body = card if card is not None else f"# {path.name}\n\nA Hydra module.\n"
+        (path / "README.md").write_text(head + body, encoding="utf-8")
+    return path

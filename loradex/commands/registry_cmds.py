@@ -73,6 +73,9 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
         as_json: bool) -> None:
     """Index a local PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
 
+    A Hydra module folder (hydra_config.json + hydra_model.safetensors) is indexed as kind
+    "hydra" with its head count.
+
     The safetensors header is checked against the config (rank, target modules) without
     loading any tensor; the model card's YAML front matter supplies licence, tags and task.
     On any error nothing is written.
@@ -99,8 +102,13 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
 
         click.echo(json.dumps(module_to_dict(stored), indent=2))
         return
+    what = (
+        f"Hydra r={stored.rank}, {stored.num_heads} heads"
+        if stored.kind == "hydra"
+        else f"LoRA r={stored.rank}"
+    )
     click.echo(
-        f"{verb} {stored.repo_id}: LoRA r={stored.rank} on {stored.base_model}, "
+        f"{verb} {stored.repo_id}: {what} on {stored.base_model}, "
         f"targets {','.join(stored.target_modules)}, {len(stored.files)} files "
         f"({_human_size(stored.total_size)})"
     )
@@ -151,7 +159,7 @@ def _print_table(modules: list[Module], compat: dict[str, bool] | None) -> None:
         row = [
             _clip(m.repo_id, 40),
             _clip(m.base_model, 36),
-            str(m.rank),
+            f"{m.rank}x{m.num_heads}" if m.kind == "hydra" else str(m.rank),
             _clip(",".join(m.target_modules), 28),
             _clip(m.task_name or m.task_category or "-", 24),
             str(m.downloads),
@@ -183,6 +191,8 @@ def _print_table(modules: list[Module], compat: dict[str, bool] | None) -> None:
 @click.option("--author", help="Author (exact).")
 @click.option("--license", "license_", metavar="ID", help="Licence id, e.g. apache-2.0.")
 @click.option("--peft-type", metavar="TYPE", help="PEFT type, e.g. LORA.")
+@click.option("--kind", type=click.Choice(["lora", "hydra"]),
+              help="Module kind: plain LoRA or Hydra (shared A, N heads, router).")
 @click.option("--compatible-with", metavar="ID",
               help="Only modules with the same base model and target modules as ID.")
 @click.option("--sort", type=click.Choice(["relevance", "downloads", "likes", "updated", "rank"]),
@@ -196,15 +206,18 @@ def _print_table(modules: list[Module], compat: dict[str, bool] | None) -> None:
 def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, rank: int | None,
            min_rank: int | None, max_rank: int | None, targets: tuple[str, ...],
            task: str | None, tags: tuple[str, ...], author: str | None, license_: str | None,
-           peft_type: str | None, compatible_with: str | None, sort: str | None, limit: int,
-           offset: int, as_json: bool) -> None:
+           peft_type: str | None, kind: str | None, compatible_with: str | None,
+           sort: str | None, limit: int, offset: int, as_json: bool) -> None:
     """Search the registry: free text (full-text, ranked) plus filters.
+
+    Column R is the rank; for a Hydra module it reads RANKxHEADS (4x3: r=4, 3 heads).
 
     \b
     Examples:
       loradex search "past tense"
       loradex search --base-model HuggingFaceTB/SmolLM2-135M-Instruct --rank 8 --tag grammar
       loradex search --compatible-with alice/past-tense --sort rank --json
+      loradex search --kind hydra
     """
     from registry.entities import SearchQuery
 
@@ -219,7 +232,8 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
     query = SearchQuery(
         text=joined, base_model=base_model, rank=rank, min_rank=min_rank, max_rank=max_rank,
         targets=targets, task=task, tags=tags, author=author, license=license_,
-        peft_type=peft_type, compatible_with=compatible_with, sort=sort,  # type: ignore[arg-type]
+        peft_type=peft_type, kind=kind, compatible_with=compatible_with,
+        sort=sort,  # type: ignore[arg-type]
         limit=limit, offset=offset,
     )
     store = open_store(ctx)

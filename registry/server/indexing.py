@@ -1,11 +1,12 @@
 """Index hosted adapters into the registry tables of the server's own database at commit time.
 
-A repo holding ``adapter_config.json`` + ``adapter_model.safetensors`` becomes a registry module
+A repo holding ``adapter_config.json`` + ``adapter_model.safetensors`` (a PEFT LoRA), or
+``hydra_config.json`` + ``hydra_model.safetensors`` (a Hydra module), becomes a registry module
 (source = the server's public URL, or ``local``) as soon as the commit lands, so
 ``loradex --db SAME search`` sees uploads at once. The adapter is judged by the registry's own
-``module_from_metadata``; a broken adapter stays stored (this is a Hub) but is not indexed, and
-the reason is logged. A deleted repo, or one whose head is no longer a valid adapter, leaves
-the registry.
+``module_from_metadata`` (``hydra_module_from_metadata`` for Hydra); a broken adapter stays
+stored (this is a Hub) but is not indexed, and the reason is logged. A deleted repo, or one
+whose head is no longer a valid adapter, leaves the registry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from registry.adapter_files import (
     read_safetensors_header,
 )
 from registry.entities import Module, ModuleFile
+from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
+from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
+from registry.hydra import hydra_module_from_metadata
 from registry.server.service import HostedCommit, Indexer, ServerConfig
 from registry.store import RegistryStore
 
@@ -33,8 +37,10 @@ log = logging.getLogger("loradex.server")
 
 
 def hosted_module(commit: HostedCommit, source: str) -> Module | None:
-    """The registry Module of a hosted commit, or None when the repo holds no PEFT adapter."""
+    """The registry Module of a hosted commit, or None when the repo holds no adapter."""
     files = {f.path: f for f in commit.files}
+    if ADAPTER_CONFIG not in files and HYDRA_CONFIG in files and HYDRA_WEIGHTS in files:
+        return _hosted_hydra(commit, source)
     if ADAPTER_CONFIG not in files or ADAPTER_WEIGHTS not in files:
         return None
     label = f"{commit.repo_id}@{commit.sha[:12]}"
@@ -67,6 +73,41 @@ def hosted_module(commit: HostedCommit, source: str) -> Module | None:
         created_at=commit.created_at.replace(tzinfo=UTC),
         updated_at=commit.created_at.replace(tzinfo=UTC),
         label=label,
+    )
+
+
+def _hosted_hydra(commit: HostedCommit, source: str) -> Module:
+    files = {f.path: f for f in commit.files}
+    label = f"{commit.repo_id}@{commit.sha[:12]}"
+    config_path = commit.blobs.path_for(files[HYDRA_CONFIG].sha256)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{label}: {HYDRA_CONFIG} is not valid JSON ({exc})") from exc
+    header = read_safetensors_header(
+        commit.blobs.path_for(files[HYDRA_WEIGHTS].sha256), name=f"{label}/{HYDRA_WEIGHTS}"
+    )
+    card = files.get(CARD)
+    card_text = (
+        commit.blobs.path_for(card.sha256).read_text(encoding="utf-8", errors="replace")
+        if card is not None
+        else None
+    )
+    created = commit.created_at.replace(tzinfo=UTC)
+    return hydra_module_from_metadata(
+        commit.repo_id,
+        config,
+        header,
+        card_text,
+        revision=commit.sha,
+        source=source,
+        files=[
+            ModuleFile(f.path, f.size, f.sha256, f.is_lfs)
+            for f in commit.files
+            if f.path != ".gitattributes"
+        ],
+        created_at=created,
+        updated_at=created,
     )
 
 
