@@ -190,6 +190,7 @@ class DemoRun:
 
     def publish_library(self, token: str) -> list[str]:
         """Upload every library module to the server, each in one commit with a complete card."""
+        from huggingface_hub.utils import disable_progress_bars
         from tqdm.auto import tqdm
 
         from hub_client.client import HubClient
@@ -199,6 +200,7 @@ class DemoRun:
         from registry.store import RegistryStore
 
         folders = library_modules(self.config.library, self.config.max_modules)
+        disable_progress_bars()  # one bar for the whole library, not one per file
         self.echo(f"publishing {len(folders)} modules of {self.config.library} as "
                   f"{self.config.namespace}/<task> (as `loradex publish DIR --repo ...` does)")
         # The publisher's own registry: the demo's registry is filled by `loradex sync` later.
