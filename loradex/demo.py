@@ -242,7 +242,7 @@ class DemoRun:
                 raise LoradexError("the registry is empty after sync")
             first = listing["results"][0]["repo_id"]
             self.loradex("search", "--compatible-with", first, "--sort", "rank", "--limit", "5")
-            self.loradex("search", "yes or no question", "--limit", "5")
+            self.loradex("search", "grammar", "--limit", "5")
 
             n_few = sum(1 for line in cfg.few_shot.open() if line.strip())
             n_candidates = min(cfg.k, len(published))
