@@ -56,7 +56,16 @@ def _index_folder(settings: Settings, folder: Path) -> str | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("datas", nargs=-1, required=True, metavar="DATA [DATA2 ...]",
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--method", default="lora", show_default=True,
+              type=click.Choice(["lora", "hydra"]),
+              help="lora: one LoRA on one DATA file. hydra: shared A, N heads and a router, "
+                   "trained on the mixture of all DATA files.")
+@click.option("--heads", default="auto", show_default=True, metavar="auto|N",
+              help="--method hydra: number of heads, or auto (k-means elbow over the inputs).")
+@click.option("--max-heads", default=8, show_default=True,
+              help="--method hydra: largest N tried by --heads auto.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the PEFT adapter into.")
 @model_options
@@ -88,7 +97,8 @@ def _index_folder(settings: Settings, folder: Path) -> str | None:
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def train(settings: Settings, data: Path, out: Path, base_model: str | None, device: str,
+def train(settings: Settings, datas: tuple[Path, ...], method: str, heads: str,
+          max_heads: int, out: Path, base_model: str | None, device: str,
           dtype: str, no_chat_template: bool, rank: int, alpha: float | None, targets: str,
           dropout: float, steps: int | None, epochs: float | None, lr: float, batch_size: int,
           max_length: int, seed: int, save_dtype: str, task_name: str | None,
@@ -97,11 +107,25 @@ def train(settings: Settings, data: Path, out: Path, base_model: str | None, dev
           no_index: bool, overwrite: bool, as_json: bool) -> None:
     """Train a LoRA module on DATA (JSONL lines of {"input", "target"}) and index it.
 
+    With --method hydra, train a Hydra module (one shared A, N heads B_j, a router) on the
+    mixture of every DATA file, with a load-balancing term; the head usage is reported.
+
     \b
-    Example:
+    Examples:
       loradex train past_tense.jsonl --out modules/past_tense --rank 16 --steps 200 \\
           --task-name past_tense --task-category grammar
+      loradex train --method hydra a.jsonl b.jsonl c.jsonl --heads auto --out modules/abc
     """
+    if method == "hydra":
+        _train_hydra(settings, datas, heads, max_heads, out, base_model, device, dtype,
+                     no_chat_template, rank, alpha, targets, dropout, steps, epochs, lr,
+                     batch_size, max_length, seed, save_dtype, task_name, task_category,
+                     dataset, license_, description, holdout_fraction, eval_file, no_index,
+                     overwrite, as_json)
+        return
+    if len(datas) != 1:
+        raise ConfigError("--method lora trains on one DATA file (use --method hydra for several)")
+    data = datas[0]
     from composer.adapter_io import check_output_dir
     from composer.data import load_examples, split_holdout
     from composer.train import TaskInfo, TrainConfig, train_lora
@@ -149,6 +173,51 @@ def train(settings: Settings, data: Path, out: Path, base_model: str | None, dev
     click.echo(f"wrote {result.out_dir}")
     if module_id:
         click.echo(f"indexed as {module_id}")
+
+
+def _train_hydra(settings: Settings, datas: tuple[Path, ...], heads: str, max_heads: int,
+                 out: Path, base_model: str | None, device: str, dtype: str,
+                 no_chat_template: bool, rank: int, alpha: float | None, targets: str,
+                 dropout: float, steps: int | None, epochs: float | None, lr: float,
+                 batch_size: int, max_length: int, seed: int, save_dtype: str,
+                 task_name: str | None, task_category: str | None, dataset: str | None,
+                 license_: str | None, description: str | None,
+                 holdout_fraction: float | None, eval_file: Path | None, no_index: bool,
+                 overwrite: bool, as_json: bool) -> None:
+    """``loradex train --method hydra``: validate, train, index (see composer.hydra)."""
+    from composer.adapter_io import check_output_dir
+    from composer.data import load_examples
+    from composer.hydra.cli_support import parse_heads, print_train_summary, run_train_hydra
+    from composer.hydra.training import HydraTrainConfig
+    from composer.train import TaskInfo
+
+    if dropout:
+        raise ConfigError("--dropout is not used by --method hydra")
+    if holdout_fraction is not None:
+        raise ConfigError("--method hydra takes a held-out set with --eval-file, "
+                          "not --holdout-fraction")
+    config = HydraTrainConfig(
+        heads=parse_heads(heads), max_heads=max_heads,  # type: ignore[arg-type]
+        rank=rank, alpha=alpha, targets=_split_csv(targets), steps=steps, epochs=epochs,
+        lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
+        use_chat_template=not no_chat_template, save_dtype=save_dtype,
+    )
+    config.validate()
+    check_output_dir(out, overwrite)
+    heldout = load_examples(eval_file) if eval_file is not None else []
+    task = TaskInfo(name=task_name, category=task_category, dataset=dataset, license=license_,
+                    description=description)
+    loaded = _load_model(base_model, device, dtype)
+    result, summary = run_train_hydra(loaded, datas, out, config, task=task, heldout=heldout,
+                                      overwrite=overwrite)
+    summary["registry_id"] = None if no_index else _index_folder(settings, result.out_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    print_train_summary(summary, click.echo)
+    click.echo(f"wrote {result.out_dir}")
+    if summary["registry_id"]:
+        click.echo(f"indexed as {summary['registry_id']}")
 
 
 def _hub_fetcher(settings: Settings) -> Any:
@@ -214,6 +283,14 @@ def _hub_fetcher(settings: Settings) -> Any:
               help="Evaluate a whole CMA-ES generation in one batched forward.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
+@click.option("--output", "output_kind", default="lora", show_default=True,
+              type=click.Choice(["lora", "hydra"]),
+              help="lora: one PEFT adapter. hydra: a Hydra module (shared composed A, heads "
+                   "from the most weighted candidates, router fitted on the examples).")
+@click.option("--hydra-heads", default=None, type=int,
+              help="--output hydra: number of heads (default: min(4, candidates)).")
+@click.option("--router-steps", default=30, show_default=True,
+              help="--output hydra: router fit steps on the examples (A and heads frozen).")
 @click.option("--name", default=None, help="Title of the model card (default: folder name).")
 @click.option("--publish", "publish_repo", default=None, metavar="NAMESPACE/NAME",
               help="Publish the result to the Hub under this repo id.")
@@ -227,7 +304,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             module_dirs: tuple[Path, ...], base_model: str | None, device: str, dtype: str,
             no_chat_template: bool, method: str, svd_rank: int | None, optimizer: str,
             budget: int, l1: float, l1_form: str, bound: float, seed: int,
-            holdout: Path | None, batched_population: bool, out: Path, name: str | None,
+            holdout: Path | None, batched_population: bool, out: Path, output_kind: str,
+            hydra_heads: int | None, router_steps: int, name: str | None,
             publish_repo: str | None, no_index: bool, overwrite: bool, as_json: bool) -> None:
     """Compose candidate LoRA modules into one for the task of --examples (LoraHub).
 
@@ -239,6 +317,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     Examples:
       loradex compose --examples few.jsonl --out composed/ modules/a modules/b modules/c
       loradex compose --examples few.jsonl --from-registry --k 20 --seed 1 --out composed/
+      loradex compose --examples few.jsonl --output hydra --hydra-heads 3 --out hydra/ a b c d
     """
     from composer.adapter_io import check_output_dir
     from composer.candidates import resolve_candidate, select_from_registry
@@ -285,14 +364,31 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         candidates = [resolve_candidate(r, settings.cache_dir, dirs, fetch) for r in refs]
     # Refuse incompatible candidates before paying for the model.
     comp_method.check(candidates, base_model=base_name)
+    n_heads = None
+    if output_kind == "hydra":
+        from composer.hydra.cli_support import hydra_head_count
+
+        if method != "lorahub":
+            raise ConfigError("--output hydra needs --method lorahub (candidates of one rank)")
+        n_heads = hydra_head_count(hydra_heads, router_steps, len(candidates))
     click.echo(f"{len(candidates)} candidates, {len(few)} examples, method {method}", err=True)
 
     loaded = _load_model(base_model, device, dtype)
     result = run_compose(loaded, candidates, few, config, holdout=held)
-    folder = write_composition(
-        result, loaded, out, examples_file=str(examples), examples_sha256=file_sha256(examples),
-        n_examples=len(few), name=name, overwrite=overwrite,
-    )
+    hydra_summary = None
+    if n_heads is not None:
+        from composer.hydra.cli_support import run_compose_hydra
+
+        folder, hydra_summary = run_compose_hydra(
+            loaded, result, few, out, num_heads=n_heads, router_steps=router_steps,
+            holdout=held, overwrite=overwrite,
+        )
+    else:
+        folder = write_composition(
+            result, loaded, out, examples_file=str(examples),
+            examples_sha256=file_sha256(examples), n_examples=len(few), name=name,
+            overwrite=overwrite,
+        )
     module_id = None if no_index else _index_folder(settings, folder)
     published = None
     if publish_repo:
@@ -322,6 +418,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     }
     if result.holdout:
         summary["holdout"] = [row.__dict__ for row in result.holdout]
+    if hydra_summary is not None:
+        summary["hydra"] = hydra_summary
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -335,6 +433,10 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             em = "-" if row.exact_match is None else f"{row.exact_match:.3f}"
             acc = "" if row.choice_accuracy is None else f"  choice acc {row.choice_accuracy:.3f}"
             click.echo(f"  loss {row.loss:.4f}  exact match {em}{acc}  {row.label}")
+    if hydra_summary is not None:
+        from composer.hydra.cli_support import print_compose_summary
+
+        print_compose_summary(hydra_summary, click.echo)
     click.echo(f"wrote {folder}")
     if module_id:
         click.echo(f"indexed as {module_id}")
