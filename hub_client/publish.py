@@ -98,7 +98,7 @@ def build_card(folder: Path, module: Module, repo_id: str, license_id: str | Non
     hydra = module.kind == "hydra"
     front["library_name"] = "loradex" if hydra else "peft"
     tags = [str(t) for t in _as_list(front.get("tags"))]
-    wanted = ("loradex", "hydra-lora") if hydra else ("lora", "peft", "loradex")
+    wanted: tuple[str, ...] = ("loradex", "hydra-lora") if hydra else ("lora", "peft", "loradex")
     if hydra:
         # The Hub derives base_model:adapter:<base> for library_name peft only; sync lists by it.
         wanted += tuple(f"base_model:adapter:{b}" for b in _as_list(front["base_model"]))

@@ -178,8 +178,8 @@ def write_hydra_module(
             arrays[f"{prefix}.lora_A.weight"] = rng.standard_normal((rank, hidden)).astype(
                 "float32"
             )
-            for head in range(num_heads):
-                arrays[f"{prefix}.lora_B.{head}.weight"] = (
+            for j in range(num_heads):
+                arrays[f"{prefix}.lora_B.{j}.weight"] = (
                     rng.standard_normal((hidden, rank)).astype("float32") * 0.01
                 )
             arrays[f"{prefix}.router.weight"] = (
