@@ -97,8 +97,8 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Turn a dtype name into a torch dtype; ``auto`` is float32 on CPU and bfloat16 on CUDA.
 
-    float32 is the CPU default because bfloat16 was measured slower for LoRA work on this
-    class of CPU and changes the loss in the second decimal (see BENCHMARKS.md, Composer).
+    float32 stays the CPU default until bfloat16 is shown to be faster with the same losses
+    (benchmarks/compose_bench.py measures both; see BENCHMARKS.md, Composer).
     """
     import torch
 
