@@ -61,10 +61,14 @@ class LazyGroup(click.Group):
         return importlib.util.find_spec(module_name) is not None
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="loradex")
 @click.option("--db", envvar="LORADEX_DB", default=None, metavar="URL",
-              help="Registry database, any SQLAlchemy URL (default: SQLite under the loradex home).")
+              help="Registry database: any SQLAlchemy URL (default: SQLite in the loradex home).")
 @click.option("--home", envvar="LORADEX_HOME", default=None, metavar="DIR",
               help="loradex home folder (default: ~/.loradex).")
 @click.pass_context

@@ -26,7 +26,7 @@ class ModuleNotFound(LoradexError, LookupError):
 
 
 class InvalidAdapter(LoradexError, ValueError):
-    """An adapter folder or file is malformed: bad safetensors, pickle only, config/tensor mismatch."""
+    """A malformed adapter folder or file: bad safetensors, pickle only, config/tensor mismatch."""
 
     exit_code = 4
 

@@ -44,7 +44,7 @@ class Settings:
         endpoint: str | None = None,
         token: str | None = None,
     ) -> Settings:
-        """Build settings from explicit values, then ``LORADEX_*`` environment variables, then defaults."""
+        """Settings from explicit values, then ``LORADEX_*`` variables, then defaults."""
         home_path = Path(home).expanduser() if home else default_home()
         db_url = db or os.environ.get("LORADEX_DB") or f"sqlite:///{home_path / 'registry.db'}"
         ep = (
