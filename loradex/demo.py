@@ -263,7 +263,7 @@ class DemoRun:
                                            capture=True))
             composed = json.loads(self.loradex("eval", str(cfg.test), "--adapter", str(adapter),
                                                "--json", *limit, *base, capture=True))
-            self.echo(format_scores(zero, composed))
+            self.echo(format_scores(zero, composed, majority_label(cfg.test)))
 
             self.step("5. Publish the composed module with its provenance, and show it")
             repo = f"{cfg.namespace}/{repo_name_for(cfg.task_name)}-composed"
@@ -286,20 +286,37 @@ def _metric(scores: dict[str, Any], *names: str) -> float | None:
     return None
 
 
-def format_scores(zero: dict[str, Any], composed: dict[str, Any]) -> str:
-    """A small side-by-side table of the metrics two ``loradex eval --json`` runs share."""
-    rows = []
-    for key in sorted(set(zero) & set(composed)):
+SCORE_METRICS = ("choice_accuracy", "exact_match", "loss")
+
+
+def majority_label(path: Path) -> tuple[str, float] | None:
+    """The most frequent target of a task file and its rate (what always answering it scores)."""
+    from collections import Counter
+
+    targets = [json.loads(line)["target"] for line in path.open() if line.strip()]
+    if not targets:
+        return None
+    label, count = Counter(targets).most_common(1)[0]
+    return label, count / len(targets)
+
+
+def format_scores(
+    zero: dict[str, Any], composed: dict[str, Any], majority: tuple[str, float] | None = None
+) -> str:
+    """A small side-by-side table of two ``loradex eval --json`` results."""
+    rows = [f"  {'metric':<28} {'zero-shot':>10} {'composed':>10}"]
+    for key in SCORE_METRICS:
         a, b = _metric(zero, key), _metric(composed, key)
-        if a is not None and b is not None and not key.startswith("n_"):
+        if a is not None and b is not None:
             rows.append(f"  {key:<28} {a:>10.3f} {b:>10.3f}")
-    header = f"  {'metric':<28} {'zero-shot':>10} {'composed':>10}"
+    if majority is not None:
+        rows.append(f"  majority label rate (always {majority[0]!r}): {majority[1]:.3f}")
     for name, scores in (("zero-shot", zero), ("composed", composed)):
         labels = scores.get("predicted_labels")
         if labels:
             dist = ", ".join(f"{k}: {v}" for k, v in labels.items())
             rows.append(f"  predicted labels ({name}): {dist}")
-    return "\n".join([header, *rows])
+    return "\n".join(rows)
 
 
 def run_demo(config: DemoConfig, echo: Echo = print) -> DemoResult:

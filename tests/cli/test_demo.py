@@ -114,9 +114,19 @@ def test_demo_refuses_missing_library(tmp_path: Path) -> None:
 
 def test_repo_names_and_score_table() -> None:
     assert repo_name_for("linguistic_mappings__past_tense") == "linguistic-mappings-past-tense"
-    table = format_scores({"loss": 2.0, "choice_accuracy": 0.5, "n_examples": 3},
-                          {"loss": 1.0, "choice_accuracy": 0.75, "n_examples": 3})
-    assert "choice_accuracy" in table and "0.750" in table and "n_examples" not in table
+    table = format_scores({"loss": 2.0, "choice_accuracy": 0.5, "n_examples": 3, "few_shot": 0},
+                          {"loss": 1.0, "choice_accuracy": 0.75, "n_examples": 3, "few_shot": 0},
+                          ("No", 0.54))
+    assert "choice_accuracy" in table and "0.750" in table
+    assert "n_examples" not in table and "few_shot" not in table
+    assert "majority label rate (always 'No'): 0.540" in table
+
+
+def test_majority_label(tmp_path: Path) -> None:
+    from loradex.demo import majority_label
+
+    path = _write(tmp_path / "t.jsonl", [{"input": "a", "target": t} for t in "yyn"])
+    assert majority_label(path) == ("y", 2 / 3)
 
 
 @pytest.mark.slow
