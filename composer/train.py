@@ -11,10 +11,10 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -72,22 +72,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible settings (call before loading anything)."""
-        if self.rank < 1:
-            raise ConfigError(f"rank must be >= 1, got {self.rank}")
-        if self.steps is not None and self.epochs is not None:
-            raise ConfigError("give either steps or epochs, not both")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ConfigError("batch size must be >= 1 and max length >= 2")
-        if not self.targets:
-            raise ConfigError("at least one target module is needed")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ConfigError(f"invalid save dtype {self.save_dtype!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        validate_schedule(self)
 
 
 @dataclass
@@ -103,12 +88,94 @@ class TrainResult:
     front_matter: dict[str, Any] = field(default_factory=dict)
 
 
-def _total_steps(config: TrainConfig, n_examples: int) -> int:
+class ScheduleSettings(Protocol):
+    """The settings every trainer here shares (LoRA and Hydra configs both have them)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def steps(self) -> int | None: ...
+
+    @property
+    def epochs(self) -> float | None: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def warmup_fraction(self) -> float: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+
+    @property
+    def save_dtype(self) -> str: ...
+
+
+def validate_schedule(config: ScheduleSettings) -> None:
+    """Raise :class:`ConfigError` for impossible shared settings (before loading anything)."""
+    if config.rank < 1:
+        raise ConfigError(f"rank must be >= 1, got {config.rank}")
+    if config.steps is not None and config.epochs is not None:
+        raise ConfigError("give either steps or epochs, not both")
+    if config.steps is not None and config.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {config.steps}")
+    if config.epochs is not None and config.epochs <= 0:
+        raise ConfigError(f"epochs must be > 0, got {config.epochs}")
+    if config.batch_size < 1 or config.max_length < 2:
+        raise ConfigError("batch size must be >= 1 and max length >= 2")
+    if not config.targets:
+        raise ConfigError("at least one target module is needed")
+    if config.save_dtype not in SAVE_DTYPES:
+        raise ConfigError(f"invalid save dtype {config.save_dtype!r}")
+    if config.lr <= 0:
+        raise ConfigError(f"learning rate must be > 0, got {config.lr}")
+
+
+def total_steps(config: ScheduleSettings, n_examples: int) -> int:
+    """Optimizer steps of a run: ``steps``, or ``epochs`` over the data, else 100."""
     if config.steps is not None:
         return config.steps
     if config.epochs is not None:
         return max(1, math.ceil(config.epochs * n_examples / config.batch_size))
     return 100
+
+
+def warmup_linear_schedule(
+    optimizer: torch.optim.Optimizer, n_steps: int, warmup_fraction: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to zero."""
+    warmup = max(1, int(warmup_fraction * n_steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def batch_indices(n_examples: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of example indices: seeded shuffled epochs, cut into ``batch_size``."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            epoch = list(range(n_examples))
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        yield order[:batch_size]
+        del order[:batch_size]
 
 
 @torch.no_grad()
@@ -161,7 +228,7 @@ def train_lora(
 
     model = loaded.model
     _check_targets(model, config.targets)
-    n_steps = _total_steps(config, len(examples))
+    n_steps = total_steps(config, len(examples))
     before = heldout_loss(loaded, heldout, config) if heldout else None
 
     task_type = "SEQ_2_SEQ_LM" if loaded.is_seq2seq else "CAUSAL_LM"
@@ -196,26 +263,13 @@ def train_lora(
         )
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(1, int(config.warmup_fraction * n_steps))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        rng = random.Random(config.seed)
-        order: list[int] = []
+        scheduler = warmup_linear_schedule(optimizer, n_steps, config.warmup_fraction)
+        batches = batch_indices(len(encoded), config.batch_size, config.seed)
         hf_model: Any = peft_model.get_base_model()
         peft_model.train()
         bar = tqdm(range(n_steps), desc="train", unit="step", disable=not progress)
         for step in bar:
-            if len(order) < config.batch_size:
-                epoch = list(range(len(encoded)))
-                rng.shuffle(epoch)
-                order.extend(epoch)
-            picked = [encoded[i] for i in order[: config.batch_size]]
-            del order[: config.batch_size]
+            picked = [encoded[i] for i in next(batches)]
             batch = make_batch(picked, hf_model, packed=False).to(loaded.device)
             loss = mean_target_loss(hf_model, batch)[0]
             optimizer.zero_grad(set_to_none=True)

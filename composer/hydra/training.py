@@ -10,8 +10,6 @@ Data, prompts, batching and the loss are the composer's own (:mod:`composer.data
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +26,13 @@ from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
 from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hydra_module
 from composer.models import LoadedModel
-from composer.train import TaskInfo
+from composer.train import (
+    TaskInfo,
+    batch_indices,
+    total_steps,
+    validate_schedule,
+    warmup_linear_schedule,
+)
 from loradex import __version__
 from loradex.errors import ConfigError, InvalidDataFile
 from registry.hydra import HydraConfig
@@ -81,8 +85,6 @@ class HydraTrainConfig:
             raise ConfigError(f"heads must be 'auto' or a positive integer, got {self.heads!r}")
         if self.max_heads < 1:
             raise ConfigError(f"max heads must be >= 1, got {self.max_heads}")
-        if self.rank < 1:
-            raise ConfigError(f"rank must be >= 1, got {self.rank}")
         if self.router_temperature <= 0:
             raise ConfigError(f"router temperature must be > 0, got {self.router_temperature}")
         if self.balance not in BALANCE_KINDS:
@@ -91,20 +93,7 @@ class HydraTrainConfig:
             )
         if self.balance_coef < 0:
             raise ConfigError(f"balance coefficient must be >= 0, got {self.balance_coef}")
-        if self.steps is not None and self.epochs is not None:
-            raise ConfigError("give either steps or epochs, not both")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ConfigError("batch size must be >= 1 and max length >= 2")
-        if not self.targets:
-            raise ConfigError("at least one target module is needed")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ConfigError(f"invalid save dtype {self.save_dtype!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        validate_schedule(self)
         if self.usage_examples < 1:
             raise ConfigError(f"usage examples must be >= 1, got {self.usage_examples}")
 
@@ -187,7 +176,7 @@ def train_hydra(
     model = loaded.model
     encode = _encoder(loaded, config)
     encoded = encode(examples)
-    n_steps = _total_steps(config, len(examples))
+    n_steps = total_steps(config, len(examples))
     before = _mean_loss(loaded, encode(heldout), config.batch_size) if heldout else None
 
     module = init_hydra_module(model, hydra_config, seed=config.seed)
@@ -200,25 +189,12 @@ def train_hydra(
     try:
         params = handle.parameters()
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(1, int(config.warmup_fraction * n_steps))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        rng = random.Random(config.seed)
-        order: list[int] = []
+        scheduler = warmup_linear_schedule(optimizer, n_steps, config.warmup_fraction)
+        batches = batch_indices(len(encoded), config.batch_size, config.seed)
         model.train()
         bar = tqdm(range(n_steps), desc="train hydra", unit="step", disable=not progress)
         for step in bar:
-            if len(order) < config.batch_size:
-                epoch = list(range(len(encoded)))
-                rng.shuffle(epoch)
-                order.extend(epoch)
-            picked = [encoded[i] for i in order[: config.batch_size]]
-            del order[: config.batch_size]
+            picked = [encoded[i] for i in next(batches)]
             batch = make_batch(picked, model, packed=False).to(loaded.device)
             with handle.recording():
                 task_loss = mean_target_loss(model, batch)[0]
@@ -338,14 +314,6 @@ def _mean_loss(loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_siz
         total += float(mean_target_loss(loaded.model, batch)) * n_tokens
         count += n_tokens
     return total / max(count, 1)
-
-
-def _total_steps(config: HydraTrainConfig, n_examples: int) -> int:
-    if config.steps is not None:
-        return config.steps
-    if config.epochs is not None:
-        return max(1, math.ceil(config.epochs * n_examples / config.batch_size))
-    return 100
 
 
 def _tail_mean(values: Sequence[float], n: int = 10) -> float | None:
