@@ -13,21 +13,17 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
+from pg_support import PG_ADMIN_URL, drop_pg_schema, make_pg_schema_url
 from safetensors.numpy import save_file
 
-PG_ADMIN_URL = os.environ.get(
-    "LORADEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 MAX_UPLOAD = 2 * 1024 * 1024  # the test servers refuse files above 2 MiB
 
 
@@ -132,27 +128,6 @@ class HubServer:
         return list((self.data_dir / "blobs" / "tmp").glob("*"))
 
 
-def _pg_schema() -> tuple[str, str]:
-    import sqlalchemy as sa
-
-    schema = f"ldx_hub_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    sep = "&" if "?" in PG_ADMIN_URL else "?"
-    return f"{PG_ADMIN_URL}{sep}options={quote(f'-csearch_path={schema}')}", schema
-
-
-def _drop_pg_schema(schema: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
-
-
 def start_server(root: Path, db_url: str, workers: int = 2) -> HubServer:
     """Create tokens with the CLI, start ``loradex serve`` and wait until it answers."""
     alice = loradex(
@@ -228,7 +203,7 @@ def hub(
         db_url = f"sqlite:///{root / 'hub.db'}"
     else:
         try:
-            db_url, schema = _pg_schema()
+            db_url, schema = make_pg_schema_url("ldx_hub")
         except Exception as exc:  # the suite requires the PostgreSQL server; say so loudly
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
     server = start_server(root, db_url)
@@ -237,7 +212,7 @@ def hub(
     finally:
         stop_server(server)
         if schema:
-            _drop_pg_schema(schema)
+            drop_pg_schema(schema)
         errors = [
             ln
             for ln in server.log_path.read_text(errors="replace").splitlines()
