@@ -39,18 +39,20 @@ log = logging.getLogger("loradex.server")
 def hosted_module(commit: HostedCommit, source: str) -> Module | None:
     """The registry Module of a hosted commit, or None when the repo holds no adapter."""
     files = {f.path: f for f in commit.files}
-    if ADAPTER_CONFIG not in files and HYDRA_CONFIG in files and HYDRA_WEIGHTS in files:
-        return _hosted_hydra(commit, source)
-    if ADAPTER_CONFIG not in files or ADAPTER_WEIGHTS not in files:
+    if ADAPTER_CONFIG in files and ADAPTER_WEIGHTS in files:
+        config_name, weights_name = ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    elif HYDRA_CONFIG in files and HYDRA_WEIGHTS in files and ADAPTER_CONFIG not in files:
+        config_name, weights_name = HYDRA_CONFIG, HYDRA_WEIGHTS
+    else:
         return None
     label = f"{commit.repo_id}@{commit.sha[:12]}"
-    config_path = commit.blobs.path_for(files[ADAPTER_CONFIG].sha256)
+    config_path = commit.blobs.path_for(files[config_name].sha256)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{label}: {ADAPTER_CONFIG} is not valid JSON ({exc})") from exc
+        raise InvalidAdapter(f"{label}: {config_name} is not valid JSON ({exc})") from exc
     header = read_safetensors_header(
-        commit.blobs.path_for(files[ADAPTER_WEIGHTS].sha256), name=f"{label}/{ADAPTER_WEIGHTS}"
+        commit.blobs.path_for(files[weights_name].sha256), name=f"{label}/{weights_name}"
     )
     card = files.get(CARD)
     card_text = (
@@ -58,56 +60,20 @@ def hosted_module(commit: HostedCommit, source: str) -> Module | None:
         if card is not None
         else None
     )
-    return module_from_metadata(
-        commit.repo_id,
-        config,
-        header,
-        card_text,
-        revision=commit.sha,
-        source=source,
-        files=[
-            ModuleFile(f.path, f.size, f.sha256, f.is_lfs)
-            for f in commit.files
-            if f.path != ".gitattributes"
-        ],
-        created_at=commit.created_at.replace(tzinfo=UTC),
-        updated_at=commit.created_at.replace(tzinfo=UTC),
-        label=label,
-    )
-
-
-def _hosted_hydra(commit: HostedCommit, source: str) -> Module:
-    files = {f.path: f for f in commit.files}
-    label = f"{commit.repo_id}@{commit.sha[:12]}"
-    config_path = commit.blobs.path_for(files[HYDRA_CONFIG].sha256)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{label}: {HYDRA_CONFIG} is not valid JSON ({exc})") from exc
-    header = read_safetensors_header(
-        commit.blobs.path_for(files[HYDRA_WEIGHTS].sha256), name=f"{label}/{HYDRA_WEIGHTS}"
-    )
-    card = files.get(CARD)
-    card_text = (
-        commit.blobs.path_for(card.sha256).read_text(encoding="utf-8", errors="replace")
-        if card is not None
-        else None
-    )
+    module_files = [
+        ModuleFile(f.path, f.size, f.sha256, f.is_lfs)
+        for f in commit.files
+        if f.path != ".gitattributes"
+    ]
     created = commit.created_at.replace(tzinfo=UTC)
-    return hydra_module_from_metadata(
-        commit.repo_id,
-        config,
-        header,
-        card_text,
-        revision=commit.sha,
-        source=source,
-        files=[
-            ModuleFile(f.path, f.size, f.sha256, f.is_lfs)
-            for f in commit.files
-            if f.path != ".gitattributes"
-        ],
-        created_at=created,
-        updated_at=created,
+    if config_name == HYDRA_CONFIG:
+        return hydra_module_from_metadata(
+            commit.repo_id, config, header, card_text, revision=commit.sha, source=source,
+            files=module_files, created_at=created, updated_at=created,
+        )
+    return module_from_metadata(
+        commit.repo_id, config, header, card_text, revision=commit.sha, source=source,
+        files=module_files, created_at=created, updated_at=created, label=label,
     )
 
 
