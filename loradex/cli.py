@@ -7,6 +7,7 @@ never pays for torch or the server stack. Heavy imports stay inside the command 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
