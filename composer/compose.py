@@ -48,7 +48,9 @@ class ComposeConfig:
     svd_rank: int | None = field(
         default=None, metadata={"help": "mixed-rank only: compress the result to this rank"}
     )
-    objective: str = field(default="lm", metadata={"help": "search objective (lm)"})
+    objective: str = field(
+        default="lm", metadata={"help": "search objective: lm, choice or choice-normalized"}
+    )
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"help": "search"})
     batched_population: bool = field(
         default=False, metadata={"help": "evaluate a whole CMA-ES generation in one forward"}

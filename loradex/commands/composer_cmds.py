@@ -268,6 +268,11 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "mixed-rank (exact sum w B A, any ranks).")
 @click.option("--svd-rank", default=None, type=int,
               help="mixed-rank: compress the result to this rank by SVD.")
+@click.option("--objective", default="auto", show_default=True,
+              type=click.Choice(["auto", "lm", "choice", "choice-normalized"]),
+              help="Search objective: lm (target-token loss, the paper), choice (cross-entropy "
+                   "of the right choice among the choices' log-likelihoods; -normalized: mean "
+                   "per token). auto: choice when every example has choices, else lm.")
 @click.option("--optimizer", default="cma", show_default=True,
               help="cma (standard CMA-ES) or any nevergrad optimizer name (e.g. NGOpt).")
 @click.option("--budget", default=40, show_default=True, help="Loss evaluations.")
@@ -302,7 +307,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             candidate_opts: tuple[str, ...], from_registry: bool, k: int, all_compatible: bool,
             query: str | None, task: str | None, tags: tuple[str, ...], rank_filter: int | None,
             module_dirs: tuple[Path, ...], base_model: str | None, device: str, dtype: str,
-            no_chat_template: bool, method: str, svd_rank: int | None, optimizer: str,
+            no_chat_template: bool, method: str, svd_rank: int | None, objective: str,
+            optimizer: str,
             budget: int, l1: float, l1_form: str, bound: float, seed: int,
             holdout: Path | None, batched_population: bool, out: Path, output_kind: str,
             hydra_heads: int | None, router_steps: int, name: str | None,
@@ -325,6 +331,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     from composer.compose import compose as run_compose
     from composer.data import file_sha256, load_examples
     from composer.models import base_model_name_for
+    from composer.objectives import default_objective
     from composer.search import SearchConfig
 
     refs = list(candidate_args)
@@ -337,8 +344,11 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         check_repo_id(publish_repo)
         if not settings.token:
             raise ConfigError("--publish needs a token: LORADEX_TOKEN or HF_TOKEN")
+    few = load_examples(examples)
+    if objective == "auto":
+        objective = default_objective(few)
     config = ComposeConfig(
-        method=method, svd_rank=svd_rank, objective="lm",
+        method=method, svd_rank=svd_rank, objective=objective,
         search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
                             bound=bound, seed=seed),
         batched_population=batched_population, use_chat_template=not no_chat_template,
@@ -346,7 +356,6 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     comp_method = config.make_method()
     config.search.validate()
     check_output_dir(out, overwrite)
-    few = load_examples(examples)
     held = load_examples(holdout) if holdout else []
     dirs = [*module_dirs, settings.home / "modules"]
     fetch = _hub_fetcher(settings)

@@ -160,3 +160,28 @@ def test_compose_from_registry_picks_k_seeded_candidates(tiny, db_url, tmp_path,
     assert code == 0, err
     assert list(json.loads(out)["weights"]) == first
     assert len(first) == 2 and set(first) <= {"local/m0", "local/m1", "local/m2"}
+
+
+def test_compose_objective_defaults_to_choice_when_every_example_has_choices(
+    tiny, tmp_path, capsys, loradex_home
+):
+    rows = [{"input": f"yes or no {i}?", "target": "yes" if i % 2 else "no",
+             "choices": ["yes", "no"]} for i in range(4)]
+    few = write_jsonl(tmp_path / "choice.jsonl", rows)
+    cards = {}
+    for objective in ("auto", "lm"):
+        code, _out, err = run(["compose", "--examples", str(few), "--base-model",
+                               str(tiny["base"]), "--budget", "3", "--objective", objective,
+                               "--out", str(tmp_path / objective), "--no-index",
+                               str(tiny["m0"]), str(tiny["m1"])], capsys)
+        assert code == 0, err
+        cards[objective] = json.loads((tmp_path / objective / "loradex_provenance.json")
+                                      .read_text())
+    assert json.dumps(cards["auto"]).count('"objective": "choice"') >= 1
+    assert json.dumps(cards["lm"]).count('"objective": "lm"') >= 1
+    # Mixed few-shot files (some examples without choices) keep the paper's lm objective.
+    code, _out, err = run(["compose", "--examples", str(tiny["few"]), "--base-model",
+                           str(tiny["base"]), "--budget", "2", "--objective", "choice",
+                           "--out", str(tmp_path / "bad"), "--no-index", str(tiny["m0"])],
+                          capsys)
+    assert code == 2 and "needs 'choices' on every example" in err
