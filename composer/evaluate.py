@@ -56,6 +56,8 @@ class EvalReport:
     n_choice_examples: int = 0
     predictions: list[dict[str, Any]] = field(default_factory=list)
     label_distribution: dict[str, int] = field(default_factory=dict)
+    majority_label: str | None = None
+    majority_rate: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The metrics as a JSON-friendly dict (no per-example predictions)."""
@@ -69,6 +71,9 @@ class EvalReport:
             out["n_choice_examples"] = self.n_choice_examples
         if self.label_distribution:
             out["predicted_labels"] = dict(self.label_distribution)
+        if self.majority_label is not None:
+            out["majority_label"] = self.majority_label
+            out["majority_rate"] = round(self.majority_rate or 0.0, 6)
         return out
 
 
@@ -194,6 +199,10 @@ def evaluate_examples(
             report.choice_accuracy = correct / n_choice
             report.n_choice_examples = n_choice
             report.label_distribution = dict(labels.most_common())
+            # What always answering the commonest target scores: the bar a model must beat.
+            targets = Counter(ex.target for ex in examples if ex.choices)
+            report.majority_label, top = targets.most_common(1)[0]
+            report.majority_rate = top / n_choice
     finally:
         bar.close()
     return report

@@ -532,3 +532,5 @@ def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: st
                    f"({report.n_choice_examples} examples with choices)")
         dist = ", ".join(f"{k}: {v}" for k, v in report.label_distribution.items())
         click.echo(f"predicted labels: {dist}")
+        click.echo(f"majority-label rate {report.majority_rate:.4f} "
+                   f"(always answering {report.majority_label!r})")

@@ -61,3 +61,18 @@ def test_choice_objective_is_registered_and_refuses_free_form(
         get_objective("choice").prepare(
             loaded, [*EXAMPLES, Example("past tense of walk", "walked")], use_chat_template=True
         )
+
+
+def test_eval_majority_rate_on_a_constructed_example(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    from composer.evaluate import EvalConfig, evaluate_examples
+
+    loaded = load_tiny(tiny_causal_dir)
+    rows = [Example(f"yes or no {i}?", {"y": "yes", "n": "no"}[t], ("yes", "no"))
+            for i, t in enumerate("yyyn")]
+    rows.append(Example("past tense of walk", "walked"))  # no choices: not counted
+    report = evaluate_examples(loaded, rows, EvalConfig(generate=False), progress=False)
+    assert report.n_choice_examples == 4
+    assert (report.majority_label, report.majority_rate) == ("yes", 0.75)
+    assert sum(report.label_distribution.values()) == 4

@@ -139,6 +139,9 @@ def test_exact_match_and_choice_accuracy(tiny_causal_dir, load_tiny):
     best = ex.choices[max(range(2), key=direct.__getitem__)]
     assert report.choice_accuracy == float(best == ex.target)
     assert report.label_distribution == {best: 1}
+    # The one example with choices has target "yes": always answering it scores 1.0.
+    assert (report.majority_label, report.majority_rate) == (ex.target, 1.0)
+    assert report.summary()["majority_rate"] == 1.0
 
 
 def test_model_loading_errors(tmp_path: Path):
