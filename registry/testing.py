@@ -59,7 +59,6 @@ def write_lora_adapter(
     (so a test can write a config that disagrees with the tensors). ``front_matter`` becomes
     README.md's YAML header above ``card`` (or a one-line default body).
     """
-    import yaml
     from safetensors.numpy import save_file
 
     path = Path(folder)
@@ -83,12 +82,7 @@ def write_lora_adapter(
     }
     config.update(config_overrides or {})
     (path / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if front_matter is not None or card is not None:
-        head = ""
-        if front_matter:
-            head = f"---\n{yaml.safe_dump(dict(front_matter), sort_keys=False)}---\n"
-        body = card if card is not None else f"# {path.name}\n\nA LoRA adapter.\n"
-        (path / "README.md").write_text(head + body, encoding="utf-8")
+    _write_card(path, front_matter, card, "A LoRA adapter.")
     return path
 
 
@@ -163,7 +157,6 @@ def write_hydra_module(
     ``config_overrides`` are merged into ``hydra_config.json`` after the tensors are made.
     """
     import numpy as np
-    import yaml
     from safetensors.numpy import save_file
 
     path = Path(folder)
@@ -201,10 +194,20 @@ def write_hydra_module(
     }
     config.update(config_overrides or {})
     (path / "hydra_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if front_matter is not None or card is not None:
-        head = ""
-        if front_matter:
-            head = f"---\n{yaml.safe_dump(dict(front_matter), sort_keys=False)}---\n"
-        body = card if card is not None else f"# {path.name}\n\nA Hydra module.\n"
-        (path / "README.md").write_text(head + body, encoding="utf-8")
+    _write_card(path, front_matter, card, "A Hydra module.")
     return path
+
+
+def _write_card(
+    path: Path, front_matter: Mapping[str, Any] | None, card: str | None, summary: str
+) -> None:
+    """README.md with optional YAML front matter; nothing when neither part is given."""
+    import yaml
+
+    if front_matter is None and card is None:
+        return
+    head = ""
+    if front_matter:
+        head = f"---\n{yaml.safe_dump(dict(front_matter), sort_keys=False)}---\n"
+    body = card if card is not None else f"# {path.name}\n\n{summary}\n"
+    (path / "README.md").write_text(head + body, encoding="utf-8")
