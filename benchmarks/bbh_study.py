@@ -94,9 +94,61 @@ class StudySettings:
         }
 
 
-def compose_system(method: str, objective: str) -> str:
-    """The name of a compose row, e.g. ``compose lorahub/lm``."""
-    return f"compose {method}/{objective}"
+def compose_system(method: str, objective: str, layer_groups: int = 1, restarts: int = 1) -> str:
+    """The name of a compose row, e.g. ``compose lorahub/lm`` or ``compose lorahub/choice/g3``."""
+    name = f"compose {method}/{objective}"
+    if layer_groups > 1:
+        name += f"/g{layer_groups}"
+    if restarts > 1:
+        name += f"/r{restarts}"
+    return name
+
+
+@dataclass(frozen=True)
+class ComposeSpec:
+    """One compose row: ``method/objective[/gN][/rN]`` (N layer groups, N restarts)."""
+
+    method: str
+    objective: str
+    layer_groups: int = 1
+    restarts: int = 1
+
+    @property
+    def name(self) -> str:
+        return compose_system(self.method, self.objective, self.layer_groups, self.restarts)
+
+    @classmethod
+    def parse(cls, spec: str) -> ComposeSpec:
+        """``lorahub/choice/g3/r3`` -> its spec; :class:`ConfigError` naming a bad part."""
+        from composer.methods import METHODS
+        from composer.objectives import OBJECTIVES
+
+        parts = spec.strip().removeprefix("compose ").split("/")
+        if len(parts) < 2:
+            raise ConfigError(f"--compose {spec!r}: expected METHOD/OBJECTIVE[/gN][/rN]")
+        method, objective, *extra = parts
+        if method not in METHODS:
+            raise ConfigError(f"--compose {spec!r}: unknown method; known: {', '.join(METHODS)}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(
+                f"--compose {spec!r}: unknown objective; known: {', '.join(OBJECTIVES)}"
+            )
+        options = {"g": 1, "r": 1}
+        for part in extra:
+            if part[:1] not in options or not part[1:].isdigit() or int(part[1:]) < 1:
+                raise ConfigError(f"--compose {spec!r}: {part!r} is not gN or rN (N >= 1)")
+            options[part[0]] = int(part[1:])
+        return cls(method, objective, options["g"], options["r"])
+
+
+def hydra_system(compose_name: str) -> str:
+    """The Hydra composition row built from a compose row's weights."""
+    return f"hydra from {compose_name.removeprefix('compose ')}"
+
+
+def hydra_module_system(folder: Path) -> str:
+    """The row of a ready Hydra module (e.g. trained on the upstream mixture)."""
+    return f"hydra module {folder.name}"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -250,16 +302,18 @@ class Study:
         settings: StudySettings,
         out: Path,
         *,
-        methods: Sequence[str],
-        objectives: Sequence[str],
+        compose: Sequence[ComposeSpec],
         oracle: bool,
+        hydra_heads: int = 0,
+        hydra_modules: Sequence[Path] = (),
         quiet: bool = False,
     ) -> None:
         self.settings = settings
         self.out = out
-        self.methods = list(methods)
-        self.objectives = list(objectives)
+        self.compose = list(compose)
         self.oracle = oracle
+        self.hydra_heads = hydra_heads
+        self.hydra_modules = {hydra_module_system(f): f for f in hydra_modules}
         self.quiet = quiet
         self.loaded: LoadedModel | None = None
         self.computed: list[tuple[str, int, str]] = []
@@ -334,7 +388,11 @@ class Study:
         if self.oracle:
             names.append(ORACLE)
         names.append(UNIFORM)
-        names += [compose_system(m, o) for m in self.methods for o in self.objectives]
+        names += [spec.name for spec in self.compose]
+        if self.hydra_heads:
+            names += [hydra_system(spec.name) for spec in self.compose
+                      if spec.method == "lorahub" and spec.layer_groups == 1]
+        names += list(self.hydra_modules)
         return [*names, IN_CONTEXT]
 
     def run(self, tasks: dict[str, Path], seeds: Sequence[int]) -> None:
@@ -403,10 +461,16 @@ class Study:
                 record(name, scored, t0)
             elif name in (SINGLE, UNIFORM, ORACLE):
                 record(name, self._lorahub_system(name, loaded, candidates, few, test), t0)
+            elif name in self.hydra_modules:
+                record(name, self._hydra_module_system(self.hydra_modules[name], loaded, test), t0)
+            elif name.startswith("hydra from "):
+                source = "compose " + name.removeprefix("hydra from ")
+                weights = systems[source]["weights"]
+                record(name, self._hydra_compose_system(weights, seed, loaded, candidates, few,
+                                                        test), t0)
             else:
-                method, objective = name.removeprefix("compose ").split("/")
-                record(name, self._compose_system(method, objective, seed, loaded, candidates,
-                                                  few, test), t0)
+                spec = ComposeSpec.parse(name)
+                record(name, self._compose_system(spec, seed, loaded, candidates, few, test), t0)
 
     def _candidate(self, name: str) -> Candidate:
         from composer.candidates import read_candidate
@@ -464,8 +528,7 @@ class Study:
 
     def _compose_system(
         self,
-        method: str,
-        objective: str,
+        spec: ComposeSpec,
         seed: int,
         loaded: LoadedModel,
         candidates: Sequence[Candidate],
@@ -477,21 +540,73 @@ class Study:
         from composer.search import SearchConfig
 
         config = ComposeConfig(
-            method=method, objective=objective,
+            method=spec.method, objective=spec.objective, layer_groups=spec.layer_groups,
+            restarts=spec.restarts,
             search=SearchConfig(budget=self.settings.budget, seed=seed),
             use_chat_template=self.settings.use_chat_template,
         )
         result = compose(loaded, candidates, few, config, progress=False)
-        with ComposeSession(loaded, candidates, get_method(method)) as session:
+        with ComposeSession(loaded, candidates, get_method(spec.method),
+                            layer_groups=spec.layer_groups) as session:
             session.set_weights(result.weights)
             scored = score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
-        return {
+        out = {
             **scored,
             "weights": [round(float(w), 6) for w in result.weights],
-            "few_shot_loss": round(result.search.loss, 6),
+            "few_shot_loss": round(result.loss, 6),
             "few_shot_loss_zero_weights": round(result.zero_loss, 6),
             "search_seconds": round(result.seconds, 2),
         }
+        if result.restarts:
+            out["restarts"] = [{"seed": r.seed, "cv_loss": round(r.cv_loss, 6)}
+                               for r in result.restarts]
+        return out
+
+    def _hydra_compose_system(
+        self,
+        weights: Sequence[float],
+        seed: int,
+        loaded: LoadedModel,
+        candidates: Sequence[Candidate],
+        few: Sequence[Example],
+        test: Sequence[Example],
+    ) -> dict[str, Any]:
+        """A Hydra module from a compose row's weights, router fitted on the few-shot set."""
+        from composer.hydra.compose import compose_hydra_module, lora_candidate_from
+        from composer.hydra.runtime import attach_hydra
+
+        chat = self.settings.use_chat_template
+        built = compose_hydra_module(
+            loaded, [lora_candidate_from(c) for c in candidates], weights, few, None,
+            num_heads=min(self.hydra_heads, len(candidates)), use_chat_template=chat, seed=seed,
+        )
+        handle = attach_hydra(loaded.model, built.module)
+        try:
+            scored = score_test(loaded, test, use_chat_template=chat)
+        finally:
+            handle.detach()
+        fit = built.fit
+        return {
+            **scored,
+            "heads": built.module.config.num_heads,
+            "few_shot_loss_before_fit": round(fit.fewshot_loss_before, 6) if fit else None,
+            "few_shot_loss_after_fit": round(fit.fewshot_loss_after, 6) if fit else None,
+        }
+
+    def _hydra_module_system(
+        self, folder: Path, loaded: LoadedModel, test: Sequence[Example]
+    ) -> dict[str, Any]:
+        """A ready Hydra module (no few-shot adaptation) scored on the test split."""
+        from composer.hydra.format import load_hydra
+        from composer.hydra.runtime import attach_hydra
+
+        module = load_hydra(folder)
+        handle = attach_hydra(loaded.model, module, dtype=loaded.dtype)
+        try:
+            scored = score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
+        finally:
+            handle.detach()
+        return {**scored, "heads": module.config.num_heads, "module": str(folder)}
 
 
 # --------------------------------------------------------------------------- report
@@ -615,6 +730,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="lorahub,mixed-rank", help="composition methods")
     p.add_argument("--objectives", default=None,
                    help="search objectives (default: every one the composer offers of lm, choice)")
+    p.add_argument("--compose", default=None,
+                   help="compose rows as METHOD/OBJECTIVE[/gN][/rN] (N layer groups, N restarts), "
+                        "comma-separated; default: every --methods x --objectives pair")
+    p.add_argument("--hydra-heads", type=int, default=0,
+                   help="also build a Hydra module with this many heads from each lorahub "
+                        "compose row's weights (router fitted on the few-shot examples)")
+    p.add_argument("--hydra-module", type=Path, action="append", default=[],
+                   help="also score this ready Hydra module folder (repeatable)")
     p.add_argument("--oracle", action="store_true",
                    help="also report the best single module chosen on the test split (k evals)")
     p.add_argument("--no-chat-template", action="store_true")
@@ -638,6 +761,11 @@ def main(argv: Sequence[str] | None = None) -> Study:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if args.test_limit is not None and args.test_limit < 1:
         raise ConfigError(f"--test-limit must be >= 1, got {args.test_limit}")
+    if args.hydra_heads < 0:
+        raise ConfigError(f"--hydra-heads must be >= 0, got {args.hydra_heads}")
+    for folder in args.hydra_module:
+        if not (folder / "hydra_config.json").is_file():
+            raise ModuleNotFound(f"--hydra-module {folder}: no hydra_config.json there")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -649,6 +777,10 @@ def main(argv: Sequence[str] | None = None) -> Study:
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown:
             raise ConfigError(f"--objectives {','.join(unknown)}: known: {', '.join(OBJECTIVES)}")
+    if args.compose:
+        compose = [ComposeSpec.parse(c) for c in args.compose.split(",") if c.strip()]
+    else:
+        compose = [ComposeSpec(m, o) for m in methods for o in objectives]
     tasks = task_files(args.tasks_dir, [t.strip() for t in args.tasks.split(",") if t.strip()])
     settings = StudySettings(
         tasks_dir=str(args.tasks_dir.resolve()),
@@ -663,8 +795,9 @@ def main(argv: Sequence[str] | None = None) -> Study:
     )
     if args.report_only and not args.out.is_file():
         raise ConfigError(f"--report-only: no results file {args.out}")
-    study = Study(settings, args.out, methods=methods, objectives=objectives,
-                  oracle=args.oracle, quiet=args.quiet)
+    study = Study(settings, args.out, compose=compose, oracle=args.oracle,
+                  hydra_heads=args.hydra_heads, hydra_modules=args.hydra_module,
+                  quiet=args.quiet)
     if args.report_only:
         print(report(study.results, study.systems()))
         return study

@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,22 @@ from composer.cards import render_card, settings_table
 from composer.data import Example
 from composer.evaluate import EvalConfig, evaluate_examples
 from composer.lora_runtime import attached
-from composer.methods import CompositionMethod, ExportedLora, get_method
+from composer.methods import CompositionMethod, ExportedLora, build_bank, get_method
 from composer.models import LoadedModel
 from composer.objectives import Objective, get_objective
 from composer.search import (
     SearchConfig,
     SearchResult,
     generation_size,
+    l1_penalty,
     nevergrad_name,
     search_weights,
 )
 from loradex import __version__
 from loradex.errors import ConfigError
+
+RESTART_PICKS = ("best", "average")
+MAX_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,29 @@ class ComposeConfig:
         default=False, metadata={"help": "evaluate a whole CMA-ES generation in one forward"}
     )
     use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
+    layer_groups: int = field(
+        default=1,
+        metadata={"help": "one weight per candidate per block of consecutive layers (1 = paper)"},
+    )
+    restarts: int = field(
+        default=1,
+        metadata={"help": "searches from seeds seed..seed+N-1, picked by cross-validation"},
+    )
+    restart_pick: str = field(
+        default="best",
+        metadata={"help": "best: the seed with the lowest held-out loss; average: mean weights"},
+    )
 
     def make_method(self) -> CompositionMethod:
         """The configured composition method (raises ConfigError for bad combinations)."""
         if self.svd_rank is not None and self.method != "mixed-rank":
             raise ConfigError("--svd-rank only applies to --method mixed-rank")
+        if self.layer_groups < 1:
+            raise ConfigError(f"--layer-groups must be >= 1, got {self.layer_groups}")
+        if self.restarts < 1:
+            raise ConfigError(f"--restarts must be >= 1, got {self.restarts}")
+        if self.restart_pick not in RESTART_PICKS:
+            raise ConfigError(f"--restart-pick must be one of {', '.join(RESTART_PICKS)}")
         options = {"svd_rank": self.svd_rank} if self.method == "mixed-rank" else {}
         return get_method(self.method, **options)
 
@@ -78,14 +100,17 @@ class ComposeSession:
         method: CompositionMethod,
         *,
         max_groups: int = 1,
+        layer_groups: int = 1,
     ) -> None:
         self.loaded = loaded
         self.candidates = list(candidates)
         self.method = method
         layers = [load_layers(c) for c in candidates]
-        self.bank = method.build_bank(
-            candidates, layers, max_groups=max_groups, device=loaded.device, dtype=loaded.dtype
+        self.bank = build_bank(
+            method, candidates, layers, max_groups=max_groups, device=loaded.device,
+            dtype=loaded.dtype, layer_groups=layer_groups,
         )
+        self.layer_groups = layer_groups
         self.max_groups = max_groups
         self._stack = ExitStack()
         self._wrapped: dict[str, Any] = {}
@@ -103,11 +128,20 @@ class ComposeSession:
 
     @property
     def n(self) -> int:
-        """Number of candidates (the length of a weight vector)."""
+        """Number of candidates."""
         return len(self.candidates)
 
+    @property
+    def dim(self) -> int:
+        """Length of a weight vector: one weight per candidate (per layer group)."""
+        return self.bank.dim
+
+    def per_candidate(self, weights: Sequence[float] | np.ndarray) -> np.ndarray:
+        """A weight vector giving candidate ``i`` weight ``weights[i]`` in every layer group."""
+        return np.tile(np.asarray(weights, dtype=np.float64), self.layer_groups)
+
     def set_weights(self, weights: np.ndarray) -> None:
-        """Make the live LoRA(s) the composition of ``weights`` (``[n]`` or ``[g, n]``)."""
+        """Make the live LoRA(s) the composition of ``weights`` (``[dim]`` or ``[g, dim]``)."""
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         g = w.shape[0]
         if g > self.max_groups:
@@ -118,7 +152,7 @@ class ComposeSession:
         self.bank.set_weights(torch.from_numpy(w).to(self.loaded.device))
 
     def losses(self, objective: Objective, weights: np.ndarray) -> np.ndarray:
-        """The objective's loss for each row of ``weights [g, n]``."""
+        """The objective's loss for each row of ``weights [g, dim]``."""
         w = np.atleast_2d(weights)
         self.set_weights(w)
         return objective.losses(w.shape[0]).numpy()
@@ -135,18 +169,48 @@ class HoldoutRow:
 
 
 @dataclass
+class RestartRecord:
+    """One restart of the search: its seed, cross-validated loss and (when run) full search."""
+
+    seed: int
+    cv_loss: float  # mean held-out loss over the folds
+    fold_losses: list[float]
+    loss: float | None = None  # few-shot loss of its search on all examples
+    weights: list[float] | None = None
+
+
+@dataclass
 class ComposeResult:
     """Everything a composition run found."""
 
     weights: np.ndarray
-    search: SearchResult
+    search: SearchResult  # the search whose curve is plotted (the picked seed's)
     zero_loss: float
     exported: ExportedLora
     candidates: list[Candidate]
     config: ComposeConfig
     seconds: float
     population: int  # points per batched evaluation (1 = sequential)
+    loss: float  # few-shot loss at ``weights``
+    objective: float  # loss + L1 penalty at ``weights``
     holdout: list[HoldoutRow] = field(default_factory=list)
+    restarts: list[RestartRecord] = field(default_factory=list)
+    folds: int = 0
+
+    def weights_by_group(self) -> np.ndarray:
+        """The weights as ``[layer_groups, candidates]``."""
+        return np.asarray(self.weights).reshape(self.config.layer_groups, len(self.candidates))
+
+    def parent_weights(self) -> np.ndarray:
+        """One weight per candidate: its mean over the layer groups."""
+        return self.weights_by_group().mean(axis=0)
+
+
+def cv_folds(n_examples: int) -> list[np.ndarray]:
+    """Indices of the held-out examples of each fold: leave-one-out up to 5 examples, else 5."""
+    if n_examples < 2:
+        raise ConfigError("--restarts > 1 needs at least 2 few-shot examples to cross-validate")
+    return list(np.array_split(np.arange(n_examples), min(n_examples, MAX_FOLDS)))
 
 
 def compose(
@@ -158,37 +222,52 @@ def compose(
     holdout: Sequence[Example] = (),
     progress: bool = True,
 ) -> ComposeResult:
-    """Search the candidates' weights on ``examples``; return the composed module."""
+    """Search the candidates' weights on ``examples``; return the composed module.
+
+    With ``config.restarts`` = N > 1 the search runs from seeds ``seed .. seed+N-1``. Each seed
+    is scored by cross-validation on the few-shot examples (leave-one-out for up to 5
+    examples, else 5 folds: search on the rest, score the held-out loss), which costs N x folds
+    searches. ``restart_pick`` ``best`` then searches all examples with the seed of the lowest
+    held-out loss; ``average`` searches all examples with every seed and averages the weights.
+    """
     config = config or ComposeConfig()
     method = config.make_method()
     method.check(candidates, base_model=loaded.name)
-    objective = get_objective(config.objective)
-    objective.prepare(loaded, examples, use_chat_template=config.use_chat_template)
+    objective = _prepared(loaded, config, examples)
     search_cfg = config.search
     search_cfg.validate()
     if config.batched_population and search_cfg.population == 1:
-        from dataclasses import replace
-
         search_cfg = replace(search_cfg, population=0)
-    population = generation_size(search_cfg, len(candidates))
+    dim = len(candidates) * config.layer_groups
+    population = generation_size(search_cfg, dim)
+    folds = cv_folds(len(examples)) if config.restarts > 1 else []
 
     started = time.perf_counter()
-    with ComposeSession(loaded, candidates, method, max_groups=population) as session:
-        zero_loss = float(session.losses(objective, np.zeros((1, session.n)))[0])
+    with ComposeSession(
+        loaded, candidates, method, max_groups=population, layer_groups=config.layer_groups
+    ) as session:
+        zero_loss = float(session.losses(objective, np.zeros((1, session.dim)))[0])
 
-        def evaluate(points: np.ndarray) -> np.ndarray:
-            return session.losses(objective, points)
+        def run(obj: Objective, seed: int, desc: str) -> SearchResult:
+            return search_weights(
+                lambda points: session.losses(obj, points), session.dim,
+                replace(search_cfg, seed=seed), progress=progress, desc=desc,
+            )
 
-        result = search_weights(evaluate, session.n, search_cfg, progress=progress)
+        if folds:
+            picked = _restarted_search(session, run, loaded, config, examples, objective, folds)
+        else:
+            picked = _Picked.of(run(objective, search_cfg.seed, "compose"))
+        result, weights, records = picked.search, picked.weights, picked.records
         seconds = time.perf_counter() - started
         rows = (
-            holdout_report(session, holdout, result.weights, config, progress=progress)
+            holdout_report(session, holdout, weights, config, progress=progress)
             if holdout
             else []
         )
-        exported = session.bank.export(result.weights)
+        exported = session.bank.export(weights)
     return ComposeResult(
-        weights=result.weights,
+        weights=np.asarray(weights),
         search=result,
         zero_loss=zero_loss,
         exported=exported,
@@ -196,8 +275,71 @@ def compose(
         config=config,
         seconds=seconds,
         population=population,
+        loss=picked.loss,
+        objective=picked.objective,
         holdout=rows,
+        restarts=records,
+        folds=len(folds),
     )
+
+
+@dataclass
+class _Picked:
+    """The weights a compose run keeps, with the search whose curve is plotted."""
+
+    search: SearchResult
+    weights: np.ndarray
+    loss: float
+    objective: float
+    records: list[RestartRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, search: SearchResult, records: list[RestartRecord] | None = None) -> _Picked:
+        return cls(search, search.weights, search.loss, search.objective, records or [])
+
+
+def _restarted_search(
+    session: ComposeSession,
+    run: Callable[[Objective, int, str], SearchResult],
+    loaded: LoadedModel,
+    config: ComposeConfig,
+    examples: Sequence[Example],
+    objective: Objective,
+    folds: Sequence[np.ndarray],
+) -> _Picked:
+    """Score seeds ``seed .. seed+N-1`` by cross-validation, then search all the examples."""
+    first_seed = config.search.seed
+    records: list[RestartRecord] = []
+    for r in range(config.restarts):
+        seed = first_seed + r
+        fold_losses = []
+        for k, held in enumerate(folds):
+            left_out = set(held.tolist())
+            keep = [e for i, e in enumerate(examples) if i not in left_out]
+            fit = run(_prepared(loaded, config, keep), seed,
+                      f"restart {r + 1}/{config.restarts} fold {k + 1}/{len(folds)}")
+            scorer = _prepared(loaded, config, [examples[i] for i in sorted(left_out)])
+            fold_losses.append(float(session.losses(scorer, fit.weights[None])[0]))
+        records.append(RestartRecord(seed, float(np.mean(fold_losses)), fold_losses))
+
+    best = min(records, key=lambda rec: rec.cv_loss)
+    searches: dict[int, SearchResult] = {}
+    for rec in records if config.restart_pick == "average" else [best]:
+        searches[rec.seed] = run(objective, rec.seed, f"seed {rec.seed}, all examples")
+        rec.loss = searches[rec.seed].loss
+        rec.weights = [float(x) for x in searches[rec.seed].weights]
+    if config.restart_pick == "best":
+        return _Picked.of(searches[best.seed], records)
+    weights = np.mean([found.weights for found in searches.values()], axis=0)
+    loss = float(session.losses(objective, weights[None])[0])
+    penalty = float(l1_penalty(weights[None], config.search.l1, config.search.l1_form)[0])
+    return _Picked(searches[best.seed], weights, loss, loss + penalty, records)
+
+
+def _prepared(loaded: LoadedModel, config: ComposeConfig, examples: Sequence[Example]) -> Objective:
+    objective = get_objective(config.objective)
+    objective.prepare(loaded, examples, use_chat_template=config.use_chat_template)
+    return objective
 
 
 def holdout_report(
@@ -212,13 +354,13 @@ def holdout_report(
     from tqdm.auto import tqdm
 
     settings: list[tuple[str, np.ndarray]] = [
-        ("zero weights (base model)", np.zeros(session.n)),
+        ("zero weights (base model)", np.zeros(session.dim)),
         ("composed", np.asarray(weights)),
     ]
     for i, cand in enumerate(session.candidates):
         one = np.zeros(session.n)
         one[i] = 1.0
-        settings.append((f"only {cand.repo_id}", one))
+        settings.append((f"only {cand.repo_id}", session.per_candidate(one)))
     eval_cfg = EvalConfig(use_chat_template=config.use_chat_template)
     rows = []
     for label, w in tqdm(settings, desc="holdout", disable=not progress):
@@ -240,7 +382,7 @@ def lineage(result: ComposeResult) -> list[dict[str, Any]]:
             "weight": round(float(w), 8),
             "role": "parent",
         }
-        for c, w in zip(result.candidates, result.weights, strict=True)
+        for c, w in zip(result.candidates, result.parent_weights(), strict=True)
     ]
 
 
@@ -268,19 +410,33 @@ def provenance(
             "l1_form": s.l1_form,
             "bound": s.bound,
             "population": result.population,
+            "layer_groups": result.config.layer_groups,
             "chat_template": result.config.use_chat_template,
             "few_shot_file": Path(examples_file).name if examples_file else None,
             "few_shot_sha256": examples_sha256,
             "few_shot_examples": n_examples,
             "loss_zero_weights": round(result.zero_loss, 6),
-            "loss": round(result.search.loss, 6),
-            "objective_value": round(result.search.objective, 6),
+            "loss": round(result.loss, 6),
+            "objective_value": round(result.objective, 6),
             "loss_curve": [round(v, 6) for v in result.search.curve],
             "seconds": round(result.seconds, 2),
             **{k: v for k, v in result.exported.info.items() if k != "use_rslora"},
         },
         "lineage": lineage(result),
     }
+    if result.config.layer_groups > 1:
+        block["composition"]["layer_group_weights"] = [
+            [round(float(w), 8) for w in row] for row in result.weights_by_group()
+        ]
+    if result.restarts:
+        block["composition"]["restarts"] = {
+            "pick": result.config.restart_pick,
+            "folds": result.folds,
+            "runs": [
+                asdict(r) | {"weights": [round(w, 8) for w in r.weights] if r.weights else None}
+                for r in result.restarts
+            ],
+        }
     if loaded.gguf_file:
         block["base_model_file"] = Path(loaded.gguf_file).name
     if result.holdout:
@@ -379,13 +535,35 @@ def _card_body(result: ComposeResult, block: dict[str, Any]) -> str:
         "",
         "## Parents",
         "",
-        "| module | revision | weight |",
-        "|---|---|---|",
     ]
+    if result.config.layer_groups > 1:
+        lines += [
+            f"Weights were searched per candidate for each of {result.config.layer_groups} "
+            "groups of consecutive layers; the table shows their mean, the provenance block "
+            "`layer_group_weights` all of them.",
+            "",
+        ]
+    lines += ["| module | revision | weight |", "|---|---|---|"]
     for entry in block["lineage"]:
         revision = entry["revision"] or "-"
         lines.append(f"| {entry['repo_id']} | {revision} | {entry['weight']:+.4f} |")
-    settings = {k: v for k, v in comp.items() if k != "loss_curve"}
+    if result.restarts:
+        lines += [
+            "",
+            "## Restarts",
+            "",
+            f"Each seed was scored by {result.folds}-fold cross-validation on the few-shot "
+            f"examples; pick: {result.config.restart_pick}.",
+            "",
+            "| seed | held-out loss (mean of folds) | few-shot loss (all examples) |",
+            "|---|---|---|",
+        ]
+        for rec in result.restarts:
+            lines.append(f"| {rec.seed} | {rec.cv_loss:.4f} | {_fmt(rec.loss)} |")
+    settings = {
+        k: v for k, v in comp.items()
+        if k not in ("loss_curve", "layer_group_weights", "layer_group_spans", "restarts")
+    }
     lines += ["", "## Settings", "", settings_table(settings)]
     if result.holdout:
         lines += [

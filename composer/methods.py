@@ -9,12 +9,17 @@ as the tensors of a PEFT adapter folder.
 - ``mixed-rank``: the exact ``sum w_i s_i B_i A_i`` as one LoRA of rank ``sum r_i`` (any ranks),
   optionally compressed by SVD to a chosen rank.
 
+Either method can also search one weight per candidate *per block of consecutive layers*
+(:func:`build_bank` with ``layer_blocks > 1``): the weight vector then has ``blocks * n``
+entries, block-major, and each block's layers are composed by their own slice of it.
+
 Add a method by subclassing :class:`CompositionMethod` and decorating it with
 :func:`register_method`.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +69,11 @@ class WeightBank(ABC):
     @abstractmethod
     def export(self, weights: np.ndarray) -> ExportedLora:
         """The composed module for one weight vector, as PEFT tensors (float32, on CPU)."""
+
+    @property
+    def dim(self) -> int:
+        """Length of one weight vector (one weight per candidate unless split by layer block)."""
+        return self.n_candidates
 
     def bind(self, wrapped: Mapping[str, GroupedLoraLinear], groups: int) -> None:
         """Point every wrapped layer at this bank's views for ``groups`` groups."""
@@ -323,3 +333,112 @@ class MixedRankMethod(CompositionMethod):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "svd_rank": self.svd_rank}
+
+
+# --------------------------------------------------------------------------- layer blocks
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _block_key(path: str) -> tuple[str, int]:
+    """``model.layers.12.self_attn.q_proj`` -> ``("model.layers.", 12)``: the stack and depth."""
+    match = _NUMBER.search(path)
+    if match is None:
+        return (path, -1)
+    return (path[: match.start()], int(match.group()))
+
+
+def layer_blocks(paths: Sequence[str], blocks: int) -> list[list[str]]:
+    """Split adapted layer paths into ``blocks`` runs of consecutive transformer blocks.
+
+    Paths are grouped by their stack and block number (``model.layers.12.*`` belongs to block
+    12; an encoder-decoder has two stacks, encoder first only by name order), the blocks are
+    ordered by stack then depth and cut into ``blocks`` near-equal runs. Raises
+    :class:`ConfigError` when there are fewer transformer blocks than ``blocks``.
+    """
+    by_block: dict[tuple[str, int], list[str]] = {}
+    for path in paths:
+        by_block.setdefault(_block_key(path), []).append(path)
+    keys = sorted(by_block)
+    if not 1 <= blocks <= len(keys):
+        raise ConfigError(
+            f"--layer-groups must be between 1 and the number of adapted blocks ({len(keys)}), "
+            f"got {blocks}"
+        )
+    runs = np.array_split(np.arange(len(keys)), blocks)
+    return [[p for i in run for p in by_block[keys[int(i)]]] for run in runs]
+
+
+class LayerBlockBank(WeightBank):
+    """One bank per block of layers; the weight vector is ``[blocks * n]``, block-major."""
+
+    def __init__(self, banks: Sequence[WeightBank], blocks: Sequence[Sequence[str]]) -> None:
+        self.banks = list(banks)
+        self.blocks = [list(b) for b in blocks]
+        self.layer_paths = [p for bank in self.banks for p in bank.layer_paths]
+        self.n_candidates = self.banks[0].n_candidates
+        self.scale = self.banks[0].scale
+
+    @property
+    def dim(self) -> int:
+        return self.n_candidates * len(self.banks)
+
+    def _split(self, weights: Any) -> Any:
+        return weights.reshape(weights.shape[0], len(self.banks), self.n_candidates)
+
+    def set_weights(self, weights: torch.Tensor) -> None:
+        per_block = self._split(weights)
+        for j, bank in enumerate(self.banks):
+            bank.set_weights(per_block[:, j, :].contiguous())
+
+    def views(self, groups: int) -> LayerViews:
+        views: LayerViews = {}
+        for bank in self.banks:
+            views.update(bank.views(groups))
+        return views
+
+    def export(self, weights: np.ndarray) -> ExportedLora:
+        per_block = self._split(np.asarray(weights)[None])[0]
+        parts = [bank.export(per_block[j]) for j, bank in enumerate(self.banks)]
+        tensors: dict[str, torch.Tensor] = {}
+        for part in parts:
+            tensors.update(part.tensors)
+        info = dict(parts[0].info)
+        for key in info:
+            values = [p.info[key] for p in parts]
+            if key.endswith("_min"):
+                info[key] = min(values)
+            elif key.endswith("_mean"):
+                info[key] = round(float(np.mean(values)), 6)
+        info["layer_group_spans"] = [[block[0], block[-1]] for block in self.blocks]
+        return ExportedLora(rank=parts[0].rank, alpha=parts[0].alpha, tensors=tensors, info=info)
+
+
+def build_bank(
+    method: CompositionMethod,
+    candidates: Sequence[Candidate],
+    layers: Sequence[Mapping[str, LayerTensors]],
+    *,
+    max_groups: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    layer_groups: int = 1,
+) -> WeightBank:
+    """``method``'s bank for the candidates, with one weight per candidate per layer block."""
+    if layer_groups == 1:
+        return method.build_bank(
+            candidates, layers, max_groups=max_groups, device=device, dtype=dtype
+        )
+    paths = _layer_paths(layers, [c.repo_id for c in candidates])
+    blocks = layer_blocks(paths, layer_groups)
+    banks = [
+        method.build_bank(
+            candidates,
+            [{p: layer_map[p] for p in block} for layer_map in layers],
+            max_groups=max_groups,
+            device=device,
+            dtype=dtype,
+        )
+        for block in blocks
+    ]
+    return LayerBlockBank(banks, blocks)

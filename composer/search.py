@@ -124,6 +124,7 @@ def search_weights(
     config: SearchConfig,
     *,
     progress: bool = True,
+    desc: str = "compose",
 ) -> SearchResult:
     """Minimise ``evaluate(w) + penalty(w)`` over ``w`` in ``[-bound, bound]^dim`` from 0."""
     from tqdm.auto import tqdm
@@ -133,7 +134,7 @@ def search_weights(
     optimizer = _make_optimizer(config, dim)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    bar = tqdm(total=config.budget, desc="compose", unit="eval", disable=not progress)
+    bar = tqdm(total=config.budget, desc=desc, unit="eval", disable=not progress)
     try:
         while len(history) < config.budget:
             k = min(population, config.budget - len(history))

@@ -205,12 +205,21 @@ class RegistryStore:
         Each batch is one transaction; within a batch the last occurrence of a repo wins.
         """
         count = 0
+        analyzed = 0
         batch: list[Module] = []
         for module in modules:
             batch.append(module)
             if len(batch) >= batch_size:
                 count += self._write_batch(batch)
                 batch = []
+                if not self._sqlite and count >= 2 * max(analyzed, batch_size):
+                    # Without fresh statistics PostgreSQL plans each batch's key lookup
+                    # against a table it believes is empty (a sequential scan that grows
+                    # with the table); refreshing them whenever the table doubles keeps
+                    # the lookup on the unique index (159 s -> see BENCHMARKS.md).
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql("ANALYZE modules")
+                    analyzed = count
         if batch:
             count += self._write_batch(batch)
         if count >= _ANALYZE_AFTER:

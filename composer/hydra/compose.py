@@ -389,6 +389,8 @@ def compose_result_to_hydra(
 
     Uses ``result.weights`` over ``result.candidates``; the search settings go in the card.
     """
+    if result.config.layer_groups != 1:
+        raise ConfigError("--output hydra needs one weight per candidate (--layer-groups 1)")
     s = result.config.search
     provenance = {
         "optimizer": s.optimizer,
@@ -396,7 +398,7 @@ def compose_result_to_hydra(
         "seed": s.seed,
         "l1": s.l1,
         "bound": s.bound,
-        "lorahub_fewshot_loss": round(result.search.loss, 6),
+        "lorahub_fewshot_loss": round(result.loss, 6),
         "loss_zero_weights": round(result.zero_loss, 6),
     }
     candidates = [lora_candidate_from(c) for c in result.candidates]

@@ -7,6 +7,7 @@ command functions, so ``loradex --help`` stays fast.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,16 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "each single candidate.")
 @click.option("--batched-population", is_flag=True,
               help="Evaluate a whole CMA-ES generation in one batched forward.")
+@click.option("--layer-groups", default=1, show_default=True,
+              help="Search one weight per candidate for each of this many groups of "
+                   "consecutive layers (1: one weight per candidate, the paper).")
+@click.option("--restarts", default=1, show_default=True,
+              help="Search from seeds SEED..SEED+N-1 and score each by cross-validation on "
+                   "the examples (leave-one-out up to 5); costs N x folds extra searches.")
+@click.option("--restart-pick", default="best", show_default=True,
+              type=click.Choice(["best", "average"]),
+              help="With --restarts: best: the seed with the lowest held-out loss; average: "
+                   "the mean of every seed's weights.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
 @click.option("--output", "output_kind", default="lora", show_default=True,
@@ -310,7 +321,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             no_chat_template: bool, method: str, svd_rank: int | None, objective: str,
             optimizer: str,
             budget: int, l1: float, l1_form: str, bound: float, seed: int,
-            holdout: Path | None, batched_population: bool, out: Path, output_kind: str,
+            holdout: Path | None, batched_population: bool, layer_groups: int, restarts: int,
+            restart_pick: str, out: Path, output_kind: str,
             hydra_heads: int | None, router_steps: int, name: str | None,
             publish_repo: str | None, no_index: bool, overwrite: bool, as_json: bool) -> None:
     """Compose candidate LoRA modules into one for the task of --examples (LoraHub).
@@ -352,6 +364,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
                             bound=bound, seed=seed),
         batched_population=batched_population, use_chat_template=not no_chat_template,
+        layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick,
     )
     comp_method = config.make_method()
     config.search.validate()
@@ -379,6 +392,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
 
         if method != "lorahub":
             raise ConfigError("--output hydra needs --method lorahub (candidates of one rank)")
+        if layer_groups != 1:
+            raise ConfigError("--output hydra needs one weight per candidate (--layer-groups 1)")
         n_heads = hydra_head_count(hydra_heads, router_steps, len(candidates))
     click.echo(f"{len(candidates)} candidates, {len(few)} examples, method {method}", err=True)
 
@@ -417,14 +432,22 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         "method": method,
         "optimizer": optimizer,
         "loss_zero_weights": round(result.zero_loss, 6),
-        "loss": round(result.search.loss, 6),
-        "objective": round(result.search.objective, 6),
+        "loss": round(result.loss, 6),
+        "objective": round(result.objective, 6),
         "seconds": round(result.seconds, 2),
         "weights": {c.repo_id: round(float(w), 6)
-                    for c, w in zip(result.candidates, result.weights, strict=True)},
+                    for c, w in zip(result.candidates, result.parent_weights(), strict=True)},
         "registry_id": module_id,
         "published": f"{published.repo_id}@{published.revision}" if published else None,
     }
+    if layer_groups > 1:
+        summary["layer_group_weights"] = result.weights_by_group().round(6).tolist()
+    if result.restarts:
+        summary["restarts"] = [
+            {"seed": r.seed, "cv_loss": round(r.cv_loss, 6),
+             "loss": None if r.loss is None else round(r.loss, 6)}
+            for r in result.restarts
+        ]
     if result.holdout:
         summary["holdout"] = [row.__dict__ for row in result.holdout]
     if hydra_summary is not None:
@@ -432,8 +455,22 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    runs = f"{budget} evaluations"
+    if result.restarts:
+        searches = restarts * result.folds + sum(r.loss is not None for r in result.restarts)
+        runs = f"{searches} searches of {budget} evaluations"
     click.echo(f"few-shot loss {result.zero_loss:.4f} (zero weights) -> "
-               f"{result.search.loss:.4f} in {result.seconds:.1f}s ({budget} evaluations)")
+               f"{result.loss:.4f} in {result.seconds:.1f}s ({runs})")
+    if result.restarts:
+        cv = [r.cv_loss for r in result.restarts]
+        click.echo(f"restarts: held-out loss {statistics.mean(cv):.4f} +- "
+                   f"{statistics.pstdev(cv):.4f} over {len(cv)} seeds ({result.folds} folds); "
+                   f"pick {restart_pick}")
+        for rec in result.restarts:
+            full = "" if rec.loss is None else f"  all examples {rec.loss:.4f}"
+            click.echo(f"  seed {rec.seed}: held-out {rec.cv_loss:.4f}{full}")
+    mean_note = f" (mean of {layer_groups} layer groups)" if layer_groups > 1 else ""
+    click.echo(f"weights{mean_note}:")
     for repo_id, weight in summary["weights"].items():
         click.echo(f"  {weight:+.4f}  {repo_id}")
     if result.holdout:

@@ -185,3 +185,24 @@ def test_compose_objective_defaults_to_choice_when_every_example_has_choices(
                            "--out", str(tmp_path / "bad"), "--no-index", str(tiny["m0"])],
                           capsys)
     assert code == 2 and "needs 'choices' on every example" in err
+
+
+def test_compose_with_restarts_and_layer_groups(tiny, tmp_path, capsys, loradex_home):
+    argv = ["compose", "--examples", str(tiny["few"]), "--base-model", str(tiny["base"]),
+            "--budget", "3", "--restarts", "2", "--layer-groups", "2", "--no-index",
+            str(tiny["m0"]), str(tiny["m1"])]
+    code, out, err = run([*argv, "--out", str(tmp_path / "text")], capsys)
+    assert code == 0, err
+    assert "restarts: held-out loss" in out and "seed 0: held-out" in out
+    assert "(11 searches of 3 evaluations)" in out  # 2 seeds x 5 folds + the picked seed
+    assert "weights (mean of 2 layer groups):" in out
+    code, out, err = run([*argv, "--out", str(tmp_path / "json"), "--json",
+                          "--restart-pick", "average"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [r["seed"] for r in summary["restarts"]] == [0, 1]
+    assert all(r["loss"] is not None for r in summary["restarts"])
+    assert len(summary["layer_group_weights"]) == 2
+    code, _out, err = run([*argv[:-2], "--output", "hydra", "--out", str(tmp_path / "h"),
+                           str(tiny["m0"]), str(tiny["m1"])], capsys)
+    assert code == 2 and "--layer-groups 1" in err

@@ -215,3 +215,42 @@ def test_choice_picks_agree_with_loradex_eval(study_module, tiny_causal_dir, loa
     correct = sum(p == ex.target for p, ex in zip(scored["mc_picks"], examples[2:], strict=True))
     assert correct / len(examples[2:]) == pytest.approx(report.choice_accuracy)
     assert sum(scored["em_correct"]) / len(examples[2:]) == pytest.approx(report.exact_match)
+
+
+def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study, tmp_path,
+                                                       tiny_causal_dir, load_tiny):
+    from composer.hydra.format import save_hydra
+    from composer.hydra.runtime import init_hydra_module
+    from registry.hydra import HydraConfig
+
+    loaded = load_tiny(tiny_causal_dir)
+    config = HydraConfig(base_model="tiny", target_modules=("q_proj", "v_proj"), rank=4,
+                         alpha=8.0, num_heads=2)
+    # Zero heads: a Hydra module that changes nothing, so its row must equal zero-shot.
+    noop = save_hydra(init_hydra_module(loaded.model, config), tmp_path / "noop-hydra")
+    argv, out = tiny_study
+    study = study_module.main(argv("--tasks", "yesno", "--compose",
+                                   "lorahub/lm/g2,lorahub/lm/r2,lorahub/lm",
+                                   "--hydra-heads", "2", "--hydra-module", str(noop)))
+    systems = study.systems()
+    assert systems[3:-1] == ["compose lorahub/lm/g2", "compose lorahub/lm/r2",
+                             "compose lorahub/lm", "hydra from lorahub/lm/r2",
+                             "hydra from lorahub/lm", "hydra module noop-hydra"]
+    cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]["systems"]
+    assert len(cell["compose lorahub/lm/g2"]["weights"]) == 2 * 2
+    assert [r["seed"] for r in cell["compose lorahub/lm/r2"]["restarts"]] == [0, 1]
+    assert cell["hydra from lorahub/lm"]["heads"] == 2
+    assert cell["hydra module noop-hydra"]["mc_picks"] == cell["zero-shot"]["mc_picks"]
+    assert cell["hydra module noop-hydra"]["answers"] == cell["zero-shot"]["answers"]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("lorahub", "expected METHOD/OBJECTIVE"),
+    ("nope/lm", "unknown method"),
+    ("lorahub/nope", "unknown objective"),
+    ("lorahub/lm/x3", "'x3' is not gN or rN"),
+    ("lorahub/lm/g0", "'g0' is not gN or rN"),
+])
+def test_bad_compose_specs_are_refused(study_module, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        study_module.ComposeSpec.parse(spec)
