@@ -389,9 +389,10 @@ class Study:
             names.append(ORACLE)
         names.append(UNIFORM)
         names += [spec.name for spec in self.compose]
-        if self.hydra_heads:
-            names += [hydra_system(spec.name) for spec in self.compose
-                      if spec.method == "lorahub" and spec.layer_groups == 1]
+        source = next((spec.name for spec in self.compose
+                       if spec.method == "lorahub" and spec.layer_groups == 1), None)
+        if self.hydra_heads and source:
+            names.append(hydra_system(source))
         names += list(self.hydra_modules)
         return [*names, IN_CONTEXT]
 
@@ -734,8 +735,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="compose rows as METHOD/OBJECTIVE[/gN][/rN] (N layer groups, N restarts), "
                         "comma-separated; default: every --methods x --objectives pair")
     p.add_argument("--hydra-heads", type=int, default=0,
-                   help="also build a Hydra module with this many heads from each lorahub "
-                        "compose row's weights (router fitted on the few-shot examples)")
+                   help="also build a Hydra module with this many heads from the weights of "
+                        "the first lorahub compose row without layer groups (router fitted on "
+                        "the few-shot examples)")
     p.add_argument("--hydra-module", type=Path, action="append", default=[],
                    help="also score this ready Hydra module folder (repeatable)")
     p.add_argument("--oracle", action="store_true",

@@ -235,11 +235,11 @@ def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study
     systems = study.systems()
     assert systems[3:-1] == ["compose lorahub/lm/g2", "compose lorahub/lm/r2",
                              "compose lorahub/lm", "hydra from lorahub/lm/r2",
-                             "hydra from lorahub/lm", "hydra module noop-hydra"]
+                             "hydra module noop-hydra"]
     cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]["systems"]
     assert len(cell["compose lorahub/lm/g2"]["weights"]) == 2 * 2
     assert [r["seed"] for r in cell["compose lorahub/lm/r2"]["restarts"]] == [0, 1]
-    assert cell["hydra from lorahub/lm"]["heads"] == 2
+    assert cell["hydra from lorahub/lm/r2"]["heads"] == 2
     assert cell["hydra module noop-hydra"]["mc_picks"] == cell["zero-shot"]["mc_picks"]
     assert cell["hydra module noop-hydra"]["answers"] == cell["zero-shot"]["answers"]
 
