@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from loradex.errors import HubUnavailable, InvalidAdapter, LoradexError
+from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexError
 from registry.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -28,14 +28,13 @@ from registry.adapter_files import (
     PICKLE_WEIGHTS,
     module_from_metadata,
 )
-from registry.entities import Module, ModuleFile
+from registry.entities import Module, ModuleFile, SyncState
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import hydra_module_from_metadata
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo
-    from sqlalchemy import Engine
 
     from hub_client.client import HubClient
     from registry.store import RegistryStore
@@ -59,6 +58,10 @@ class SyncOptions:
     retry_failed: bool = field(
         default=False, metadata={"help": "refetch broken repos at an unchanged sha"}
     )
+    prune: bool = field(
+        default=False,
+        metadata={"help": "remove modules whose repo the Hub no longer lists (deleted, private)"},
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -70,14 +73,16 @@ class SyncReport:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    removed: int | None = None  # None: not pruned
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         """The one summary line ``loradex sync`` prints."""
-        return (
+        line = (
             f"new {self.new}, updated {self.updated}, unchanged {self.unchanged}, "
             f"failed {self.failed}"
         )
+        return line if self.removed is None else f"{line}, removed {self.removed}"
 
 
 def adapter_filters(base_model: str | None) -> list[str]:
@@ -182,6 +187,11 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
     """Sync the adapters ``options`` selects from ``client``'s Hub into ``store``."""
     from tqdm import tqdm
 
+    if options.prune and (options.limit or options.base_model):
+        raise ConfigError(
+            "--prune needs the complete listing: it cannot be combined with --limit or "
+            "--base-model"
+        )
     report = SyncReport()
     client.check_reachable()
     states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
@@ -220,7 +230,17 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
                 bar.update(1)
         finally:
             writer.flush()  # also on Ctrl-C: what was fetched is kept, the rest resumes
+    if options.prune:
+        gone = [r for r in states if r not in listed and _in_scope(r, options)]
+        report.removed = store.forget_repos(client.endpoint, gone)
     return report
+
+
+def _in_scope(repo_id: str, options: SyncOptions) -> bool:
+    """Whether a listing with ``options``' author and search would show ``repo_id``."""
+    if options.author and repo_id.split("/", 1)[0].lower() != options.author.lower():
+        return False
+    return not options.search or options.search.lower() in repo_id.lower()
 
 
 class _BatchWriter:
@@ -239,7 +259,7 @@ class _BatchWriter:
         self.endpoint = endpoint
         self.report = report
         self.modules: list[Module] = []
-        self.states: list[dict[str, Any]] = []
+        self.states: list[SyncState] = []
         self.pending: list[tuple[str, bool, str | None]] = []  # (repo, known, failure reason)
         self.started = time.monotonic()
 
@@ -247,12 +267,12 @@ class _BatchWriter:
         """Queue one repo's outcome; flush when the batch is full or old enough."""
         if isinstance(outcome, Module):
             self.modules.append(outcome)
-            self.states.append(_state(self.endpoint, info.id, info.sha, STATUS_OK, None))
+            self.states.append(SyncState(self.endpoint, info.id, info.sha, STATUS_OK, None))
             self.pending.append((info.id, known, None))
         else:
             status = STATUS_SKIPPED if isinstance(outcome, InvalidAdapter) else STATUS_ERROR
             reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
-            self.states.append(_state(self.endpoint, info.id, info.sha, status, reason))
+            self.states.append(SyncState(self.endpoint, info.id, info.sha, status, reason))
             self.pending.append((info.id, known, reason))
         if len(self.states) >= self.BATCH or time.monotonic() - self.started >= self.BATCH_SECONDS:
             self.flush()
@@ -262,7 +282,7 @@ class _BatchWriter:
         if self.modules:
             self.store.bulk_upsert(self.modules)
         if self.states:
-            record_sync_states(self.store.engine, self.states)
+            self.store.set_sync_states(self.states)
         for repo_id, known, reason in self.pending:
             if reason is not None:
                 self.report.failed += 1
@@ -273,39 +293,6 @@ class _BatchWriter:
                 self.report.new += 1
         self.modules, self.states, self.pending = [], [], []
         self.started = time.monotonic()
-
-
-def _state(
-    endpoint: str, repo_id: str, sha: str | None, status: str, error: str | None
-) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "repo_id": repo_id,
-        "last_sha": sha,
-        "status": status,
-        "error": error,
-        "synced_at": datetime.now(UTC),
-    }
-
-
-def record_sync_states(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Upsert many sync-state rows in one transaction.
-
-    ``RegistryStore.set_sync_state`` writes one repo per transaction; a sync of thousands of
-    repos needs a batch version. It lives here, on the registry's own table, until the store
-    grows one (reported to the registry maintainer).
-    """
-    from sqlalchemy import delete, insert, tuple_
-
-    from registry.models import SyncStateRow
-
-    unique = list({(r["endpoint"], r["repo_id"]): r for r in rows}.values())
-    keys = [(r["endpoint"], r["repo_id"]) for r in unique]
-    key_columns = tuple_(SyncStateRow.endpoint, SyncStateRow.repo_id)
-    with engine.begin() as conn:
-        for chunk in range(0, len(keys), 400):
-            conn.execute(delete(SyncStateRow).where(key_columns.in_(keys[chunk : chunk + 400])))
-        conn.execute(insert(SyncStateRow), unique)
 
 
 def _fetch_all(

@@ -749,6 +749,49 @@ class RegistryStore:
             session.flush()
             return row.to_entity()
 
+    def set_sync_states(self, states: Sequence[SyncState]) -> None:
+        """Record many sync outcomes in one transaction (the last one per repo wins)."""
+        rows = {
+            (st.endpoint, st.repo_id): {
+                "endpoint": st.endpoint,
+                "repo_id": st.repo_id,
+                "last_sha": st.last_sha,
+                "status": st.status,
+                "error": st.error,
+                "synced_at": st.synced_at or datetime.now(UTC),
+            }
+            for st in states
+        }
+        if not rows:
+            return
+        table = cast(sa.Table, SyncStateRow.__table__)
+        keys = list(rows)
+        key_columns = sa.tuple_(table.c.endpoint, table.c.repo_id)
+        with self.engine.begin() as conn:
+            for start in range(0, len(keys), 400):
+                conn.execute(sa.delete(table).where(key_columns.in_(keys[start : start + 400])))
+            conn.execute(sa.insert(table), list(rows.values()))
+
+    def forget_repos(self, endpoint: str, repo_ids: Sequence[str]) -> int:
+        """Remove the modules synced from ``endpoint`` under ``repo_ids`` and their sync
+        states, in one transaction; return how many modules were removed."""
+        table = cast(sa.Table, SyncStateRow.__table__)
+        removed = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(repo_ids), 400):
+                chunk = list(repo_ids[start : start + 400])
+                ids = [
+                    module_id for _key, module_id
+                    in self._existing_keys(conn, [(endpoint, r) for r in chunk])
+                ]
+                self._delete_rows(conn, ids)
+                removed += len(ids)
+                conn.execute(
+                    sa.delete(table).where(table.c.endpoint == endpoint,
+                                           table.c.repo_id.in_(chunk))
+                )
+        return removed
+
     def sync_states(self, endpoint: str) -> list[SyncState]:
         """Every recorded sync state of one endpoint, by repo id."""
         with self._sessions() as session:

@@ -323,6 +323,11 @@ def token_revoke(ctx: click.Context, token_id: int, db: str | None) -> None:
 @click.option(
     "--retry-failed", is_flag=True, help="Fetch again repos that failed with the same sha."
 )
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Remove modules of this Hub whose repo it no longer lists (deleted or made private).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def sync(
@@ -334,6 +339,7 @@ def sync(
     limit: int | None,
     jobs: int,
     retry_failed: bool,
+    prune: bool,
     quiet: bool,
 ) -> None:
     """Index the PEFT adapters of a Hub into the registry (incremental, resumable).
@@ -341,9 +347,13 @@ def sync(
     Reads adapter_config.json, the card and the safetensors header (a range request, never
     the weights) of every repo whose last commit changed since the previous sync.
 
+    With --prune, modules synced earlier from this Hub whose repo the listing no longer
+    shows (within --author/--search) are removed from the registry.
+
     \b
     Example:
       loradex sync --endpoint http://127.0.0.1:8080 --author alice
+      loradex sync --endpoint http://127.0.0.1:8080 --prune
     """
     from hub_client.client import HubClient
     from hub_client.sync import SyncOptions, sync_hub
@@ -360,6 +370,7 @@ def sync(
         limit=limit,
         jobs=jobs,
         retry_failed=retry_failed,
+        prune=prune,
         progress=not quiet,
     )
     report = sync_hub(client, store, options)

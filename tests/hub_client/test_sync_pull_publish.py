@@ -153,6 +153,45 @@ def test_sync_is_incremental_and_records_failures(
     assert states["bob/sync-broken"].status == "skipped" and states["bob/sync-broken"].error
 
 
+def test_sync_prune_removes_modules_whose_repo_is_gone(
+    hub: HubServer, store: RegistryStore, tmp_path: Path
+) -> None:
+    for i in range(3):
+        upload_adapter(hub, f"bob/prune-{i}", make_adapter(tmp_path / f"p{i}", seed=30 + i))
+    upload_adapter(hub, "alice/prune-kept", make_adapter(tmp_path / "kept", seed=40))
+    client = HubClient(hub.url)
+    everything = SyncOptions(search="prune-", progress=False)
+    assert sync_hub(client, store, everything).new == 4
+
+    hub.api(hub.bob).delete_repo("bob/prune-1")
+    hub.api(hub.alice).delete_repo("alice/prune-kept")
+    plain = sync_hub(client, store, everything)
+    assert plain.removed is None and "removed" not in plain.summary()
+    store.get_module("bob/prune-1", source=hub.url)  # without --prune nothing is removed
+
+    # Scoped to bob: alice's deleted repo is outside the listing and stays.
+    pruned = sync_hub(client, store, SyncOptions(author="bob", search="prune-", prune=True,
+                                                 progress=False))
+    assert (pruned.unchanged, pruned.removed) == (2, 1)
+    assert pruned.summary().endswith(", removed 1")
+    with pytest.raises(ModuleNotFound):
+        store.get_module("bob/prune-1", source=hub.url)
+    assert "bob/prune-1" not in {s.repo_id for s in store.sync_states(hub.url)}
+    store.get_module("alice/prune-kept", source=hub.url)
+    store.get_module("bob/prune-0", source=hub.url)
+    # The server's own index of its repos (source "local") is not the sync's to prune.
+    assert store.get_module("bob/prune-0", source="local")
+
+    result = loradex("--db", hub.db_url, "sync", "--endpoint", hub.url, "--search", "prune-",
+                     "--prune", "--quiet")
+    assert result.stdout.strip().splitlines()[-1].endswith("removed 1")
+    with pytest.raises(ModuleNotFound):
+        store.get_module("alice/prune-kept", source=hub.url)
+    refused = loradex("--db", hub.db_url, "sync", "--endpoint", hub.url, "--prune", "--limit",
+                      "5", "--quiet", check=False)
+    assert refused.returncode == 2 and "--prune needs the complete listing" in refused.stderr
+
+
 class InterruptingClient(HubClient):
     """The real client, plus a Ctrl-C after a number of adapter fetches (the user's finger)."""
 

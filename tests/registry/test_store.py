@@ -304,3 +304,25 @@ def test_relevance_pages_and_totals(catalogue: RegistryStore) -> None:
     assert (beyond.modules, beyond.total) == ((), 4)
     filtered = catalogue.search_page(SearchQuery(text="past tense", rank=8, limit=1))
     assert (filtered.total, _ids(list(filtered.modules))) == (2, ["alice/past-tense"])
+
+
+def test_sync_states_in_bulk_and_forgetting_repos(
+    store: RegistryStore, module_factory: Factory
+) -> None:
+    from registry.entities import SyncState
+
+    for repo in ("alice/a", "alice/b"):
+        store.upsert_module(module_factory(repo, source="http://hub"))
+    store.upsert_module(module_factory("alice/a", source="http://other"))
+    store.set_sync_states([
+        SyncState("http://hub", "alice/a", "1" * 40),
+        SyncState("http://hub", "alice/b", "2" * 40, status="skipped", error="bad"),
+        SyncState("http://hub", "alice/a", "3" * 40),  # the last one per repo wins
+    ])
+    states = {s.repo_id: s for s in store.sync_states("http://hub")}
+    assert states["alice/a"].last_sha == "3" * 40 and states["alice/b"].status == "skipped"
+    assert store.forget_repos("http://hub", ["alice/a", "alice/never-synced"]) == 1
+    assert [s.repo_id for s in store.sync_states("http://hub")] == ["alice/b"]
+    with pytest.raises(ModuleNotFound):
+        store.get_module("alice/a", source="http://hub")
+    assert store.get_module("alice/a", source="http://other").source == "http://other"
