@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -45,15 +45,14 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one LoRA training run (defaults work for the embedded SmolLM2)."""
+class TrainSettings:
+    """The settings every trainer here shares (plain LoRA and Hydra)."""
 
     rank: int = field(default=16, metadata={"help": "LoRA rank r"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)"})
     targets: tuple[str, ...] = field(
         default=("q_proj", "v_proj"), metadata={"help": "names of the linear layers to adapt"}
     )
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (default 100)"})
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (or steps)"})
     lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
@@ -61,7 +60,7 @@ class TrainConfig:
     warmup_fraction: float = field(default=0.05, metadata={"help": "linear warm-up share of steps"})
     batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
     max_length: int = field(default=256, metadata={"help": "max tokens per example"})
-    seed: int = field(default=0, metadata={"help": "seed for LoRA init and data order"})
+    seed: int = field(default=0, metadata={"help": "seed for init and data order"})
     use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
     save_dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})
 
@@ -73,6 +72,13 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible settings (call before loading anything)."""
         validate_schedule(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainSettings):
+    """Settings of one LoRA training run (defaults work for the embedded SmolLM2)."""
+
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
 
 
 @dataclass
@@ -88,41 +94,7 @@ class TrainResult:
     front_matter: dict[str, Any] = field(default_factory=dict)
 
 
-class ScheduleSettings(Protocol):
-    """The settings every trainer here shares (LoRA and Hydra configs both have them)."""
-
-    @property
-    def rank(self) -> int: ...
-
-    @property
-    def steps(self) -> int | None: ...
-
-    @property
-    def epochs(self) -> float | None: ...
-
-    @property
-    def lr(self) -> float: ...
-
-    @property
-    def warmup_fraction(self) -> float: ...
-
-    @property
-    def batch_size(self) -> int: ...
-
-    @property
-    def max_length(self) -> int: ...
-
-    @property
-    def seed(self) -> int: ...
-
-    @property
-    def targets(self) -> tuple[str, ...]: ...
-
-    @property
-    def save_dtype(self) -> str: ...
-
-
-def validate_schedule(config: ScheduleSettings) -> None:
+def validate_schedule(config: TrainSettings) -> None:
     """Raise :class:`ConfigError` for impossible shared settings (before loading anything)."""
     if config.rank < 1:
         raise ConfigError(f"rank must be >= 1, got {config.rank}")
@@ -142,7 +114,7 @@ def validate_schedule(config: ScheduleSettings) -> None:
         raise ConfigError(f"learning rate must be > 0, got {config.lr}")
 
 
-def total_steps(config: ScheduleSettings, n_examples: int) -> int:
+def total_steps(config: TrainSettings, n_examples: int) -> int:
     """Optimizer steps of a run: ``steps``, or ``epochs`` over the data, else 100."""
     if config.steps is not None:
         return config.steps

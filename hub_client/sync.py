@@ -151,35 +151,20 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         for s in siblings.values()
         if not s.rfilename.startswith(".")
     ]
+    hub_fields: dict[str, Any] = {
+        "revision": sha,
+        "source": client.endpoint,
+        "files": files,
+        "author": info.author,
+        "downloads": info.downloads or 0,
+        "likes": info.likes or 0,
+        "created_at": _as_utc(info.created_at),
+        "updated_at": _as_utc(info.last_modified),
+    }
     if hydra:
-        return hydra_module_from_metadata(
-            repo_id,
-            config,
-            header,
-            card_text,
-            revision=sha,
-            source=client.endpoint,
-            files=files,
-            author=info.author,
-            downloads=info.downloads or 0,
-            likes=info.likes or 0,
-            created_at=_as_utc(info.created_at),
-            updated_at=_as_utc(info.last_modified),
-        )
+        return hydra_module_from_metadata(repo_id, config, header, card_text, **hub_fields)
     return module_from_metadata(
-        repo_id,
-        config,
-        header,
-        card_text,
-        revision=sha,
-        source=client.endpoint,
-        files=files,
-        author=info.author,
-        downloads=info.downloads or 0,
-        likes=info.likes or 0,
-        created_at=_as_utc(info.created_at),
-        updated_at=_as_utc(info.last_modified),
-        label=repo_id,
+        repo_id, config, header, card_text, label=repo_id, **hub_fields
     )
 
 

@@ -28,6 +28,7 @@ from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hy
 from composer.models import LoadedModel
 from composer.train import (
     TaskInfo,
+    TrainSettings,
     batch_indices,
     total_steps,
     validate_schedule,
@@ -41,41 +42,22 @@ BALANCE_KINDS = ("switch", "kl", "none")
 
 
 @dataclass(frozen=True)
-class HydraTrainConfig:
+class HydraTrainConfig(TrainSettings):
     """Settings of one Hydra training run (defaults work for the embedded SmolLM2)."""
 
+    rank: int = field(default=8, metadata={"help": "rank r of the shared A"})
     heads: int | Literal["auto"] = field(
         default="auto", metadata={"help": "number of B heads N, or 'auto' (k-means elbow)"}
     )
     max_heads: int = field(default=8, metadata={"help": "largest N tried by heads='auto'"})
-    rank: int = field(default=8, metadata={"help": "rank r of the shared A"})
-    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)"})
-    targets: tuple[str, ...] = field(
-        default=("q_proj", "v_proj"), metadata={"help": "names of the linear layers to adapt"}
-    )
     router_temperature: float = field(default=1.0, metadata={"help": "router softmax T"})
     balance: str = field(
         default="switch", metadata={"help": "load-balancing term: switch, kl or none"}
     )
     balance_coef: float = field(default=0.1, metadata={"help": "weight of the balance term"})
-    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default 100)"})
-    epochs: float | None = field(default=None, metadata={"help": "passes over the data"})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_fraction: float = field(default=0.05, metadata={"help": "linear warm-up share"})
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    max_length: int = field(default=256, metadata={"help": "max tokens per example"})
-    seed: int = field(default=0, metadata={"help": "seed for init, data order and k-means"})
-    use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
-    save_dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16"})
     usage_examples: int = field(
         default=64, metadata={"help": "training examples the final head usage is measured on"}
     )
-
-    @property
-    def lora_alpha(self) -> float:
-        """The alpha actually used."""
-        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for impossible settings (call before loading anything)."""
