@@ -56,6 +56,7 @@ from loradex.errors import ConfigError, InvalidDataFile, LoradexError, ModuleNot
 if TYPE_CHECKING:
     from composer.candidates import Candidate
     from composer.data import Example
+    from composer.hydra.format import HydraModule
     from composer.models import LoadedModel
 
 RESULTS_VERSION = 1
@@ -574,18 +575,13 @@ class Study:
     ) -> dict[str, Any]:
         """A Hydra module from a compose row's weights, router fitted on the few-shot set."""
         from composer.hydra.compose import compose_hydra_module, lora_candidate_from
-        from composer.hydra.runtime import attach_hydra
 
         chat = self.settings.use_chat_template
         built = compose_hydra_module(
             loaded, [lora_candidate_from(c) for c in candidates], weights, few, None,
             num_heads=min(self.hydra_heads, len(candidates)), use_chat_template=chat, seed=seed,
         )
-        handle = attach_hydra(loaded.model, built.module)
-        try:
-            scored = score_test(loaded, test, use_chat_template=chat)
-        finally:
-            handle.detach()
+        scored = self._score_with_hydra(loaded, built.module, test)
         fit = built.fit
         return {
             **scored,
@@ -599,15 +595,21 @@ class Study:
     ) -> dict[str, Any]:
         """A ready Hydra module (no few-shot adaptation) scored on the test split."""
         from composer.hydra.format import load_hydra
-        from composer.hydra.runtime import attach_hydra
 
         module = load_hydra(folder)
+        scored = self._score_with_hydra(loaded, module, test)
+        return {**scored, "heads": module.config.num_heads, "module": str(folder)}
+
+    def _score_with_hydra(
+        self, loaded: LoadedModel, module: HydraModule, test: Sequence[Example]
+    ) -> dict[str, Any]:
+        from composer.hydra.runtime import attach_hydra
+
         handle = attach_hydra(loaded.model, module, dtype=loaded.dtype)
         try:
-            scored = score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
+            return score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
         finally:
             handle.detach()
-        return {**scored, "heads": module.config.num_heads, "module": str(folder)}
 
 
 # --------------------------------------------------------------------------- report
