@@ -142,6 +142,14 @@ class ComposeSpec:
         return cls(method, objective, options["g"], options["r"])
 
 
+def applies(system: str, task_has_choices: bool) -> bool:
+    """Whether ``system`` can run on a task: choice objectives need choices on every example."""
+    if task_has_choices or not system.startswith(("compose ", "hydra from ")):
+        return True
+    objective = system.split(" ", 1)[1].split("/")[1]
+    return not objective.startswith("choice")
+
+
 def hydra_system(compose_name: str) -> str:
     """The Hydra composition row built from a compose row's weights."""
     return f"hydra from {compose_name.removeprefix('compose ')}"
@@ -416,7 +424,9 @@ class Study:
     def _run_cell(self, task: str, examples: list[Example], seed: int) -> None:
         s = self.settings
         cell = self.results["tasks"].setdefault(task, {}).setdefault(str(seed), {})
-        todo = [name for name in self.systems() if name not in cell.get("systems", {})]
+        with_choices = all(ex.choices for ex in examples)
+        todo = [name for name in self.systems()
+                if name not in cell.get("systems", {}) and applies(name, with_choices)]
         if not todo:
             self._say(f"[{task} seed {seed}] done already, skipped")
             return

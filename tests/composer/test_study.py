@@ -254,3 +254,21 @@ def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study
 def test_bad_compose_specs_are_refused(study_module, spec, message):
     with pytest.raises(ConfigError, match=message):
         study_module.ComposeSpec.parse(spec)
+
+
+def test_choice_rows_are_skipped_on_tasks_without_choices(study_module, tiny_study, tmp_path):
+    argv, out = tiny_study
+    tasks = Path(argv()[1])
+    rows = [{"input": f"sort: {i} {i + 2} {i + 1}", "target": f"{i} {i + 1} {i + 2}"}
+            for i in range(9)]
+    write_jsonl(tasks / "sorting.jsonl", rows)
+    study_module.main(argv("--tasks", "sorting,yesno", "--compose", "lorahub/lm,lorahub/choice",
+                           "--hydra-heads", "2"))
+    cells = json.loads(out.read_text())["tasks"]
+    sorting = cells["sorting"]["0"]["systems"]
+    assert "compose lorahub/lm" in sorting and "hydra from lorahub/lm" in sorting
+    assert "compose lorahub/choice" not in sorting
+    assert set(sorting["zero-shot"]["mc_picks"]) == {None}  # nothing to pick from
+    assert "compose lorahub/choice" in cells["yesno"]["0"]["systems"]
+    assert study_module.applies("compose mixed-rank/choice-normalized/g2", False) is False
+    assert study_module.applies("compose mixed-rank/choice/g2", True) is True
