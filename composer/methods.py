@@ -352,9 +352,9 @@ def layer_blocks(paths: Sequence[str], blocks: int) -> list[list[str]]:
     """Split adapted layer paths into ``blocks`` runs of consecutive transformer blocks.
 
     Paths are grouped by their stack and block number (``model.layers.12.*`` belongs to block
-    12; an encoder-decoder has two stacks, encoder first only by name order), the blocks are
-    ordered by stack then depth and cut into ``blocks`` near-equal runs. Raises
-    :class:`ConfigError` when there are fewer transformer blocks than ``blocks``.
+    12 of stack ``model.layers.``), the blocks are ordered by stack name, then depth (an
+    encoder-decoder's ``decoder.`` stack sorts before ``encoder.``), and cut into ``blocks``
+    near-equal runs. Raises :class:`ConfigError` when there are fewer blocks than ``blocks``.
     """
     by_block: dict[tuple[str, int], list[str]] = {}
     for path in paths:
