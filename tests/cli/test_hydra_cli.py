@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composer"))
+from cli_support import run
 from composer_testing import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
 
-from loradex.cli import main
 from registry.testing import write_hydra_module
 
 COUNT = [{"input": f"count {i}", "target": ["one", "two", "three"][i % 3]} for i in range(8)]
 COLOURS = [{"input": f"colour of thing {i}", "target": ["red", "blue"][i % 2]} for i in range(8)]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")
