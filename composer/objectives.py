@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
+from transformers import PreTrainedModel
 
 from composer.batching import (
     TargetBatch,
@@ -58,22 +59,19 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]()
 
 
-@register_objective
-class LMObjective(Objective):
-    """Mean cross-entropy over all target tokens of the examples (the LoraHub objective).
+class _PackedObjective(Objective):
+    """An objective over one packed batch of (prompt, target) sequences, tokenised once.
 
-    Causal models read all examples packed in one row (no padding) and the LM head runs only
-    where a target token is predicted.
+    ``_pack`` encodes the sequences and keeps the batch; ``_batch(groups)`` repeats it so
+    each group of rows meets its own composed LoRA.
     """
-
-    name = "lm"
 
     def __init__(self, max_length: int | None = 1024) -> None:
         self.max_length = max_length
         self._loaded: LoadedModel | None = None
         self._batches: dict[int, TargetBatch] = {}
 
-    def prepare(
+    def _pack(
         self, loaded: LoadedModel, examples: Sequence[Example], *, use_chat_template: bool
     ) -> None:
         encoded = encode_examples(
@@ -86,25 +84,44 @@ class LMObjective(Objective):
         self._loaded = loaded
         self._batches = {1: make_batch(encoded, loaded.model, packed=True).to(loaded.device)}
 
-    @property
-    def batch(self) -> TargetBatch:
-        """The prepared single-group batch."""
-        return self._batches[1]
+    def _model(self) -> PreTrainedModel:
+        if self._loaded is None:
+            raise RuntimeError("objective used before prepare()")
+        return self._loaded.model
 
     def _batch(self, groups: int) -> TargetBatch:
         if groups not in self._batches:
             self._batches[groups] = repeat_batch(self._batches[1], groups)
         return self._batches[groups]
 
+
+@register_objective
+class LMObjective(_PackedObjective):
+    """Mean cross-entropy over all target tokens of the examples (the LoraHub objective).
+
+    Causal models read all examples packed in one row (no padding) and the LM head runs only
+    where a target token is predicted.
+    """
+
+    name = "lm"
+
+    def prepare(
+        self, loaded: LoadedModel, examples: Sequence[Example], *, use_chat_template: bool
+    ) -> None:
+        self._pack(loaded, examples, use_chat_template=use_chat_template)
+
+    @property
+    def batch(self) -> TargetBatch:
+        """The prepared single-group batch."""
+        return self._batches[1]
+
     @torch.inference_mode()
     def losses(self, groups: int = 1) -> torch.Tensor:
-        if self._loaded is None:
-            raise RuntimeError("objective used before prepare()")
-        return mean_target_loss(self._loaded.model, self._batch(groups), groups).float().cpu()
+        return mean_target_loss(self._model(), self._batch(groups), groups).float().cpu()
 
 
 @register_objective
-class ChoiceObjective(Objective):
+class ChoiceObjective(_PackedObjective):
     """Cross-entropy of the correct choice among the choices' log-likelihoods.
 
     Each (example, choice) pair is one sequence: the prompt, then the choice (and the end of
@@ -117,10 +134,8 @@ class ChoiceObjective(Objective):
     name = "choice"
 
     def __init__(self, max_length: int | None = 1024, length_normalized: bool = False) -> None:
-        self.max_length = max_length
+        super().__init__(max_length)
         self.length_normalized = length_normalized
-        self._loaded: LoadedModel | None = None
-        self._batches: dict[int, TargetBatch] = {}
         self._choice_index = torch.empty(0, dtype=torch.long)  # [examples, max choices]
         self._choice_mask = torch.empty(0, dtype=torch.bool)
         self._correct = torch.empty(0, dtype=torch.long)
@@ -142,25 +157,12 @@ class ChoiceObjective(Objective):
             rows.append(list(range(len(pairs), len(pairs) + len(ex.choices))))
             correct.append(ex.choices.index(ex.target))
             pairs.extend(Example(input=ex.input, target=choice) for choice in ex.choices)
-        encoded = encode_examples(
-            loaded.tokenizer,
-            pairs,
-            seq2seq=loaded.is_seq2seq,
-            max_length=self.max_length,
-            use_chat_template=use_chat_template,
-        )
+        self._pack(loaded, pairs, use_chat_template=use_chat_template)
         width = max(len(r) for r in rows)
         self._choice_index = torch.tensor([r + [0] * (width - len(r)) for r in rows])
         self._choice_mask = torch.tensor([[True] * len(r) + [False] * (width - len(r))
                                           for r in rows])
         self._correct = torch.tensor(correct)
-        self._loaded = loaded
-        self._batches = {1: make_batch(encoded, loaded.model, packed=True).to(loaded.device)}
-
-    def _batch(self, groups: int) -> TargetBatch:
-        if groups not in self._batches:
-            self._batches[groups] = repeat_batch(self._batches[1], groups)
-        return self._batches[groups]
 
     def sequence_scores(self, token_losses: torch.Tensor, groups: int) -> torch.Tensor:
         """Log-likelihood score of every (example, choice) sequence, ``[groups, sequences]``."""
@@ -186,9 +188,7 @@ class ChoiceObjective(Objective):
 
     @torch.inference_mode()
     def losses(self, groups: int = 1) -> torch.Tensor:
-        if self._loaded is None:
-            raise RuntimeError("objective used before prepare()")
-        token_losses = target_token_losses(self._loaded.model, self._batch(groups))
+        token_losses = target_token_losses(self._model(), self._batch(groups))
         return self.choice_losses(self.sequence_scores(token_losses, groups)).float().cpu()
 
 
