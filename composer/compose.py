@@ -308,17 +308,21 @@ def _restarted_search(
     folds: Sequence[np.ndarray],
 ) -> _Picked:
     """Score seeds ``seed .. seed+N-1`` by cross-validation, then search all the examples."""
-    first_seed = config.search.seed
+    # Each fold's (fit, score) objectives are tokenised once and serve every restart.
+    fold_objectives: list[tuple[Objective, Objective]] = []
+    for held in folds:
+        left_out = set(held.tolist())
+        keep = [e for i, e in enumerate(examples) if i not in left_out]
+        fold_objectives.append((
+            _prepared(loaded, config, keep),
+            _prepared(loaded, config, [examples[i] for i in sorted(left_out)]),
+        ))
     records: list[RestartRecord] = []
     for r in range(config.restarts):
-        seed = first_seed + r
+        seed = config.search.seed + r
         fold_losses = []
-        for k, held in enumerate(folds):
-            left_out = set(held.tolist())
-            keep = [e for i, e in enumerate(examples) if i not in left_out]
-            fit = run(_prepared(loaded, config, keep), seed,
-                      f"restart {r + 1}/{config.restarts} fold {k + 1}/{len(folds)}")
-            scorer = _prepared(loaded, config, [examples[i] for i in sorted(left_out)])
+        for k, (fitter, scorer) in enumerate(fold_objectives):
+            fit = run(fitter, seed, f"restart {r + 1}/{config.restarts} fold {k + 1}/{len(folds)}")
             fold_losses.append(float(session.losses(scorer, fit.weights[None])[0]))
         records.append(RestartRecord(seed, float(np.mean(fold_losses)), fold_losses))
 
