@@ -1,7 +1,8 @@
 """Batches of tokenised examples and the loss on target tokens, shared by train, compose and eval.
 
 Causal models get either one *packed* row (all examples back to back, a block-diagonal causal
-mask and restarting positions: no padding at all) or right-padded rows. Either way the LM head
+mask and restarting positions: no padding at all; the choices of one question share one copy of
+its prompt) or right-padded rows. Either way the LM head
 is applied only at the positions that predict a target token, which skips most of the
 vocabulary projection. Seq2seq models get padded encoder inputs and teacher-forced decoder
 inputs. A batch can be *repeated* ``groups`` times along the batch dimension so that a batched
@@ -58,30 +59,69 @@ class TargetBatch:
         return TargetBatch(**moved)
 
 
+def prefix_groups(encoded: Sequence[EncodedExample]) -> list[list[int]]:
+    """Indices of ``encoded`` in runs of consecutive examples that share one non-empty prompt."""
+    groups: list[list[int]] = []
+    for i, ex in enumerate(encoded):
+        if groups and ex.prompt_ids and encoded[groups[-1][0]].prompt_ids == ex.prompt_ids:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def packed_length(encoded: Sequence[EncodedExample]) -> int:
+    """Tokens :func:`pack_causal` puts in its row for ``encoded`` (shared prompts read once)."""
+    return sum(
+        len(encoded[group[0]].prompt_ids)
+        + sum(max(len(encoded[i].target_ids) - 1, 0) for i in group)
+        for group in prefix_groups(encoded)
+    )
+
+
 def pack_causal(encoded: Sequence[EncodedExample]) -> TargetBatch:
-    """All examples in one row with a block-diagonal causal mask: no padding anywhere."""
+    """All examples in one row with a block-diagonal causal mask: no padding anywhere.
+
+    Consecutive examples with the same prompt (the choices of one multiple-choice question)
+    share one copy of it: each target branch attends to the prompt and to its own earlier
+    tokens only, and its positions continue from the prompt's, so every target token sees
+    exactly what it would see in a row of its own, while the prompt is read once instead of
+    once per choice. A target's last token is only predicted, never read.
+    """
     ids: list[int] = []
     positions: list[int] = []
     segments: list[int] = []
+    branches: list[int] = []  # -1: the shared prompt; otherwise the example the token belongs to
     cols: list[int] = []
     targets: list[int] = []
     owner: list[int] = []
-    for i, ex in enumerate(encoded):
-        seq = list(ex.prompt_ids) + list(ex.target_ids)
-        start = len(ids)
-        ids.extend(seq)
-        positions.extend(range(len(seq)))
-        segments.extend([i] * len(seq))
-        first_target = start + len(ex.prompt_ids)
-        for j, tok in enumerate(ex.target_ids):
-            # The token at first_target+j is predicted by the hidden state just before it.
-            if first_target + j - 1 >= start:
-                cols.append(first_target + j - 1)
+    for segment, group in enumerate(prefix_groups(encoded)):
+        prompt = encoded[group[0]].prompt_ids
+        ids.extend(prompt)
+        positions.extend(range(len(prompt)))
+        segments.extend([segment] * len(prompt))
+        branches.extend([-1] * len(prompt))
+        last_prompt = len(ids) - 1
+        for i in group:
+            target = encoded[i].target_ids
+            start = len(ids)
+            ids.extend(target[:-1])
+            positions.extend(range(len(prompt), len(prompt) + len(target) - 1))
+            segments.extend([segment] * (len(target) - 1))
+            branches.extend([i] * (len(target) - 1))
+            for j, tok in enumerate(target):
+                # Target token j is predicted by the hidden state just before it: the prompt's
+                # last token for j = 0 (none when the prompt is empty), else target token j-1.
+                if j == 0 and not prompt:
+                    continue
+                cols.append(last_prompt if j == 0 else start + j - 1)
                 targets.append(tok)
                 owner.append(i)
     seg = torch.tensor(segments)
+    branch = torch.tensor(branches)
     n = len(ids)
-    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)) & (seg[:, None] == seg[None, :])
+    visible = (branch[None, :] == -1) | (branch[:, None] == branch[None, :])
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)) & (seg[:, None] == seg[None, :]) & visible
     return TargetBatch(
         input_ids=torch.tensor([ids]),
         attention_mask=mask[None, None],

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from composer.batching import make_batch, target_token_losses
+from composer.batching import make_batch, packed_length, prefix_groups, target_token_losses
 from composer.data import (
     EncodedExample,
     Example,
@@ -93,18 +93,45 @@ def mean_loss(
 
 @torch.inference_mode()
 def sequence_logprobs(
-    loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_size: int = 16
+    loaded: LoadedModel,
+    encoded: Sequence[EncodedExample],
+    batch_size: int = 16,
+    max_tokens: int = 1024,
 ) -> list[float]:
-    """Sum of target-token log-probabilities of each encoded example."""
+    """Sum of target-token log-probabilities of each encoded example.
+
+    Put the choices of one question next to each other with the same prompt: a causal model
+    then reads the prompt once for all of them (see :func:`composer.batching.pack_causal`).
+    A forward takes up to ``batch_size`` prompts and, past the first, ``max_tokens`` tokens;
+    the choices of one prompt are never split.
+    """
     scores: list[float] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    for chunk in _chunks(encoded, batch_size, max_tokens, loaded.is_seq2seq):
         batch = make_batch(chunk, loaded.model).to(loaded.device)
         losses = target_token_losses(loaded.model, batch)
         sums = torch.zeros(len(chunk), dtype=torch.float64, device=losses.device)
         sums.index_add_(0, batch.target_example, losses.double())
         scores.extend((-sums).tolist())
     return scores
+
+
+def _chunks(
+    encoded: Sequence[EncodedExample], batch_size: int, max_tokens: int, seq2seq: bool
+) -> list[Sequence[EncodedExample]]:
+    if seq2seq:  # padded rows, one per sequence: plain fixed-size batches
+        return [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
+    chunks: list[Sequence[EncodedExample]] = []
+    start, prompts, tokens = 0, 0, 0
+    for group in prefix_groups(encoded):
+        size = packed_length([encoded[i] for i in group])
+        if prompts and (prompts == batch_size or tokens + size > max_tokens):
+            chunks.append(encoded[start : group[0]])
+            start, prompts, tokens = group[0], 0, 0
+        prompts += 1
+        tokens += size
+    if start < len(encoded):
+        chunks.append(encoded[start:])
+    return chunks
 
 
 @torch.inference_mode()
@@ -218,24 +245,31 @@ def _choice_accuracy(
     tok = loaded.tokenizer
     correct = 0
     labels: Counter[str] = Counter()
-    for ex in examples:
-        if not ex.choices:
-            continue
-        prompt = render_prompt(
-            tok, ex.input, demonstrations=demonstrations, use_chat_template=config.use_chat_template
-        )
-        prompt_ids = tuple(
-            encode_prompt(tok, prompt, use_chat_template=config.use_chat_template)[
-                -config.max_length :
-            ]
-        )
-        options = [
-            EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
-            for c in ex.choices
-        ]
-        scores = sequence_logprobs(loaded, options, config.batch_size)
-        picked = ex.choices[max(range(len(scores)), key=scores.__getitem__)]
-        labels[picked] += 1
-        correct += picked == ex.target
-        bar.update(1)
+    with_choices = [ex for ex in examples if ex.choices]
+    for start in range(0, len(with_choices), config.batch_size):
+        chunk = with_choices[start : start + config.batch_size]
+        options: list[EncodedExample] = []
+        for ex in chunk:
+            assert ex.choices is not None
+            prompt = render_prompt(
+                tok, ex.input, demonstrations=demonstrations,
+                use_chat_template=config.use_chat_template,
+            )
+            prompt_ids = tuple(
+                encode_prompt(tok, prompt, use_chat_template=config.use_chat_template)[
+                    -config.max_length :
+                ]
+            )
+            options.extend(
+                EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
+                for c in ex.choices
+            )
+        scores = iter(sequence_logprobs(loaded, options, config.batch_size))
+        for ex in chunk:
+            assert ex.choices is not None
+            own = [next(scores) for _ in ex.choices]
+            picked = ex.choices[max(range(len(own)), key=own.__getitem__)]
+            labels[picked] += 1
+            correct += picked == ex.target
+        bar.update(len(chunk))
     return correct, labels

@@ -1,0 +1,84 @@
+"""Shared-prompt packing: the choices of a question read its prompt once, with the same scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from composer.batching import pack_causal, packed_length, prefix_groups, target_token_losses
+from composer.data import EncodedExample
+from composer.evaluate import sequence_logprobs
+
+# Three questions (2, 3 and 1 choices), a prompt-less sequence, then a question again.
+OPTIONS = [
+    EncodedExample((5, 9, 12, 7), (20, 2)),
+    EncodedExample((5, 9, 12, 7), (21, 22, 2)),
+    EncodedExample((8, 3), (30, 31, 32, 2)),
+    EncodedExample((8, 3), (33, 2)),
+    EncodedExample((8, 3), (34, 35, 2)),
+    EncodedExample((11, 4, 6), (40, 2)),
+    EncodedExample((), (41, 42, 2)),
+    EncodedExample((5, 9, 12, 7), (23, 2)),
+]
+
+
+def _direct(model: torch.nn.Module, options: list[EncodedExample]) -> list[float]:
+    """Each sequence in a forward of its own: the sum of its target-token log-probabilities."""
+    scores = []
+    with torch.no_grad():
+        for opt in options:
+            ids = torch.tensor([list(opt.prompt_ids) + list(opt.target_ids)])
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            n = len(opt.prompt_ids)
+            scores.append(sum(float(logp[n + j - 1, t])
+                              for j, t in enumerate(opt.target_ids) if n + j >= 1))
+    return scores
+
+
+def test_prefix_groups_join_consecutive_equal_prompts_only() -> None:
+    assert prefix_groups(OPTIONS) == [[0, 1], [2, 3, 4], [5], [6], [7]]
+    # Prompts once, each target without its last token (only predicted, never read).
+    assert packed_length(OPTIONS) == 4 + (1 + 2) + 2 + (3 + 1 + 2) + 3 + 1 + 2 + 4 + 1
+
+
+def test_shared_prompt_mask_hides_the_other_choices() -> None:
+    batch = pack_causal(OPTIONS[:2])  # prompt p0..p3, choice 0: [20], choice 1: [21, 22]
+    mask = batch.attention_mask[0, 0]
+    assert batch.input_ids.tolist() == [[5, 9, 12, 7, 20, 21, 22]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 4, 5]]
+    assert mask[5].tolist() == [True] * 4 + [False, True, False]  # 21 sees the prompt, not 20
+    assert mask[6].tolist() == [True] * 4 + [False, True, True]
+    # Each choice's first token is predicted from the prompt's last position.
+    assert batch.target_cols.tolist() == [3, 4, 3, 5, 6]
+    assert batch.target_example.tolist() == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(16, 1024), (2, 1024), (16, 8), (1, 1)])
+def test_shared_prompt_scores_equal_separate_forwards(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object], batch_size: int, max_tokens: int
+) -> None:
+    loaded = load_tiny(tiny_causal_dir)
+    got = sequence_logprobs(loaded, OPTIONS, batch_size=batch_size, max_tokens=max_tokens)
+    assert got == pytest.approx(_direct(loaded.model, OPTIONS), abs=1e-4)
+
+
+def test_shared_prompt_losses_equal_padded_rows(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    from composer.batching import make_batch
+
+    loaded = load_tiny(tiny_causal_dir)
+    packed = make_batch(OPTIONS, loaded.model, packed=True)
+    padded = make_batch(OPTIONS, loaded.model, packed=False)
+    with torch.no_grad():
+        by_packed = target_token_losses(loaded.model, packed)
+        by_padded = target_token_losses(loaded.model, padded)
+
+    def per_example(batch, losses):  # the two layouts list target tokens in different orders
+        sums = torch.zeros(batch.n_examples, dtype=torch.float64)
+        return sums.index_add_(0, batch.target_example, losses.double())
+
+    assert torch.allclose(per_example(packed, by_packed), per_example(padded, by_padded), atol=1e-4)
