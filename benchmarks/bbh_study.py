@@ -366,6 +366,45 @@ class Study:
             "tasks": {},
         }
 
+    def merge(self, other_path: Path) -> int:
+        """Take the rows another results file of the same settings has and this one lacks.
+
+        Lets two processes run disjoint tasks or seeds, each with its own ``--out``, and be
+        joined after. Returns the number of rows taken.
+        """
+        try:
+            other = json.loads(other_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--merge {other_path}: not a results file ({exc})") from None
+        if other.get("version") != RESULTS_VERSION:
+            raise ConfigError(f"--merge {other_path}: not a results file of this study")
+        mine, theirs = self.results["settings"], other["settings"]
+        for key in ("fingerprint", "library_pool"):
+            if mine[key] != theirs[key]:
+                what = key.replace("_", " ")
+                raise ConfigError(f"--merge {other_path}: made with another {what}")
+        taken = 0
+        for task, cells in other["tasks"].items():
+            for seed, cell in cells.items():
+                here = self.results["tasks"].setdefault(task, {}).setdefault(seed, {})
+                if here.get("systems") and any(
+                    here.get(key) != cell.get(key) for key in ("few_shot_indices", "candidates")
+                ):
+                    raise ConfigError(f"--merge {other_path}: {task} seed {seed} has another split")
+                for key, value in cell.items():
+                    if key != "systems":
+                        here.setdefault(key, value)
+                systems = here.setdefault("systems", {})
+                for name, result in cell.get("systems", {}).items():
+                    if name not in systems:
+                        systems[name] = result
+                        taken += 1
+        # Processes run side by side: their times are kept apart, not added to this wall time.
+        merged = self.results.setdefault("merged", {})
+        merged[str(other_path.resolve())] = round(other.get("wall_seconds", 0.0), 1)
+        self.save()
+        return taken
+
     def save(self) -> None:
         """Write the results file atomically (a crash never leaves half a file)."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -710,7 +749,10 @@ def report(results: dict[str, Any], systems: Sequence[str]) -> str:
         f"{fp['budget']}, test limit {fp['test_limit'] or 'none'}, chat template "
         f"{fp['use_chat_template']}, dtype {fp['dtype']}; library pool of "
         f"{len(results['settings']['library_pool'])} modules; wall time "
-        f"{results['wall_seconds'] / 60:.1f} min.",
+        f"{results['wall_seconds'] / 60:.1f} min"
+        + "".join(f" (+ {seconds / 60:.1f} min in {Path(name).name}, run beside it)"
+                  for name, seconds in results.get("merged", {}).items())
+        + ".",
     ]
     for task, cells in results["tasks"].items():
         if any(c.get("systems") for c in cells.values()):
@@ -756,6 +798,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also report the best single module chosen on the test split (k evals)")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
+    p.add_argument("--merge", type=Path, action="append", default=[],
+                   help="first copy into --out the rows this results file (same settings) has "
+                        "and --out lacks, e.g. from a second process (repeatable)")
     p.add_argument("--markdown", action="store_true", help="print the tables")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: print the tables of what --out holds so far")
@@ -812,6 +857,9 @@ def main(argv: Sequence[str] | None = None) -> Study:
     study = Study(settings, args.out, compose=compose, oracle=args.oracle,
                   hydra_heads=args.hydra_heads, hydra_modules=args.hydra_module,
                   quiet=args.quiet)
+    for other in args.merge:
+        taken = study.merge(other)
+        study._say(f"merged {taken} row(s) from {other}")
     if args.report_only:
         print(report(study.results, study.systems()))
         return study

@@ -272,3 +272,26 @@ def test_choice_rows_are_skipped_on_tasks_without_choices(study_module, tiny_stu
     assert "compose lorahub/choice" in cells["yesno"]["0"]["systems"]
     assert study_module.applies("compose mixed-rank/choice-normalized/g2", False) is False
     assert study_module.applies("compose mixed-rank/choice/g2", True) is True
+
+
+def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path, capsys):
+    argv, out = tiny_study
+    other = tmp_path / "other.json"
+    study_module.main(argv("--tasks", "yesno", "--methods", "lorahub"))
+    second = argv("--tasks", "truth", "--methods", "lorahub")
+    second[second.index("--out") + 1] = str(other)
+    split = study_module.main(second)
+    assert split.computed and all(task == "truth" for task, _, _ in split.computed)
+
+    merged = study_module.main(argv("--methods", "lorahub", "--merge", str(other)))
+    assert merged.computed == []  # every row of both tasks is there now
+    results = json.loads(out.read_text())
+    assert results["tasks"]["truth"] == json.loads(other.read_text())["tasks"]["truth"]
+    assert list(results["merged"]) == [str(other.resolve())]
+    study_module.main(argv("--methods", "lorahub", "--merge", str(other), "--report-only"))
+    assert "run beside it" in capsys.readouterr().out
+
+    with pytest.raises(ConfigError, match="another fingerprint"):
+        changed = argv("--budget", "4", "--merge", str(out))
+        changed[changed.index("--out") + 1] = str(tmp_path / "third.json")
+        study_module.main(changed)
