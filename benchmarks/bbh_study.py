@@ -399,6 +399,11 @@ class Study:
                     if name not in systems:
                         systems[name] = result
                         taken += 1
+        for task, systems in other.get("per_example", {}).items():
+            for name, scores in systems.items():
+                mine_scores = self.results.setdefault("per_example", {}).setdefault(task, {})
+                for index, row in scores.items():
+                    mine_scores.setdefault(name, {}).setdefault(index, row)
         # Processes run side by side: their times are kept apart, not added to this wall time.
         merged = self.results.setdefault("merged", {})
         merged[str(other_path.resolve())] = round(other.get("wall_seconds", 0.0), 1)
@@ -505,15 +510,13 @@ class Study:
 
         for name in todo:
             t0 = time.perf_counter()
-            if name == ZERO_SHOT:
-                record(name, score_test(loaded, test, use_chat_template=chat), t0)
+            if name == ZERO_SHOT or name in self.hydra_modules:
+                record(name, self._seed_free_system(name, task, examples, test_idx), t0)
             elif name == IN_CONTEXT:
                 scored = score_test(loaded, test, demonstrations=few, use_chat_template=chat)
                 record(name, scored, t0)
             elif name in (SINGLE, UNIFORM, ORACLE):
                 record(name, self._lorahub_system(name, loaded, candidates, few, test), t0)
-            elif name in self.hydra_modules:
-                record(name, self._hydra_module_system(self.hydra_modules[name], loaded, test), t0)
             elif name.startswith("hydra from "):
                 source = "compose " + name.removeprefix("hydra from ")
                 weights = systems[source]["weights"]
@@ -522,6 +525,42 @@ class Study:
             else:
                 spec = ComposeSpec.parse(name)
                 record(name, self._compose_system(spec, seed, loaded, candidates, few, test), t0)
+
+    def _seed_free_system(
+        self, name: str, task: str, examples: Sequence[Example], test_idx: Sequence[int]
+    ) -> dict[str, Any]:
+        """A system that depends on no seed (zero-shot, a ready Hydra module), from its scores
+        per example: each example is scored once for all seeds, and only the examples no
+        earlier seed had are scored now. The seeds' test splits overlap, so this saves most
+        of the work of these rows."""
+        store = self.results.setdefault("per_example", {}).setdefault(task, {})
+        scores = store.setdefault(name, {})
+        extra: dict[str, Any] = {}
+        module: HydraModule | None = None
+        if name in self.hydra_modules:
+            from composer.hydra.format import load_hydra
+
+            module = load_hydra(self.hydra_modules[name])
+            extra = {"heads": module.config.num_heads, "module": str(self.hydra_modules[name])}
+        missing = [i for i in test_idx if str(i) not in scores]
+        if missing:
+            loaded = self._model()
+            subset = [examples[i] for i in missing]
+            if module is None:
+                chat = self.settings.use_chat_template
+                scored = score_test(loaded, subset, use_chat_template=chat)
+            else:
+                scored = self._score_with_hydra(loaded, module, subset)
+            for j, i in enumerate(missing):
+                scores[str(i)] = [scored[key][j] for key in ("answers", "em_correct", "mc_picks")]
+        rows = [scores[str(i)] for i in test_idx]
+        return {
+            "answers": [r[0] for r in rows],
+            "em_correct": [r[1] for r in rows],
+            "mc_picks": [r[2] for r in rows],
+            "newly_scored": len(missing),
+            **extra,
+        }
 
     def _candidate(self, name: str) -> Candidate:
         from composer.candidates import read_candidate
@@ -638,16 +677,6 @@ class Study:
             "few_shot_loss_before_fit": round(fit.fewshot_loss_before, 6) if fit else None,
             "few_shot_loss_after_fit": round(fit.fewshot_loss_after, 6) if fit else None,
         }
-
-    def _hydra_module_system(
-        self, folder: Path, loaded: LoadedModel, test: Sequence[Example]
-    ) -> dict[str, Any]:
-        """A ready Hydra module (no few-shot adaptation) scored on the test split."""
-        from composer.hydra.format import load_hydra
-
-        module = load_hydra(folder)
-        scored = self._score_with_hydra(loaded, module, test)
-        return {**scored, "heads": module.config.num_heads, "module": str(folder)}
 
     def _score_with_hydra(
         self, loaded: LoadedModel, module: HydraModule, test: Sequence[Example]

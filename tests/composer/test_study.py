@@ -286,7 +286,9 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
     merged = study_module.main(argv("--methods", "lorahub", "--merge", str(other)))
     assert merged.computed == []  # every row of both tasks is there now
     results = json.loads(out.read_text())
-    assert results["tasks"]["truth"] == json.loads(other.read_text())["tasks"]["truth"]
+    theirs = json.loads(other.read_text())
+    assert results["tasks"]["truth"] == theirs["tasks"]["truth"]
+    assert results["per_example"]["truth"] == theirs["per_example"]["truth"]
     assert list(results["merged"]) == [str(other.resolve())]
     study_module.main(argv("--methods", "lorahub", "--merge", str(other), "--report-only"))
     assert "run beside it" in capsys.readouterr().out
@@ -295,3 +297,27 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
         changed = argv("--budget", "4", "--merge", str(out))
         changed[changed.index("--out") + 1] = str(tmp_path / "third.json")
         study_module.main(changed)
+
+
+def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny_study):
+    argv, out = tiny_study
+    study = study_module.main(argv("--tasks", "yesno", "--seeds", "3", "--methods", "lorahub",
+                                   "--objectives", "lm"))
+    results = json.loads(out.read_text())
+    cells = results["tasks"]["yesno"]
+    scored = results["per_example"]["yesno"]["zero-shot"]
+    tests = [set(range(14)) - set(cells[s]["few_shot_indices"]) for s in "012"]
+    assert set(map(int, scored)) == set().union(*tests)  # every test example, once
+    newly = [cells[s]["systems"]["zero-shot"]["newly_scored"] for s in "012"]
+    assert newly[0] == 9 and sum(newly) == len(scored) < 27  # later seeds reuse the overlap
+    # Each seed's row is what scoring its own test split directly gives.
+    from composer.data import load_examples
+
+    examples = load_examples(Path(argv()[1]) / "yesno.jsonl")
+    loaded = study._model()
+    for s in "012":
+        cell = cells[s]
+        test = [examples[i] for i in sorted(set(range(14)) - set(cell["few_shot_indices"]))]
+        direct = study_module.score_test(loaded, test)
+        assert cell["systems"]["zero-shot"]["mc_picks"] == direct["mc_picks"]
+        assert cell["systems"]["zero-shot"]["answers"] == direct["answers"]
