@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from loradex.errors import ConfigError
+from loradex.files import apply_default_permissions
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,6 +85,7 @@ def write_adapter_folder(
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        apply_default_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
+from loradex.files import apply_default_permissions
 from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, PICKLE_WEIGHTS
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
@@ -158,6 +159,7 @@ def _place(source: Path, target: Path, name: str) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(source.resolve(), tmp)
+        apply_default_permissions(Path(tmp))
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from loradex.errors import InvalidAdapter
+from loradex.files import apply_default_permissions
 from registry.hydra import (
     CARD_NAME,
     CONFIG_NAME,
@@ -179,6 +180,7 @@ def write_hydra_folder(
         save_hydra(module, tmp, card=card)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        apply_default_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -195,6 +197,7 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        apply_default_permissions(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from hubtest_support import HubServer, free_port, loradex, make_adapter
 
 from hub_client import HubClient, SyncOptions, publish_folder, pull_module, sync_hub
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
+from loradex.files import current_umask
 from registry.db import make_engine
 from registry.store import RegistryStore
 
@@ -252,6 +253,8 @@ def test_pull_verifies_hashes_places_files_and_works_offline(
     assert result.revision == first and not result.from_cache
     for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
         assert (tmp_path / "out" / name).read_bytes() == (folder / name).read_bytes()
+        # placed through a temporary file, yet readable like any file the user writes
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
     # a later commit does not hide the old revision
     hub.api(hub.alice).upload_file(

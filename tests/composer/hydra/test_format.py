@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from composer.hydra.format import load_hydra, save_hydra
 from loradex.errors import InvalidAdapter
+from loradex.files import current_umask
 from registry.hydra import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -40,8 +41,10 @@ def test_save_load_round_trip_is_exact(tmp_path: Path, tiny_llama) -> None:
         assert torch.equal(other.router_weight, layer.router_weight)
         assert other.router_bias is not None and layer.router_bias is not None
         assert torch.equal(other.router_bias, layer.router_bias)
-    # No temporary files left behind.
+    # No temporary files left behind, and the files written through them are not 0600.
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        assert (tmp_path / "h" / name).stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
 def test_tensor_names_and_shapes_on_disk(saved: Path) -> None:
