@@ -338,13 +338,17 @@ def hydra_front_matter(
         "license": task.license or "apache-2.0",
         "tags": tags,
         "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
-        "datasets": list(hydra_config.task.get("datasets", [])),
     }
+    # The card's `datasets` are Hub dataset ids; local training files are listed in the loradex
+    # block (task.datasets, with their sha256) instead.
+    if task.dataset:
+        front["datasets"] = [task.dataset]
     block: dict[str, Any] = {
         "kind": "hydra",
         "num_heads": hydra_config.num_heads,
         "version": __version__,
         "task": {k: v for k, v in asdict(task).items() if v not in (None, ())},
+        "training_files": dict(hydra_config.task.get("examples_per_dataset", {})),
         "training": training,
         "head_selection": dict(hydra_config.head_selection),
         "head_usage": usage.to_json_dict(),

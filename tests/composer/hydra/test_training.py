@@ -37,6 +37,8 @@ def test_train_auto_heads_writes_a_loadable_module(tmp_path: Path) -> None:
     assert module.config.task["datasets"] == ["cooking.jsonl", "astronomy.jsonl"]
     front, body = parse_card((out / "README.md").read_text())
     assert front["library_name"] == "loradex"
+    assert "datasets" not in front  # local files are not Hub dataset ids: listed in the block
+    assert list(front["loradex"]["training_files"]) == ["cooking.jsonl", "astronomy.jsonl"]
     assert "hydra-lora" in front["tags"]
     assert front["loradex"]["kind"] == "hydra" and front["loradex"]["num_heads"] == 2
     assert front["loradex"]["head_selection"]["inertia"] == pytest.approx(
