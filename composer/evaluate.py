@@ -102,8 +102,8 @@ def sequence_logprobs(
 
     Put the choices of one question next to each other with the same prompt: a causal model
     then reads the prompt once for all of them (see :func:`composer.batching.pack_causal`).
-    A forward takes up to ``batch_size`` prompts and, past the first, ``max_tokens`` tokens;
-    the choices of one prompt are never split.
+    A forward reads at most ``batch_size`` prompts and ``max_tokens`` packed tokens; the
+    choices of one prompt are never split (a prompt longer than ``max_tokens`` goes alone).
     """
     scores: list[float] = []
     for chunk in _chunks(encoded, batch_size, max_tokens, loaded.is_seq2seq):
