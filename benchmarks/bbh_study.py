@@ -66,6 +66,7 @@ SINGLE = "single (by few-shot loss)"
 ORACLE = "oracle single (chosen on test)"
 UNIFORM = "uniform 1/k"
 MAJORITY = "majority label"
+SIGNIFICANT = 0.05  # the level at which the tables count a seed as a significant difference
 
 
 @dataclass(frozen=True)
@@ -742,9 +743,9 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
         generated = _pooled([label_distribution(_short(a) for a in r["answers"]) for r in res])
         tests = [paired_tests(cells[s], name) for s in done]
         vs_zero = ("-" if name == ZERO_SHOT
-                   else "/".join(format_p(t[f"{metric} vs {ZERO_SHOT}"]["mcnemar_p"])
-                                 for t in tests if f"{metric} vs {ZERO_SHOT}" in t))
-        vs_major = "/".join(format_p(t[f"{metric} vs majority"]["mcnemar_p"]) for t in tests)
+                   else _p_values([t[f"{metric} vs {ZERO_SHOT}"] for t in tests
+                                   if f"{metric} vs {ZERO_SHOT}" in t]))
+        vs_major = _p_values([t[f"{metric} vs majority"] for t in tests])
         rows.append([name, em.format(), mc.format() if mc else "-", best_txt,
                      format_distribution(picked) if picked else "-",
                      format_distribution(generated, top=2), vs_zero or "-", vs_major])
@@ -752,8 +753,19 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
     head = (f"**{task}** — {len(seeds)} seed(s) ({', '.join(seeds)}), "
             f"{'/'.join(map(str, n_test))} test examples per seed, "
             f"{len(first['candidates'])} candidates; p-values: exact McNemar on "
-            f"{'multiple-choice' if has_choices else 'exact-match'} correctness, one per seed")
+            f"{'multiple-choice' if has_choices else 'exact-match'} correctness, one per seed; "
+            f"↑N/↓N: seeds where the system is significantly (p < {SIGNIFICANT}) better/worse")
     return head + "\n\n" + markdown_table(header, rows)
+
+
+def _p_values(tests: Sequence[dict[str, Any]]) -> str:
+    """Per-seed McNemar p-values, then how many seeds are significantly better and worse."""
+    if not tests:
+        return ""
+    ps = "/".join(format_p(t["mcnemar_p"]) for t in tests)
+    better = sum(t["mcnemar_p"] < SIGNIFICANT and t["only_this"] > t["only_other"] for t in tests)
+    worse = sum(t["mcnemar_p"] < SIGNIFICANT and t["only_this"] < t["only_other"] for t in tests)
+    return f"{ps} (↑{better} ↓{worse})"
 
 
 def _short(answer: str, width: int = 14) -> str:

@@ -321,3 +321,13 @@ def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny
         direct = study_module.score_test(loaded, test)
         assert cell["systems"]["zero-shot"]["mc_picks"] == direct["mc_picks"]
         assert cell["systems"]["zero-shot"]["answers"] == direct["answers"]
+
+
+def test_table_counts_significant_seeds_by_direction(study_module):
+    tests = [
+        {"mcnemar_p": 0.01, "only_this": 10, "only_other": 2},  # better
+        {"mcnemar_p": 0.2, "only_this": 7, "only_other": 4},  # not significant
+        {"mcnemar_p": 0.0004, "only_this": 1, "only_other": 12},  # worse
+    ]
+    assert study_module._p_values(tests) == "0.010/0.200/<0.001 (↑1 ↓1)"
+    assert study_module._p_values([]) == ""
