@@ -3,9 +3,10 @@
 Causal models get either one *packed* row (all examples back to back, a block-diagonal causal
 mask and restarting positions: no padding at all; the choices of one question share one copy
 of its prompt) or right-padded rows. Either way the LM head is applied only at the positions
-that predict a target token, which skips most of the vocabulary projection. Seq2seq models get padded encoder inputs and teacher-forced decoder
-inputs. A batch can be *repeated* ``groups`` times along the batch dimension so that a batched
-LoRA layer can evaluate several weight vectors in one forward (see :mod:`composer.lora_runtime`).
+that predict a target token, which skips most of the vocabulary projection. Seq2seq models
+get padded encoder inputs and teacher-forced decoder inputs. A batch can be *repeated*
+``groups`` times along the batch dimension so that a batched LoRA layer can evaluate several
+weight vectors in one forward (see :mod:`composer.lora_runtime`).
 """
 
 from __future__ import annotations
