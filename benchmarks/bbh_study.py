@@ -405,9 +405,10 @@ class Study:
                 mine_scores = self.results.setdefault("per_example", {}).setdefault(task, {})
                 for index, row in scores.items():
                     mine_scores.setdefault(name, {}).setdefault(index, row)
-        # Processes run side by side: their times are kept apart, not added to this wall time.
+        # Which files rows came from. Their wall times are not added: a file started as a copy
+        # of this one holds this one's time too; the report sums the rows' own times instead.
         merged = self.results.setdefault("merged", {})
-        merged[str(other_path.resolve())] = round(other.get("wall_seconds", 0.0), 1)
+        merged[str(other_path.resolve())] = merged.get(str(other_path.resolve()), 0) + taken
         self.save()
         return taken
 
@@ -782,6 +783,16 @@ def _pooled(distributions: Sequence[dict[str, int]]) -> dict[str, int]:
     return label_distribution(label for label, n in total.items() for _ in range(n))
 
 
+def row_seconds(results: dict[str, Any]) -> float:
+    """The time spent computing every row of a results file, whichever process computed it."""
+    return sum(
+        system.get("seconds", 0.0)
+        for cells in results["tasks"].values()
+        for cell in cells.values()
+        for system in cell.get("systems", {}).values()
+    )
+
+
 def report(results: dict[str, Any], systems: Sequence[str]) -> str:
     """All task tables of a results file, with the settings and wall time."""
     fp = results["settings"]["fingerprint"]
@@ -789,11 +800,11 @@ def report(results: dict[str, Any], systems: Sequence[str]) -> str:
         f"Settings: k = {fp['k']} candidates, {fp['shots']} few-shot examples, budget "
         f"{fp['budget']}, test limit {fp['test_limit'] or 'none'}, chat template "
         f"{fp['use_chat_template']}, dtype {fp['dtype']}; library pool of "
-        f"{len(results['settings']['library_pool'])} modules; wall time "
-        f"{results['wall_seconds'] / 60:.1f} min"
-        + "".join(f" (+ {seconds / 60:.1f} min in {Path(name).name}, run beside it)"
-                  for name, seconds in results.get("merged", {}).items())
-        + ".",
+        f"{len(results['settings']['library_pool'])} modules; time spent on the rows "
+        f"{row_seconds(results) / 60:.1f} min (the sum of every row's own time"
+        + (f", rows from {len(results['merged'])} process(es) run side by side merged in"
+           if results.get("merged") else "")
+        + ").",
     ]
     for task, cells in results["tasks"].items():
         if any(c.get("systems") for c in cells.values()):

@@ -289,9 +289,13 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
     theirs = json.loads(other.read_text())
     assert results["tasks"]["truth"] == theirs["tasks"]["truth"]
     assert results["per_example"]["truth"] == theirs["per_example"]["truth"]
-    assert list(results["merged"]) == [str(other.resolve())]
+    assert results["merged"] == {str(other.resolve()): len(split.computed)}
+    capsys.readouterr()
     study_module.main(argv("--methods", "lorahub", "--merge", str(other), "--report-only"))
-    assert "run beside it" in capsys.readouterr().out
+    assert "1 process(es) run side by side merged in" in capsys.readouterr().out
+    expected = sum(r["seconds"] for cells in results["tasks"].values() for c in cells.values()
+                   for r in c["systems"].values())
+    assert study_module.row_seconds(results) == pytest.approx(expected) and expected > 0
 
     with pytest.raises(ConfigError, match="another fingerprint"):
         changed = argv("--budget", "4", "--merge", str(out))
