@@ -377,15 +377,15 @@ class Study:
             other = json.loads(other_path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--merge {other_path}: not a results file ({exc})") from None
-        if other.get("version") != RESULTS_VERSION:
+        if not isinstance(other, dict) or other.get("version") != RESULTS_VERSION:
             raise ConfigError(f"--merge {other_path}: not a results file of this study")
-        mine, theirs = self.results["settings"], other["settings"]
+        mine, theirs = self.results["settings"], other.get("settings", {})
         for key in ("fingerprint", "library_pool"):
-            if mine[key] != theirs[key]:
+            if mine[key] != theirs.get(key):
                 what = key.replace("_", " ")
                 raise ConfigError(f"--merge {other_path}: made with another {what}")
         taken = 0
-        for task, cells in other["tasks"].items():
+        for task, cells in other.get("tasks", {}).items():
             for seed, cell in cells.items():
                 here = self.results["tasks"].setdefault(task, {}).setdefault(seed, {})
                 if here.get("systems") and any(

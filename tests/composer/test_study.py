@@ -297,6 +297,15 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
                    for r in c["systems"].values())
     assert study_module.row_seconds(results) == pytest.approx(expected) and expected > 0
 
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1}')
+    with pytest.raises(ConfigError, match="made with another fingerprint"):
+        study_module.main(argv("--methods", "lorahub", "--merge", str(broken)))
+    broken.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a results file of this study"):
+        study_module.main(argv("--methods", "lorahub", "--merge", str(broken)))
+    with pytest.raises(ConfigError, match="not a results file"):
+        study_module.main(argv("--methods", "lorahub", "--merge", str(tmp_path / "missing.json")))
     with pytest.raises(ConfigError, match="another fingerprint"):
         changed = argv("--budget", "4", "--merge", str(out))
         changed[changed.index("--out") + 1] = str(tmp_path / "third.json")
