@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from loradex.errors import ConfigError
-from loradex.files import apply_default_permissions
+from loradex.files import replace_folder
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -74,22 +71,15 @@ def write_adapter_folder(
     if save_dtype not in SAVE_DTYPES:
         raise ConfigError(f"invalid save dtype {save_dtype!r}: choose {', '.join(SAVE_DTYPES)}")
     out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    dtype = SAVE_DTYPES[save_dtype]
+
+    def fill(tmp: Path) -> None:
         cfg = dict(config)
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        dtype = SAVE_DTYPES[save_dtype]
         cast = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
         save_file(cast, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        apply_default_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return replace_folder(out, fill)

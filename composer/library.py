@@ -9,7 +9,6 @@ every module, so stopping at any point leaves a consistent library.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from composer.data import Example, load_examples
 from composer.models import LoadedModel
 from composer.train import TaskInfo, TrainConfig, train_lora
 from loradex.errors import InvalidDataFile
+from loradex.files import atomic_write
 
 # Hand-assigned categories of the upstream BIG-bench tasks (used for search and study reports).
 TASK_CATEGORIES: dict[str, str] = {
@@ -123,9 +123,8 @@ def split_task(
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def load_manifest(out_dir: Path) -> dict[str, Any]:
@@ -365,7 +364,6 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
 def write_library_readme(out_dir: Path) -> Path:
     """Regenerate ``README.md`` of the library from its manifest."""
     path = out_dir / "README.md"
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(render_library_readme(load_manifest(out_dir)), encoding="utf-8")
-    os.replace(tmp, path)
+    text = render_library_readme(load_manifest(out_dir))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -8,7 +8,6 @@ a ``HubClient`` instead of building its own, which is what makes the real-server
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loradex.errors import HubError, HubUnavailable, LoradexError, ModuleNotFound
+from loradex.files import atomic_write
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -222,9 +222,7 @@ class HubClient:
         storage = Path(*parts[: len(parts) - 1 - parts[::-1].index("snapshots")])
         ref = storage / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
-        tmp.write_text(sha)
-        os.replace(tmp, ref)
+        atomic_write(ref, lambda tmp: tmp.write_text(sha))
 
     # --------------------------------------------------------------- writes
 

@@ -10,15 +10,13 @@ downloaded. When the Hub cannot be reached, the cached snapshot is used.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
-from loradex.files import apply_default_permissions
+from loradex.files import atomic_write
 from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, PICKLE_WEIGHTS
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
@@ -155,13 +153,5 @@ def _place(source: Path, target: Path, name: str) -> Path:
     """Copy a cached file into ``target`` atomically (temp file + rename)."""
     target.mkdir(parents=True, exist_ok=True)
     final = target / name
-    fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(source.resolve(), tmp)
-        apply_default_permissions(Path(tmp))
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(final, lambda tmp: shutil.copyfile(source.resolve(), tmp))
     return final

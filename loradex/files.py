@@ -1,15 +1,19 @@
-"""File permissions for what is written through temporary files.
+"""Atomic writes: a file or a whole folder appears under its real name complete, or not at all.
 
-``tempfile.mkstemp`` creates files 0600 and ``mkdtemp`` folders 0700, and ``os.replace`` keeps
-those modes; an adapter folder written that way could not be read by anyone else on a shared
-machine. Everything we write atomically gets the modes a plain ``open``/``mkdir`` would have
-given it instead (0666/0777 minus the umask), as huggingface_hub does for its downloads.
+Content goes to a temporary sibling first and is ``os.replace``-d into place, so a crash never
+leaves half a file or half an adapter folder under the real name. ``tempfile`` creates files
+0600 and folders 0700, and ``os.replace`` keeps those modes; what we write gets the modes a
+plain ``open``/``mkdir`` would have given it instead (0666/0777 minus the umask), as
+huggingface_hub does for its downloads, so others on a shared machine can read it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -30,3 +34,34 @@ def apply_default_permissions(path: Path) -> None:
             os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~mask)
     else:
         os.chmod(path, 0o666 & ~mask)
+
+
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then ``os.replace`` it there."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        apply_default_permissions(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_folder(out: Path, fill: Callable[[Path], object]) -> Path:
+    """Call ``fill(tmp)`` on a temporary sibling folder of ``out``, then put it at ``out``
+    (replacing what was there). The caller decides whether replacing is allowed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        apply_default_permissions(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

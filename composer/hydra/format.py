@@ -9,10 +9,7 @@ torch-free reader in :mod:`registry.hydra`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from loradex.errors import InvalidAdapter
-from loradex.files import apply_default_permissions
+from loradex.files import atomic_write, replace_folder
 from registry.hydra import (
     CARD_NAME,
     CONFIG_NAME,
@@ -159,7 +156,6 @@ def write_hydra_folder(
     The caller decides whether replacing an existing ``out`` is allowed.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if save_dtype is not None:
         module = HydraModule(
             config=module.config,
@@ -175,30 +171,10 @@ def write_hydra_folder(
                 for name, layer in module.layers.items()
             },
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_hydra(module, tmp, card=card)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        apply_default_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
-
-def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``target``, then ``os.replace`` it there."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        apply_default_permissions(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return replace_folder(out, fill)
