@@ -233,17 +233,11 @@ def score_test(
     """Per-example results of the model as it is: greedy answers, exact match, picked choices.
 
     Prompts are rendered exactly as ``composer.evaluate.evaluate_examples`` renders them;
-    generation runs in batches of similar prompt lengths, choices are scored all together.
+    generation runs in batches of similar prompt lengths; choices are picked by
+    ``composer.evaluate.choice_picks``, the function eval uses.
     """
-    from composer.data import (
-        EncodedExample,
-        encode_examples,
-        encode_prompt,
-        encode_target,
-        normalize_answer,
-        render_prompt,
-    )
-    from composer.evaluate import generate_answers, sequence_logprobs
+    from composer.data import encode_examples, normalize_answer
+    from composer.evaluate import choice_picks, generate_answers
 
     loaded.model.eval()
     tok = loaded.tokenizer
@@ -263,26 +257,10 @@ def score_test(
     em = [normalize_answer(a) == normalize_answer(ex.target)
           for a, ex in zip(answers, examples, strict=True)]
 
-    options: list[EncodedExample] = []
-    owners: list[tuple[int, str]] = []
-    for i, ex in enumerate(examples):
-        if not ex.choices:
-            continue
-        prompt = render_prompt(tok, ex.input, demonstrations=demonstrations,
-                               use_chat_template=use_chat_template)
-        prompt_ids = tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)
-                           [-max_length:])
-        for choice in ex.choices:
-            target = tuple(encode_target(tok, choice, seq2seq=loaded.is_seq2seq))
-            options.append(EncodedExample(prompt_ids, target))
-            owners.append((i, choice))
-    picks: list[str | None] = [None] * len(examples)
-    if options:
-        scores = sequence_logprobs(loaded, options, batch_size)
-        best: dict[int, float] = {}
-        for (i, choice), score in zip(owners, scores, strict=True):
-            if i not in best or score > best[i]:  # first of equal scores wins, as in eval
-                best[i], picks[i] = score, choice
+    picks = choice_picks(
+        loaded, examples, demonstrations=demonstrations, use_chat_template=use_chat_template,
+        max_length=max_length, batch_size=batch_size,
+    )
     return {
         "answers": [normalize_answer(a) for a in answers],
         "em_correct": [int(x) for x in em],

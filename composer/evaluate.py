@@ -235,6 +235,42 @@ def evaluate_examples(
     return report
 
 
+def choice_picks(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    *,
+    demonstrations: Sequence[Example] = (),
+    use_chat_template: bool = True,
+    max_length: int = 1024,
+    batch_size: int = 16,
+) -> list[str | None]:
+    """The choice with the highest log-likelihood after each example's prompt (the first of
+    equal scores), or None for an example without choices."""
+    tok = loaded.tokenizer
+    options: list[EncodedExample] = []
+    for ex in examples:
+        if not ex.choices:
+            continue
+        prompt = render_prompt(
+            tok, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
+        )
+        prompt_ids = tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)
+                           [-max_length:])
+        options.extend(
+            EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
+            for c in ex.choices
+        )
+    scores = iter(sequence_logprobs(loaded, options, batch_size) if options else [])
+    picks: list[str | None] = []
+    for ex in examples:
+        if not ex.choices:
+            picks.append(None)
+            continue
+        own = [next(scores) for _ in ex.choices]
+        picks.append(ex.choices[max(range(len(own)), key=own.__getitem__)])
+    return picks
+
+
 def _choice_accuracy(
     loaded: LoadedModel,
     examples: Sequence[Example],
@@ -242,33 +278,18 @@ def _choice_accuracy(
     demonstrations: Sequence[Example],
     bar: Any,
 ) -> tuple[int, Counter[str]]:
-    tok = loaded.tokenizer
     correct = 0
     labels: Counter[str] = Counter()
     with_choices = [ex for ex in examples if ex.choices]
     for start in range(0, len(with_choices), config.batch_size):
         chunk = with_choices[start : start + config.batch_size]
-        options: list[EncodedExample] = []
-        for ex in chunk:
-            assert ex.choices is not None
-            prompt = render_prompt(
-                tok, ex.input, demonstrations=demonstrations,
-                use_chat_template=config.use_chat_template,
-            )
-            prompt_ids = tuple(
-                encode_prompt(tok, prompt, use_chat_template=config.use_chat_template)[
-                    -config.max_length :
-                ]
-            )
-            options.extend(
-                EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
-                for c in ex.choices
-            )
-        scores = iter(sequence_logprobs(loaded, options, config.batch_size))
-        for ex in chunk:
-            assert ex.choices is not None
-            own = [next(scores) for _ in ex.choices]
-            picked = ex.choices[max(range(len(own)), key=own.__getitem__)]
+        picks = choice_picks(
+            loaded, chunk, demonstrations=demonstrations,
+            use_chat_template=config.use_chat_template, max_length=config.max_length,
+            batch_size=config.batch_size,
+        )
+        for ex, picked in zip(chunk, picks, strict=True):
+            assert picked is not None
             labels[picked] += 1
             correct += picked == ex.target
         bar.update(len(chunk))
