@@ -156,3 +156,15 @@ FEW_SHOT = [
 ]
 
 
+def direct_logprobs(model: torch.nn.Module, options) -> list[float]:
+    """Each (prompt, target) sequence in a forward of its own, unpacked and unpadded: the sum
+    of its target-token log-probabilities (the first target token is skipped without a prompt)."""
+    scores = []
+    with torch.no_grad():
+        for opt in options:
+            ids = torch.tensor([list(opt.prompt_ids) + list(opt.target_ids)])
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            n = len(opt.prompt_ids)
+            scores.append(sum(float(logp[n + j - 1, t])
+                              for j, t in enumerate(opt.target_ids) if n + j >= 1))
+    return scores

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from composer_testing import FEW_SHOT
+from composer_testing import FEW_SHOT, direct_logprobs
 from safetensors.torch import load_file
 
 from composer.data import Example
@@ -128,13 +128,7 @@ def test_exact_match_and_choice_accuracy(tiny_causal_dir, load_tiny):
     options = [EncodedExample(prompt, tuple(encode_target(tok, c, seq2seq=False)))
                for c in ex.choices]
     scores = sequence_logprobs(loaded, options)
-    with torch.no_grad():
-        direct = []
-        for opt in options:
-            ids = torch.tensor([list(opt.prompt_ids) + list(opt.target_ids)])
-            logp = torch.log_softmax(loaded.model(ids).logits[0].float(), -1)
-            n_p = len(opt.prompt_ids)
-            direct.append(sum(float(logp[n_p + j - 1, t]) for j, t in enumerate(opt.target_ids)))
+    direct = direct_logprobs(loaded.model, options)
     assert scores == pytest.approx(direct, abs=1e-4)
     best = ex.choices[max(range(2), key=direct.__getitem__)]
     assert report.choice_accuracy == float(best == ex.target)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from composer_testing import direct_logprobs
 
 from composer.batching import pack_causal, packed_length, prefix_groups, target_token_losses
 from composer.data import EncodedExample
@@ -23,19 +24,6 @@ OPTIONS = [
     EncodedExample((), (41, 42, 2)),
     EncodedExample((5, 9, 12, 7), (23, 2)),
 ]
-
-
-def _direct(model: torch.nn.Module, options: list[EncodedExample]) -> list[float]:
-    """Each sequence in a forward of its own: the sum of its target-token log-probabilities."""
-    scores = []
-    with torch.no_grad():
-        for opt in options:
-            ids = torch.tensor([list(opt.prompt_ids) + list(opt.target_ids)])
-            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
-            n = len(opt.prompt_ids)
-            scores.append(sum(float(logp[n + j - 1, t])
-                              for j, t in enumerate(opt.target_ids) if n + j >= 1))
-    return scores
 
 
 def test_prefix_groups_join_consecutive_equal_prompts_only() -> None:
@@ -62,7 +50,7 @@ def test_shared_prompt_scores_equal_separate_forwards(
 ) -> None:
     loaded = load_tiny(tiny_causal_dir)
     got = sequence_logprobs(loaded, OPTIONS, batch_size=batch_size, max_tokens=max_tokens)
-    assert got == pytest.approx(_direct(loaded.model, OPTIONS), abs=1e-4)
+    assert got == pytest.approx(direct_logprobs(loaded.model, OPTIONS), abs=1e-4)
 
 
 def test_shared_prompt_losses_equal_padded_rows(
