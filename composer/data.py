@@ -9,13 +9,13 @@ template when it has one (``use_chat_template=False`` turns it off), else plain 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidDataFile
 
 if TYPE_CHECKING:
@@ -57,9 +57,9 @@ def load_examples(path: str | Path, *, min_examples: int = 1) -> list[Example]:
             continue
         where = f"{path}:{lineno}"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidDataFile(f"{where}: not valid JSON ({exc.msg})") from None
+            obj = parse_json(line)
+        except MalformedDocument as exc:
+            raise InvalidDataFile(f"{where}: not valid JSON ({exc})") from None
         examples.append(_parse_example(obj, where))
     if len(examples) < min_examples:
         what = "no examples" if not examples else f"only {len(examples)} example(s)"

@@ -119,11 +119,11 @@ def base_model_name_for(name_or_path: str | None) -> str:
     if path.is_dir():
         config = path / "config.json"
         if config.is_file():
-            import json
+            from loradex.documents import parse_json
 
             try:
-                raw = json.loads(config.read_text()).get("_name_or_path") or ""
-            except ValueError:
+                raw = parse_json(config.read_bytes()).get("_name_or_path") or ""
+            except (ValueError, AttributeError):  # not JSON, or not an object
                 raw = ""
             # A folder saved from a Hub model remembers its Hub id; a local path is no name.
             if raw and not os.path.isabs(raw) and raw.count("/") == 1:

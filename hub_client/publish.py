@@ -22,7 +22,6 @@ with ``library_name: loradex`` (stock PEFT cannot load it), tags ``loradex``, ``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import ConfigError, InvalidAdapter
 from registry.adapter_files import CARD, inspect_adapter_folder, parse_card
 
@@ -75,8 +75,8 @@ def read_provenance(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_bytes())
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise InvalidAdapter(f"{path}: not a JSON object")

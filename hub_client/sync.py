@@ -12,7 +12,6 @@ interrupted sync resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexError
 from registry.adapter_files import (
     ADAPTER_CONFIG,
@@ -135,8 +135,8 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         raise InvalidAdapter(f"{repo_id}: no {config_name}")
     config_text = client.fetch_text(repo_id, config_name, sha)
     try:
-        config = json.loads(config_text)
-    except json.JSONDecodeError as exc:
+        config = parse_json(config_text)
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{repo_id}/{config_name}: not valid JSON ({exc})") from exc
     weights = siblings[weights_name]
     header = client.fetch_safetensors_header(repo_id, weights_name, sha, weights.size)

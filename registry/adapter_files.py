@@ -21,7 +21,6 @@ Model-card front matter understood, besides the Hub's usual keys (``base_model``
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from loradex.documents import MalformedDocument, parse_json, parse_yaml
 from loradex.errors import InvalidAdapter
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.normalize import (
@@ -165,8 +165,8 @@ def _split_header(data: bytes, size: int, label: str) -> tuple[int, bytes]:
 
 def _validate_header(raw: bytes, data_start: int, size: int, label: str) -> dict[str, Any]:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = parse_json(raw)
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{label}: safetensors header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise InvalidAdapter(f"{label}: safetensors header is not a JSON object")
@@ -241,13 +241,10 @@ def parse_card(text: str | None) -> tuple[dict[str, Any], str]:
     match = re.match(r"^---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*(?:\r?\n|$)", text, re.S | re.M)
     if not match:
         return {}, text.strip()
-    import yaml  # only when a card has front matter
-
     try:
-        data = yaml.safe_load(match.group(1)) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidAdapter(f"{CARD}: YAML front matter is malformed ({first})") from exc
+        data = parse_yaml(match.group(1)) or {}
+    except MalformedDocument as exc:
+        raise InvalidAdapter(f"{CARD}: YAML front matter is malformed ({exc})") from exc
     if not isinstance(data, dict):
         raise InvalidAdapter(f"{CARD}: YAML front matter is not a mapping")
     return data, text[match.end() :].strip()
@@ -592,8 +589,8 @@ def inspect_adapter_folder(
     if not config_path.is_file():
         raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG}")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = parse_json(config_path.read_bytes())
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{config_path}: not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{config_path}: not a JSON object")

@@ -10,7 +10,6 @@ save the tensors themselves.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidAdapter
 from registry.adapter_files import list_folder_files, parse_card, read_safetensors_header
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
@@ -218,8 +218,8 @@ def read_config(folder: Path) -> HydraConfig:
     if not path.is_file():
         raise InvalidAdapter(f"{folder}: no {CONFIG_NAME} (not a Hydra module folder)")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = parse_json(path.read_bytes())
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
     return HydraConfig.from_json_dict(raw, source=str(path))
 

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import LoradexError
 from registry.server.blobstore import BlobMismatch, BlobStore, BlobTooLarge
 from registry.server.errors import HubHTTPError, bad_request
@@ -513,9 +514,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def _json_body(request: Request) -> dict[str, Any]:
     body = await _read_body(request, MAX_JSON_BODY)
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad_request("request body is not valid JSON") from None
+        data = parse_json(body)
+    except MalformedDocument as exc:
+        raise bad_request(f"request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object")
     reject_nul(data)

@@ -12,12 +12,12 @@ whose head is no longer a valid adapter, leaves the registry.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from datetime import UTC
 
 from sqlalchemy import Engine
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidAdapter, ModuleNotFound
 from registry.adapter_files import (
     ADAPTER_CONFIG,
@@ -48,8 +48,8 @@ def hosted_module(commit: HostedCommit, source: str) -> Module | None:
     label = f"{commit.repo_id}@{commit.sha[:12]}"
     config_path = commit.blobs.path_for(files[config_name].sha256)
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = parse_json(config_path.read_bytes())
+    except MalformedDocument as exc:
         raise InvalidAdapter(f"{label}: {config_name} is not valid JSON ({exc})") from exc
     header = read_safetensors_header(
         commit.blobs.path_for(files[weights_name].sha256), name=f"{label}/{weights_name}"

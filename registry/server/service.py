@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import Engine, and_, delete, false, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from loradex.documents import MalformedDocument, parse_json, parse_yaml
 from registry.db import is_sqlite, session_scope
 from registry.hub_models import (
     SqlHubBlob,
@@ -247,8 +247,8 @@ def parse_front_matter(text: str) -> dict[str, Any]:
     for i, line in enumerate(lines[1:], start=1):
         if line.strip() == "---":
             try:
-                data = yaml.safe_load("\n".join(lines[1:i])) or {}
-            except yaml.YAMLError as exc:
+                data = parse_yaml("\n".join(lines[1:i])) or {}
+            except MalformedDocument as exc:
                 raise ValueError(f"invalid YAML front matter: {exc}") from None
             if not isinstance(data, dict):
                 raise ValueError("YAML front matter must be a mapping")
@@ -1190,7 +1190,7 @@ def _encode_cursor(key: datetime | None, last_id: str) -> str:
 def _decode_cursor(cursor: str, keyed: bool) -> tuple[Any, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        key, last_id = json.loads(raw)
+        key, last_id = parse_json(raw)
         if not isinstance(last_id, str) or "\0" in last_id:
             raise ValueError("id")
         if keyed:
@@ -1210,9 +1210,9 @@ def parse_commit_body(body: bytes, max_file_size: int) -> tuple[dict[str, Any], 
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise bad_request(f"commit line {number}: not valid JSON") from None
+            item = parse_json(line)
+        except MalformedDocument as exc:
+            raise bad_request(f"commit line {number}: not valid JSON ({exc})") from None
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise bad_request(f"commit line {number}: expected {{'key': ..., 'value': {{...}}}}")
         reject_nul(item)

@@ -96,6 +96,9 @@ def test_truncated_file_is_refused_naming_it(tmp_path: Path) -> None:
         (_raw_file({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9),
          "data buffer is 9 bytes but the tensors cover 4"),
         (_raw_file({"__metadata__": {"a": 1}}, b""), "__metadata__ must map strings"),
+        # valid JSON that json.loads itself cannot take, or that nests without end
+        (struct.pack("<Q", 20_000) + b"[" * 10_000 + b"]" * 10_000, "nested more than 64"),
+        (struct.pack("<Q", 5006) + b'{"a":' + b"9" * 5000 + b"}", "integer string conversion"),
     ],
 )
 def test_malformed_headers_are_refused(tmp_path: Path, payload: bytes, message: str) -> None:
@@ -241,13 +244,17 @@ def test_config_and_card_problems_are_refused(tmp_path: Path) -> None:
     folder = write_lora_adapter(tmp_path / "a", card="---\nlicense: [unclosed\n---\nbody\n")
     with pytest.raises(InvalidAdapter, match="YAML front matter is malformed"):
         inspect_adapter_folder(folder)
+    folder = write_lora_adapter(tmp_path / "alias", card="---\nlicense: &l mit\nx: *l\n---\n")
+    with pytest.raises(InvalidAdapter, match=r"malformed \(YAML aliases \(\*l\)"):
+        inspect_adapter_folder(folder)
     folder = write_lora_adapter(tmp_path / "b", config_overrides={"base_model_name_or_path": None})
     with pytest.raises(InvalidAdapter, match="no base model"):
         inspect_adapter_folder(folder)
     folder = write_lora_adapter(tmp_path / "c")
-    (folder / "adapter_config.json").write_text("{not json")
-    with pytest.raises(InvalidAdapter, match=r"adapter_config\.json: not valid JSON"):
-        inspect_adapter_folder(folder)
+    for text in ("{not json", "[" * 5000 + "]" * 5000):
+        (folder / "adapter_config.json").write_text(text)
+        with pytest.raises(InvalidAdapter, match=r"adapter_config\.json: not valid JSON"):
+            inspect_adapter_folder(folder)
     (folder / "adapter_config.json").unlink()
     with pytest.raises(InvalidAdapter, match=r"no adapter_config\.json"):
         inspect_adapter_folder(folder)

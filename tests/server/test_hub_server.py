@@ -306,6 +306,8 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
         json.dumps({"key": "header", "value": {"summary": "x", "parentCommit": "zz"}}).encode(),
         b"\xff\xfe\x00garbage",
         json.dumps([1, 2, 3]).encode(),
+        b"[" * 100_000,  # RecursionError inside json.loads
+        b'{"key": "header", "value": {"summary": ' + b"9" * 5000 + b"}}",  # int() digit limit
     ]
     for body in bad_commits:
         r = httpx.post(
@@ -317,6 +319,8 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
     requests = [
         ("POST", "/api/repos/create", b"{not json", {}),
         ("POST", "/api/repos/create", b"[]", {}),
+        ("POST", "/api/repos/create", b'{"name": ' + b"[" * 100_000, {}),
+        ("POST", "/api/repos/create", b'{"name": "n", "private": ' + b"1" * 5000 + b"}", {}),
         ("POST", "/api/repos/create", json.dumps({"name": "bad--name"}).encode(), {}),
         ("POST", "/api/repos/create", json.dumps({"name": "x" * 97}).encode(), {}),
         ("POST", "/api/repos/create", json.dumps({"name": ".hidden"}).encode(), {}),
@@ -421,6 +425,31 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
     bad = httpx.post(f"{hub.url}/api/validate-yaml", json={"content": "---\n: [unclosed\n---\n"})
     assert bad.status_code == 400 and bad.json()["errors"]
     assert httpx.post(f"{hub.url}/api/validate-yaml", content=b"{").json()["errors"]
+
+
+def test_card_metadata_bombs_are_not_expanded(hub: HubServer) -> None:
+    """A few hundred bytes of YAML aliases must not become megabytes of cardData (or a 500)."""
+    hub.api(hub.alice).create_repo("alice/bomb", exist_ok=True)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+    )
+    cards = [f"---\n{bomb}---\n", "---\na: &x [*x]\n---\n", "---\na: " + "[" * 5000 + "\n---\n"]
+    for card in cards:
+        readme = {
+            "key": "file",
+            "value": {
+                "path": "README.md",
+                "content": base64.b64encode(card.encode()).decode(),
+                "encoding": "base64",
+            },
+        }
+        assert _commit(hub, "alice/bomb", [HEADER, readme]).status_code == 200
+        info = httpx.get(f"{hub.url}/api/models/alice/bomb")
+        assert info.status_code == 200 and len(info.content) < 5000, len(info.content)
+        assert not info.json().get("cardData")
+        check = httpx.post(f"{hub.url}/api/validate-yaml", json={"content": card})
+        assert check.status_code == 400
+        assert check.json()["errors"][0]["message"].startswith("invalid YAML front matter")
 
 
 def test_range_requests_and_headers(hub: HubServer, tmp_path: Path) -> None:
