@@ -49,6 +49,7 @@ from registry.server.errors import (
     unauthorized,
 )
 from registry.server.validation import (
+    check_listing_query,
     check_name,
     check_path,
     check_repo_id,
@@ -401,9 +402,18 @@ class HubService:
     # -------------------------------------------------------------- repos
 
     def _visible_repo(
-        self, session: Session, identity: Identity | None, repo_id: str
+        self, session: Session, identity: Identity | None, repo_id: str, *, lock: bool = False
     ) -> SqlHubRepo:
-        repo = session.scalar(select(SqlHubRepo).where(SqlHubRepo.full_id == repo_id))
+        """The repo row (404 when missing or private to others); ``lock`` for writers.
+
+        Writers to one repo (commits, deletion) lock its row first, so on PostgreSQL they queue
+        instead of deadlocking (a commit's foreign key share-locks the repo row, then waits on
+        the branch row a deletion holds) or committing into a repo deleted under them. A writer
+        that waited for a deletion then finds no row: a 404, not a foreign-key 500. SQLite
+        writers are already serialised by ``BEGIN IMMEDIATE``.
+        """
+        query = select(SqlHubRepo).where(SqlHubRepo.full_id == repo_id)
+        repo = session.scalar(query.with_for_update() if lock else query)
         if repo is None or (
             repo.private and (identity is None or repo.namespace not in identity.namespaces)
         ):
@@ -468,7 +478,7 @@ class HubService:
         repo_id = check_repo_id(namespace, name)
         with session_scope(self.engine) as session:
             _begin_write(session)
-            repo = self._visible_repo(session, identity, repo_id)
+            repo = self._visible_repo(session, identity, repo_id, lock=True)
             self.require_write(identity, namespace)
             commit_ids = select(SqlHubCommit.id).where(SqlHubCommit.repo_id == repo.id)
             session.execute(delete(SqlHubRef).where(SqlHubRef.repo_id == repo.id))
@@ -567,6 +577,7 @@ class HubService:
         with_siblings: bool,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ``/api/models``; returns (items, next cursor or None)."""
+        check_listing_query(search, author, filters)
         sort_column = {
             "lastModified": SqlHubRepo.last_modified,
             "last_modified": SqlHubRepo.last_modified,
@@ -1054,7 +1065,7 @@ class HubService:
     ) -> tuple[HostedCommit, str]:
         with session_scope(self.engine) as session:
             _begin_write(session)
-            repo = self._visible_repo(session, identity, repo_id)
+            repo = self._visible_repo(session, identity, repo_id, lock=True)
             ident = self.require_write(identity, repo.namespace)
             ref = session.scalar(
                 select(SqlHubRef).where(SqlHubRef.repo_id == repo.id, SqlHubRef.name == branch)

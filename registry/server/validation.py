@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from registry.server.errors import HubHTTPError, bad_request
 
@@ -36,6 +37,24 @@ def check_repo_id(namespace: str, name: str) -> str:
     check_name(namespace, "namespace")
     check_name(name, "repo name")
     return f"{namespace}/{name}"
+
+
+MAX_FILTERS = 32
+MAX_QUERY_TEXT = 256
+
+
+def check_listing_query(search: str | None, author: str | None, filters: Sequence[str]) -> None:
+    """400 for listing parameters no repo could match and the database should never see.
+
+    SQLite refuses a LIKE pattern over 50,000 bytes and an expression tree over 1,000 levels
+    ("pattern too complex", "Expression tree is too large"): an over-long search or thousands
+    of filters would otherwise surface as a 500.
+    """
+    for what, text in (("search", search), ("author", author), *(("filter", f) for f in filters)):
+        if text is not None and len(text) > MAX_QUERY_TEXT:
+            raise bad_request(f"{what} longer than {MAX_QUERY_TEXT} characters")
+    if len(filters) > MAX_FILTERS:
+        raise bad_request(f"at most {MAX_FILTERS} filter values, got {len(filters)}")
 
 
 def check_path(path: object) -> str:
