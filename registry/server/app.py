@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import LoradexError
-from registry.server.blobstore import BlobMismatch, BlobStore, BlobTooLarge
+from registry.server.blobstore import BlobMismatch, BlobStore, BlobTooLarge, is_sha256
 from registry.server.errors import HubHTTPError, bad_request
 from registry.server.service import (
     DEFAULT_BRANCH,
@@ -472,7 +472,9 @@ class HubApp:
         body = await _json_body(request)
         await self.identity(request)
         size = body.get("size")
-        stored = self.service.blobs.size_of(oid) if len(oid) == 64 else None
+        if not is_sha256(oid):
+            raise bad_request(f"LFS verify: {oid!r} is not a sha256 oid")
+        stored = self.service.blobs.size_of(oid)
         if stored is None or (isinstance(size, int) and size != stored):
             raise HubHTTPError(404, f"object {oid} is not stored")
         return JSONResponse({"oid": oid, "size": stored})

@@ -354,6 +354,8 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
         ),
         ("PUT", "/api/lfs-upload/" + "a" * 64 + "?size=1&exp=1&sig=bad", b"x", {}),
         ("PUT", "/api/lfs-upload/nothex?size=x&exp=y&sig=z", b"x", {}),
+        ("POST", "/api/lfs-verify/" + "Z" * 64, b'{"oid": "x", "size": 1}', {}),
+        ("POST", "/api/lfs-verify/" + "..%2F" * 21 + "x", b'{"oid": "x", "size": 1}', {}),
         ("GET", "/api/models?limit=abc", b"", {}),
         ("GET", "/api/models?limit=-3", b"", {}),
         ("GET", "/api/models?sort=random", b"", {}),
