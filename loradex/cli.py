@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except LoradexError as exc:
-        click.echo(f"error: {exc}", err=True)
+        # Messages that quote a driver or parser can span lines (psycopg adds "Is the server
+        # running...?" on a second one): the user gets one line whatever the source.
+        click.echo("error: " + " ".join(part.strip() for part in str(exc).splitlines()), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

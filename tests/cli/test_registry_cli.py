@@ -215,6 +215,10 @@ def test_user_errors_are_one_line(run: Run, adapters: dict[str, Path]) -> None:
     assert code == 2 and "needs search TEXT" in err
     code, _, err = run("search", "--compatible-with", "nobody/nothing")
     assert code == 3
+    # psycopg's refusal spans two lines ("... Is the server running ...?"); ours is one
+    unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    code, _, err = run("--db", unreachable, "search", "x", db=False)
+    assert code == 9 and err.startswith("error: cannot open postgresql") and err.count("\n") == 1
 
 
 def test_db_commands(run: Run) -> None:
