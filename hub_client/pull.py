@@ -3,8 +3,9 @@
 Files land in the huggingface_hub cache layout (temporary file, then rename: atomic; partial
 downloads resume). A Hydra repo (``hydra_config.json`` + ``hydra_model.safetensors``) is
 pulled the same way. Each file's sha256 is checked against what the registry recorded for that
-revision and against the Hub's LFS sha256. Pickle-only repos are refused before anything is
-downloaded. When the Hub cannot be reached, the cached snapshot is used.
+revision and against the Hub's LFS sha256, and the weights and config are validated (header
+and shapes, never the tensors) before anything is placed. Pickle-only repos are refused before
+anything is downloaded. When the Hub cannot be reached, the cached snapshot is used.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
 from loradex.files import atomic_write
-from registry.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD, PICKLE_WEIGHTS
+from registry.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CARD,
+    PICKLE_WEIGHTS,
+    module_from_metadata,
+    read_safetensors_header,
+)
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
+from registry.hydra import describe_hydra
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
@@ -143,10 +153,39 @@ def pull_module(
                     "delete it from the cache and pull again"
                 )
     folder = paths[0].parent
+    _check_adapter_files(repo_id, sha, dict(zip(names, paths, strict=True)))
     if target is not None:
         paths = [_place(path, target, name) for path, name in zip(paths, names, strict=False)]
         folder = target
     return PullResult(repo_id, sha, folder, tuple(paths), from_cache)
+
+
+def _check_adapter_files(repo_id: str, sha: str, files: dict[str, Path]) -> None:
+    """Refuse weights or a config that are malformed, before anything is placed.
+
+    The sha256 checks prove the bytes are what the Hub announced, not that they are an adapter:
+    a Hub (or whoever pushed to it) can announce a broken file. The card is not judged here; a
+    malformed card does not stop anyone from using the weights.
+    """
+    label = f"{repo_id}@{sha[:12]}"
+    if HYDRA_CONFIG in files:
+        config = _read_config(files[HYDRA_CONFIG], label)
+        header = read_safetensors_header(files[HYDRA_WEIGHTS], name=f"{label}/{HYDRA_WEIGHTS}")
+        describe_hydra(config, header, label=label)
+    else:
+        config = _read_config(files[ADAPTER_CONFIG], label)
+        header = read_safetensors_header(files[ADAPTER_WEIGHTS], name=f"{label}/{ADAPTER_WEIGHTS}")
+        module_from_metadata(repo_id, config, header, label=label)
+
+
+def _read_config(path: Path, label: str) -> dict[str, object]:
+    try:
+        config = parse_json(path.read_bytes())
+    except MalformedDocument as exc:
+        raise InvalidAdapter(f"{label}/{path.name}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{label}/{path.name}: not a JSON object")
+    return config
 
 
 def _place(source: Path, target: Path, name: str) -> Path:

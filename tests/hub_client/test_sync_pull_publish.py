@@ -311,6 +311,31 @@ def test_pull_refuses_pickle_only_repos_and_unknown_ids(
     assert cli.returncode == 4 and "pickle" in cli.stderr and cli.stderr.count("\n") == 1
 
 
+def test_pull_refuses_a_malformed_adapter_the_hub_serves_and_places_nothing(
+    hub: HubServer, store: RegistryStore, tmp_path: Path
+) -> None:
+    """The hashes match what the Hub announces; the content is still judged before placing."""
+    broken = make_adapter(tmp_path / "rank-lie", config_rank=8)  # the tensors are rank 4
+    upload_adapter(hub, "alice/rank-lie", broken)
+    garbled = make_adapter(tmp_path / "garbled")
+    weights = garbled / "adapter_model.safetensors"
+    weights.write_bytes(b"\x10" + b"\x00" * 7 + b"{not json at all" + weights.read_bytes()[24:])
+    upload_adapter(hub, "alice/garbled", garbled)
+    client = HubClient(hub.url, cache_dir=tmp_path / "cache")
+    with pytest.raises(InvalidAdapter, match=r"alice/rank-lie@[0-9a-f]{12}: .*rank"):
+        pull_module(client, store, "alice/rank-lie", target=tmp_path / "out")
+    with pytest.raises(InvalidAdapter, match=r"alice/garbled@.*not valid JSON"):
+        pull_module(client, store, "alice/garbled", target=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    cli = loradex(
+        "--db", hub.db_url, "--home", str(tmp_path / "home"),
+        "pull", "alice/rank-lie", "--endpoint", hub.url, "--to", str(tmp_path / "cli-out"),
+        check=False,
+    )
+    assert cli.returncode == 4 and "rank" in cli.stderr and cli.stderr.count("\n") == 1
+    assert not (tmp_path / "cli-out").exists()
+
+
 def test_pull_and_publish_cli(hub: HubServer, tmp_path: Path) -> None:
     folder = make_adapter(tmp_path / "cli-pub", seed=33)
     published = loradex(
