@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import ConfigError, InvalidAdapter
-from registry.adapter_files import CARD, inspect_adapter_folder, parse_card
+from registry.adapter_files import CARD, inspect_adapter_folder, parse_card, read_json_object
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
@@ -74,12 +73,7 @@ def read_provenance(folder: Path) -> dict[str, Any] | None:
     path = folder / PROVENANCE_FILE
     if not path.is_file():
         return None
-    try:
-        data = parse_json(path.read_bytes())
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidAdapter(f"{path}: not a JSON object")
+    data = read_json_object(path)
     lineage = data.get("lineage", [])
     if not isinstance(lineage, list) or not all(
         isinstance(e, str) or (isinstance(e, dict) and e.get("repo_id")) for e in lineage

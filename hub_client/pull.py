@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
 from loradex.files import atomic_write
 from registry.adapter_files import (
@@ -25,6 +24,7 @@ from registry.adapter_files import (
     CARD,
     PICKLE_WEIGHTS,
     module_from_metadata,
+    read_json_object,
     read_safetensors_header,
 )
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
@@ -169,23 +169,13 @@ def _check_adapter_files(repo_id: str, sha: str, files: dict[str, Path]) -> None
     """
     label = f"{repo_id}@{sha[:12]}"
     if HYDRA_CONFIG in files:
-        config = _read_config(files[HYDRA_CONFIG], label)
+        config = read_json_object(files[HYDRA_CONFIG], f"{label}/{HYDRA_CONFIG}")
         header = read_safetensors_header(files[HYDRA_WEIGHTS], name=f"{label}/{HYDRA_WEIGHTS}")
         describe_hydra(config, header, label=label)
     else:
-        config = _read_config(files[ADAPTER_CONFIG], label)
+        config = read_json_object(files[ADAPTER_CONFIG], f"{label}/{ADAPTER_CONFIG}")
         header = read_safetensors_header(files[ADAPTER_WEIGHTS], name=f"{label}/{ADAPTER_WEIGHTS}")
         module_from_metadata(repo_id, config, header, label=label)
-
-
-def _read_config(path: Path, label: str) -> dict[str, object]:
-    try:
-        config = parse_json(path.read_bytes())
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{label}/{path.name}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidAdapter(f"{label}/{path.name}: not a JSON object")
-    return config
 
 
 def _place(source: Path, target: Path, name: str) -> Path:

@@ -163,6 +163,18 @@ def _split_header(data: bytes, size: int, label: str) -> tuple[int, bytes]:
     return 8 + length, data[8 : 8 + length]
 
 
+def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
+    """A JSON config file as a dict; :class:`InvalidAdapter` naming ``label`` (or the path)."""
+    label = label or str(path)
+    try:
+        data = parse_json(path.read_bytes())
+    except MalformedDocument as exc:
+        raise InvalidAdapter(f"{label}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidAdapter(f"{label}: not a JSON object")
+    return data
+
+
 def _validate_header(raw: bytes, data_start: int, size: int, label: str) -> dict[str, Any]:
     try:
         header = parse_json(raw)
@@ -588,12 +600,7 @@ def inspect_adapter_folder(
         raise InvalidAdapter(f"{folder}: no {ADAPTER_WEIGHTS}")
     if not config_path.is_file():
         raise InvalidAdapter(f"{folder}: no {ADAPTER_CONFIG}")
-    try:
-        config = parse_json(config_path.read_bytes())
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{config_path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidAdapter(f"{config_path}: not a JSON object")
+    config = read_json_object(config_path)
     header = read_safetensors_header(weights_path)
     card_path = folder / CARD
     card_text = (

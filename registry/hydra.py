@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidAdapter
-from registry.adapter_files import list_folder_files, parse_card, read_safetensors_header
+from registry.adapter_files import (
+    list_folder_files,
+    parse_card,
+    read_json_object,
+    read_safetensors_header,
+)
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.normalize import (
     normalize_base_model,
@@ -217,11 +221,7 @@ def read_config(folder: Path) -> HydraConfig:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise InvalidAdapter(f"{folder}: no {CONFIG_NAME} (not a Hydra module folder)")
-    try:
-        raw = parse_json(path.read_bytes())
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{path}: not valid JSON ({exc})") from exc
-    return HydraConfig.from_json_dict(raw, source=str(path))
+    return HydraConfig.from_json_dict(read_json_object(path), source=str(path))
 
 
 def validate_tensor_table(

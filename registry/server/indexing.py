@@ -17,13 +17,13 @@ from datetime import UTC
 
 from sqlalchemy import Engine
 
-from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidAdapter, ModuleNotFound
 from registry.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     CARD,
     module_from_metadata,
+    read_json_object,
     read_safetensors_header,
 )
 from registry.entities import Module, ModuleFile
@@ -47,10 +47,7 @@ def hosted_module(commit: HostedCommit, source: str) -> Module | None:
         return None
     label = f"{commit.repo_id}@{commit.sha[:12]}"
     config_path = commit.blobs.path_for(files[config_name].sha256)
-    try:
-        config = parse_json(config_path.read_bytes())
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{label}: {config_name} is not valid JSON ({exc})") from exc
+    config = read_json_object(config_path, f"{label}/{config_name}")
     header = read_safetensors_header(
         commit.blobs.path_for(files[weights_name].sha256), name=f"{label}/{weights_name}"
     )
