@@ -708,15 +708,21 @@ class HubService:
             commit = self._resolve(session, repo, revision)
             files = self._tree(session, commit.id)
         by_path = {f.path: f for f in files}
+        # Every folder's files, built once: asking for N paths in a tree of M files costs
+        # O(M x depth + N), not the O(N x M) of scanning the tree per path (40,000 paths in a
+        # 20,000-file repo took minutes).
+        folders: dict[str, list[TreeFile]] = {}
+        for f in files:
+            parts = f.path.split("/")
+            for depth in range(1, len(parts)):
+                folders.setdefault("/".join(parts[:depth]), []).append(f)
         result: list[dict[str, Any]] = []
         for path in dict.fromkeys(wanted):
             if path in by_path:
                 result.append(by_path[path].tree_json())
-                continue
-            children = [f for f in files if f.path.startswith(path + "/")]
-            if children:
+            elif path in folders:
                 result.append(
-                    {"type": "directory", "oid": _tree_oid(children), "size": 0, "path": path}
+                    {"type": "directory", "oid": _tree_oid(folders[path]), "size": 0, "path": path}
                 )
         return result
 

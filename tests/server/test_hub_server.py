@@ -500,6 +500,13 @@ def test_range_requests_and_headers(hub: HubServer, tmp_path: Path) -> None:
         ("RepoFolder", "sub"),
     ]
     assert infos[0].lfs.sha256 == sha256(data)
+    # a folder's oid is the same whether asked by paths-info or listed in the tree
+    folders = {e.path: e.tree_id for e in api.list_repo_tree("alice/ranges", recursive=True)
+               if type(e).__name__ == "RepoFolder"}
+    asked = api.get_paths_info("alice/ranges", ["sub/dir", "sub", "sub/dir/deep.txt", "sub/d"])
+    assert {i.path: getattr(i, "tree_id", None) for i in asked} == {
+        **folders, "sub/dir/deep.txt": None,
+    }
     top = {e.path for e in api.list_repo_tree("alice/ranges")}
     assert top == {".gitattributes", "blob.bin", "hello.txt", "sub"}
     assert {e.path for e in api.list_repo_tree("alice/ranges", path_in_repo="sub")} == {"sub/dir"}
