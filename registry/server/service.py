@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import fnmatch
 import hashlib
 import hmac
@@ -1082,20 +1083,7 @@ class HubService:
             assert head is not None
             if parent_sha is not None and parent_sha != head.sha:
                 raise _HeadMoved()
-            tree = {f.path: f for f in self._tree(session, head.id)}
-            for op, new_file in prepared:
-                if new_file is not None:
-                    tree[op.path] = new_file
-                elif op.kind == "deletedFile":
-                    if tree.pop(op.path, None) is None:
-                        raise entry_not_found(op.path)
-                else:
-                    prefix = op.path.rstrip("/") + "/"
-                    doomed = [p for p in tree if p.startswith(prefix)]
-                    if not doomed:
-                        raise entry_not_found(op.path)
-                    for p in doomed:
-                        del tree[p]
+            tree = _apply_ops({f.path: f for f in self._tree(session, head.id)}, prepared)
             _check_no_file_dir_clash(tree)
             now = utcnow()
             files = sorted(tree.values(), key=lambda f: f.path)
@@ -1180,6 +1168,37 @@ class HubService:
         )
         session.flush()
         return commit
+
+
+def _apply_ops(
+    tree: dict[str, TreeFile], prepared: Sequence[tuple[CommitOp, TreeFile | None]]
+) -> dict[str, TreeFile]:
+    """The tree after a commit's additions and deletions, in their order (404 for a missing path).
+
+    A sorted list of the paths, kept beside the dict, finds a folder's files by bisection: a
+    commit deleting N folders of an M-file tree costs O(N log M) plus list moves done in C,
+    where scanning the tree per folder cost O(N x M) (20,000 folders took 23 s).
+    """
+    paths = sorted(tree)
+    for op, new_file in prepared:
+        if new_file is not None:
+            if op.path not in tree:
+                bisect.insort(paths, op.path)
+            tree[op.path] = new_file
+        elif op.kind == "deletedFile":
+            if tree.pop(op.path, None) is None:
+                raise entry_not_found(op.path)
+            del paths[bisect.bisect_left(paths, op.path)]
+        else:
+            prefix = op.path.rstrip("/") + "/"
+            start = end = bisect.bisect_left(paths, prefix)
+            while end < len(paths) and paths[end].startswith(prefix):
+                del tree[paths[end]]
+                end += 1
+            if end == start:
+                raise entry_not_found(op.path)
+            del paths[start:end]
+    return tree
 
 
 def _tree_oid(files: Iterable[TreeFile]) -> str:

@@ -16,7 +16,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from hubtest_support import MAX_UPLOAD, HubServer, loradex, make_adapter
-from huggingface_hub import CommitOperationAdd, hf_hub_download, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    hf_hub_download,
+    snapshot_download,
+)
 from huggingface_hub import errors as hf_errors
 
 from registry.db import make_engine
@@ -510,6 +515,28 @@ def test_range_requests_and_headers(hub: HubServer, tmp_path: Path) -> None:
     top = {e.path for e in api.list_repo_tree("alice/ranges")}
     assert top == {".gitattributes", "blob.bin", "hello.txt", "sub"}
     assert {e.path for e in api.list_repo_tree("alice/ranges", path_in_repo="sub")} == {"sub/dir"}
+
+
+def test_commits_delete_files_and_folders(hub: HubServer) -> None:
+    api = hub.api(hub.alice)
+    api.create_repo("alice/deletions", exist_ok=True)
+    adds = [CommitOperationAdd(p, p.encode())
+            for p in ("keep.txt", "gone.txt", "sub/a.txt", "sub/deep/b.txt", "sub-x/c.txt")]
+    first = api.create_commit("alice/deletions", adds, commit_message="files").oid
+    api.create_commit(
+        "alice/deletions",
+        [CommitOperationDelete("gone.txt"), CommitOperationDelete("sub/")],
+        commit_message="deletions",
+    )
+    assert sorted(api.list_repo_files("alice/deletions")) == [
+        ".gitattributes", "keep.txt", "sub-x/c.txt",
+    ]
+    assert "sub/deep/b.txt" in api.list_repo_files("alice/deletions", revision=first)
+    with pytest.raises(hf_errors.EntryNotFoundError):
+        api.create_commit(
+            "alice/deletions", [CommitOperationDelete("sub/")], commit_message="again"
+        )
+    assert len(api.list_repo_commits("alice/deletions")) == 3  # the refused one left no commit
 
 
 def test_lfs_uploads_are_signed_checked_and_limited(hub: HubServer, tmp_path: Path) -> None:
