@@ -262,6 +262,7 @@ HEADER = {"key": "header", "value": {"summary": "raw commit"}}
         "",
         "a//b",
         "./a",
+        "a/" * 64 + "deep.txt",  # folder work grows with depth for every file
     ],
 )
 def test_commit_refuses_unsafe_paths(hub: HubServer, path: str) -> None:
@@ -402,6 +403,7 @@ def test_malformed_requests_get_4xx_never_5xx(hub: HubServer) -> None:
         ),
         ("POST", "/api/models/alice/hostile/paths-info/main", b"paths=a%00b", {}),
         ("POST", "/api/models/alice/hostile/paths-info/main", b"", {}),
+        ("GET", "/api/models/alice/hostile/tree/main/" + "a/" * 64 + "b", b"", {}),
         ("GET", "/api/whoami-v2", b"", {}),
     ]
     with httpx.Client(base_url=hub.url, timeout=30) as client:
