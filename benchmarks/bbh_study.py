@@ -30,7 +30,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from composer.study import (  # noqa: E402
     summarize,
 )
 from loradex.errors import ConfigError, InvalidDataFile, LoradexError, ModuleNotFound  # noqa: E402
+from loradex.files import atomic_write  # noqa: E402
 
 if TYPE_CHECKING:
     from composer.candidates import Candidate
@@ -393,11 +393,8 @@ class Study:
     def save(self) -> None:
         """Write the results file atomically (a crash never leaves half a file)."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.results, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, self.out)
+        text = json.dumps(self.results, indent=1) + "\n"
+        atomic_write(self.out, lambda tmp: tmp.write_text(text))
 
     def _say(self, message: str) -> None:
         if not self.quiet:

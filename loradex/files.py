@@ -58,10 +58,21 @@ def replace_folder(out: Path, fill: Callable[[Path], object]) -> Path:
     try:
         fill(tmp)
         apply_default_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not out.exists():
+        os.replace(tmp, out)
+        return out
+    # Two renames, then the slow delete: deleting the old folder first would leave half of it
+    # (and no new one) if the process were stopped during the delete.
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
