@@ -9,12 +9,12 @@ a ``HubClient`` instead of building its own, which is what makes the real-server
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradex.errors import HubError, HubUnavailable, LoradexError, ModuleNotFound
+from loradex.errors import HubError, HubUnavailable, InvalidAdapter, LoradexError, ModuleNotFound
 from loradex.files import atomic_write
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # First bytes fetched for a safetensors header; adapters' headers are a few KB.
 HEADER_PROBE_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 10 * 1024 * 1024  # a config or model card; the largest cards are ~1 MB
 
 
 def disable_xet() -> None:
@@ -140,49 +141,62 @@ class HubClient:
             return self.api.model_info(repo_id, revision=revision, files_metadata=True)
 
     def _get(
-        self, repo_id: str, filename: str, revision: str, headers: dict[str, str]
+        self,
+        repo_id: str,
+        filename: str,
+        revision: str,
+        *,
+        first: int | None = None,
+        limit: int = MAX_TEXT_BYTES,
     ) -> tuple[bytes, int | None]:
-        """GET a file (or a byte range of it); return (bytes, total size from Content-Range)."""
+        """GET a file, or its ``first`` bytes; return (bytes, the file's total size if told).
+
+        The body is streamed and never read past what was asked: a Hub that ignores the Range
+        header (or sends an endless body) costs at most ``first`` bytes, and a whole file over
+        ``limit`` bytes is refused rather than held in memory.
+        """
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.endpoint)
-        response = get_session().get(
-            url,
-            headers={**self._headers, **headers},
-            timeout=self.timeout,
-        )
-        hf_raise_for_status(response)
-        total = None
-        content_range = response.headers.get("content-range", "")
-        if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-            total = int(content_range.rsplit("/", 1)[1])
-        return bytes(response.content), total
+        headers = dict(self._headers)
+        if first is not None:
+            headers["range"] = f"bytes=0-{first - 1}"
+        cap = first if first is not None else limit + 1
+        with get_session().stream("GET", url, headers=headers, timeout=self.timeout) as response:
+            hf_raise_for_status(response)
+            total = _total_size(response.headers, response.status_code)
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) >= cap:
+                    break
+        if first is None and len(data) > limit:
+            raise InvalidAdapter(f"{repo_id}/{filename}: larger than {limit} bytes")
+        return bytes(data[:cap]), total
 
     def fetch_text(self, repo_id: str, filename: str, revision: str) -> str:
-        """A small text file of a repo at a revision (no cache write)."""
+        """A small text file of a repo at a revision (no cache write; at most 10 MiB)."""
         with self.errors(f"{repo_id}/{filename}"):
-            return self._get(repo_id, filename, revision, {})[0].decode("utf-8", errors="replace")
+            return self._get(repo_id, filename, revision)[0].decode("utf-8", errors="replace")
 
     def fetch_safetensors_header(
         self, repo_id: str, filename: str, revision: str, file_size: int | None = None
     ) -> dict[str, Any]:
         """A safetensors header via range requests (never the tensors), checked by the registry."""
-        from registry.adapter_files import read_safetensors_header
+        from registry.adapter_files import MAX_HEADER_BYTES, read_safetensors_header
 
         label = f"{repo_id}/{filename}"
         with self.errors(label):
-            probe = {"range": f"bytes=0-{HEADER_PROBE_BYTES - 1}"}
-            data, total = self._get(repo_id, filename, revision, probe)
+            data, total = self._get(repo_id, filename, revision, first=HEADER_PROBE_BYTES)
             size = (
                 file_size if file_size is not None else (total if total is not None else len(data))
             )
             if len(data) >= 8:
                 (length,) = struct.unpack("<Q", data[:8])
-                if len(data) < 8 + length <= size:
-                    data, _ = self._get(
-                        repo_id, filename, revision, {"range": f"bytes=0-{7 + length}"}
-                    )
+                # MAX_HEADER_BYTES bounds what a Hub can make us read for one header.
+                if len(data) < 8 + length <= min(size, 8 + MAX_HEADER_BYTES):
+                    data, _ = self._get(repo_id, filename, revision, first=8 + length)
         return read_safetensors_header(data, file_size=size, name=label)
 
     def download(
@@ -255,3 +269,12 @@ def _server_message(exc: Any) -> str:
         if message:
             return str(message)
     return _first_line(exc)
+
+
+def _total_size(headers: Mapping[str, str], status: int) -> int | None:
+    """The whole file's size: from Content-Range on a 206, Content-Length on a plain 200."""
+    content_range = headers.get("content-range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = headers.get("content-length", "")
+    return int(length) if status == 200 and length.isdigit() else None
