@@ -708,24 +708,7 @@ class HubService:
             repo = self._visible_repo(session, identity, repo_id)
             commit = self._resolve(session, repo, revision)
             files = self._tree(session, commit.id)
-        by_path = {f.path: f for f in files}
-        # Every folder's files, built once: asking for N paths in a tree of M files costs
-        # O(M x depth + N), not the O(N x M) of scanning the tree per path (40,000 paths in a
-        # 20,000-file repo took minutes).
-        folders: dict[str, list[TreeFile]] = {}
-        for f in files:
-            parts = f.path.split("/")
-            for depth in range(1, len(parts)):
-                folders.setdefault("/".join(parts[:depth]), []).append(f)
-        result: list[dict[str, Any]] = []
-        for path in dict.fromkeys(wanted):
-            if path in by_path:
-                result.append(by_path[path].tree_json())
-            elif path in folders:
-                result.append(
-                    {"type": "directory", "oid": _tree_oid(folders[path]), "size": 0, "path": path}
-                )
-        return result
+        return paths_info_entries(files, wanted)
 
     def resolve_file(
         self, identity: Identity | None, repo_id: str, revision: str, path: str
@@ -1083,7 +1066,7 @@ class HubService:
             assert head is not None
             if parent_sha is not None and parent_sha != head.sha:
                 raise _HeadMoved()
-            tree = _apply_ops({f.path: f for f in self._tree(session, head.id)}, prepared)
+            tree = apply_commit_ops({f.path: f for f in self._tree(session, head.id)}, prepared)
             _check_no_file_dir_clash(tree)
             now = utcnow()
             files = sorted(tree.values(), key=lambda f: f.path)
@@ -1170,7 +1153,31 @@ class HubService:
         return commit
 
 
-def _apply_ops(
+def paths_info_entries(files: Sequence[TreeFile], wanted: Iterable[str]) -> list[dict[str, Any]]:
+    """The ``paths-info`` entries of ``wanted`` (files and folders); missing paths are left out.
+
+    Every folder's files are gathered once: N paths in a tree of M files cost O(M x depth + N),
+    where scanning the tree per path cost O(N x M) (40,000 paths in a 20,000-file repo took
+    minutes).
+    """
+    by_path = {f.path: f for f in files}
+    folders: dict[str, list[TreeFile]] = {}
+    for f in files:
+        parts = f.path.split("/")
+        for depth in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:depth]), []).append(f)
+    result: list[dict[str, Any]] = []
+    for path in dict.fromkeys(wanted):
+        if path in by_path:
+            result.append(by_path[path].tree_json())
+        elif path in folders:
+            result.append(
+                {"type": "directory", "oid": _tree_oid(folders[path]), "size": 0, "path": path}
+            )
+    return result
+
+
+def apply_commit_ops(
     tree: dict[str, TreeFile], prepared: Sequence[tuple[CommitOp, TreeFile | None]]
 ) -> dict[str, TreeFile]:
     """The tree after a commit's additions and deletions, in their order (404 for a missing path).

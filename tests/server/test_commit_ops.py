@@ -7,7 +7,7 @@ import random
 import pytest
 
 from registry.server.errors import HubHTTPError
-from registry.server.service import CommitOp, TreeFile, _apply_ops
+from registry.server.service import CommitOp, TreeFile, apply_commit_ops
 
 
 def _file(path: str, n: int = 0) -> TreeFile:
@@ -33,7 +33,7 @@ def _reference(tree: dict[str, TreeFile], ops: list[tuple[CommitOp, TreeFile | N
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_apply_ops_matches_the_plain_version(seed: int) -> None:
+def testapply_commit_ops_matches_the_plain_version(seed: int) -> None:
     rnd = random.Random(seed)
     names = ["a", "a-b", "a.b", "ab", "b", "a/b", "a/c", "a/b/c", "a/b/d", "a/b-c", "c/d/e"]
 
@@ -52,13 +52,13 @@ def test_apply_ops_matches_the_plain_version(seed: int) -> None:
         expected = _reference(tree, ops)
     except LookupError as exc:
         with pytest.raises(HubHTTPError) as info:
-            _apply_ops(dict(tree), ops)
+            apply_commit_ops(dict(tree), ops)
         assert info.value.status == 404 and str(exc.args[0]) in info.value.message
     else:
-        assert _apply_ops(dict(tree), ops) == expected
+        assert apply_commit_ops(dict(tree), ops) == expected
 
 
 def test_deleting_a_folder_keeps_its_look_alike_neighbours() -> None:
     tree = {p: _file(p) for p in ["a/x", "a/y/z", "a-b/x", "a.b", "ab/x", "a"]}
-    after = _apply_ops(tree, [(CommitOp("deletedFolder", "a/"), None)])
+    after = apply_commit_ops(tree, [(CommitOp("deletedFolder", "a/"), None)])
     assert sorted(after) == ["a", "a-b/x", "a.b", "ab/x"]
