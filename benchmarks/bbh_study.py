@@ -18,6 +18,10 @@ For every task (a JSONL file in ``--tasks-dir``) and seed:
 
 Results are written after every system to ``--out`` (atomically); a run that is stopped can be
 resumed and finished cells are not recomputed. ``--markdown`` prints the tables.
+``--extend-from OLD`` takes a study run with a smaller ``--test-limit`` to a larger test split
+(or the whole of it): the seeds' few-shot examples and candidates are the same and the first
+test examples too, so each recorded row is rebuilt from what it recorded (weights, module) and
+scores only the new examples; no search runs again.
 
 Run:  .venv/bin/python benchmarks/bbh_study.py --tasks navigate --seeds 2 --markdown
 """
@@ -295,6 +299,7 @@ class Study:
         hydra_heads: int = 0,
         hydra_modules: Sequence[Path] = (),
         quiet: bool = False,
+        extend_from: Path | None = None,
     ) -> None:
         self.settings = settings
         self.out = out
@@ -305,7 +310,10 @@ class Study:
         self.quiet = quiet
         self.loaded: LoadedModel | None = None
         self.computed: list[tuple[str, int, str]] = []
+        self.prior = self._open_prior(extend_from) if extend_from else None
         self.results = self._open()
+        if self.prior is not None:
+            self._adopt_prior(self.prior)
 
     def _open(self) -> dict[str, Any]:
         if self.out.exists():
@@ -344,6 +352,57 @@ class Study:
             "wall_seconds": 0.0,
             "tasks": {},
         }
+
+    def _open_prior(self, path: Path) -> dict[str, Any]:
+        """The results file a larger test split extends (``--extend-from``), checked."""
+        try:
+            prior = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--extend-from {path}: not a results file ({exc})") from None
+        if not isinstance(prior, dict) or prior.get("version") != RESULTS_VERSION:
+            raise ConfigError(f"--extend-from {path}: not a results file of this study")
+        theirs = dict(prior["settings"]["fingerprint"])
+        mine = self.settings.fingerprint()
+        limit = theirs.pop("test_limit", None)
+        if theirs != {k: v for k, v in mine.items() if k != "test_limit"}:
+            raise ConfigError(f"--extend-from {path}: made with other settings than the test limit")
+        if limit is None or (mine["test_limit"] is not None and mine["test_limit"] <= limit):
+            raise ConfigError(
+                f"--extend-from {path}: its test limit is {limit}; extending needs a larger "
+                "--test-limit, or none (every non-few-shot example)"
+            )
+        return prior
+
+    def _adopt_prior(self, prior: dict[str, Any]) -> None:
+        """Take the prior's frozen library pool, and its per-example scores of seed-free rows."""
+        pool = prior["settings"]["library_pool"]
+        if not self.results["tasks"]:
+            self.results["settings"]["library_pool"] = pool
+        elif self.results["settings"]["library_pool"] != pool:
+            raise ConfigError("--extend-from: the results file holds another library pool")
+        self.results["settings"]["extends"] = prior["settings"]["fingerprint"]["test_limit"]
+        for task, systems in prior.get("per_example", {}).items():
+            mine = self.results.setdefault("per_example", {}).setdefault(task, {})
+            for name, scores in systems.items():
+                for index, row in scores.items():
+                    mine.setdefault(name, {}).setdefault(index, row)
+
+    def _prior_cell(
+        self, task: str, seed: int, few_idx: list[int], names: list[str], targets: list[str]
+    ) -> dict[str, Any] | None:
+        """The prior's cell of (task, seed) when its split is a prefix of this one's."""
+        if self.prior is None:
+            return None
+        cell = self.prior["tasks"].get(task, {}).get(str(seed))
+        if not cell or not cell.get("systems"):
+            return None
+        old = cell["test_targets"]
+        if (cell["few_shot_indices"] != few_idx or cell["candidates"] != names
+                or targets[: len(old)] != old):
+            raise ConfigError(
+                f"--extend-from: {task} seed {seed} has another split or candidates there"
+            )
+        return cell
 
     def merge(self, other_path: Path) -> int:
         """Take the rows another results file of the same settings has and this one lacks.
@@ -468,6 +527,7 @@ class Study:
             "candidates": names,
         })
         systems = cell.setdefault("systems", {})
+        prior = self._prior_cell(task, seed, few_idx, names, targets)
         loaded = self._model()
         candidates = [self._candidate(n) for n in names]
         chat = s.use_chat_template
@@ -487,7 +547,12 @@ class Study:
 
         for name in todo:
             t0 = time.perf_counter()
-            if name == ZERO_SHOT or name in self.hydra_modules:
+            old = prior["systems"].get(name) if prior else None
+            if old is not None and name != ZERO_SHOT and name not in self.hydra_modules:
+                rest = test[len(old["em_correct"]):]
+                scored = self._rescore(name, old, seed, loaded, candidates, few, rest, systems)
+                record(name, extended_row(old, scored), t0)
+            elif name == ZERO_SHOT or name in self.hydra_modules:
                 record(name, self._seed_free_system(name, task, examples, test_idx), t0)
             elif name == IN_CONTEXT:
                 scored = score_test(loaded, test, demonstrations=few, use_chat_template=chat)
@@ -502,6 +567,50 @@ class Study:
             else:
                 spec = ComposeSpec.parse(name)
                 record(name, self._compose_system(spec, seed, loaded, candidates, few, test), t0)
+
+    def _rescore(
+        self,
+        name: str,
+        old: dict[str, Any],
+        seed: int,
+        loaded: LoadedModel,
+        candidates: Sequence[Candidate],
+        few: Sequence[Example],
+        rest: Sequence[Example],
+        systems: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Score ``rest`` with a prior row's system rebuilt from what the row recorded.
+
+        No search runs again: compose and uniform rows keep their weights (as recorded, to 6
+        decimals), the single module its module; a Hydra composition is rebuilt from its
+        source row's weights with the same seed.
+        """
+        import numpy as np
+
+        from composer.compose import ComposeSession
+        from composer.methods import get_method
+
+        chat = self.settings.use_chat_template
+        if not rest:
+            return {"answers": [], "em_correct": [], "mc_picks": []}
+        if name == IN_CONTEXT:
+            return score_test(loaded, rest, demonstrations=few, use_chat_template=chat)
+        if name.startswith("hydra from "):
+            source = systems["compose " + name.removeprefix("hydra from ")]["weights"]
+            return self._hydra_compose_system(source, seed, loaded, candidates, few, rest)
+        method, groups = "lorahub", 1
+        if name in (SINGLE, ORACLE):
+            ids = [c.repo_id for c in candidates]
+            weights = np.eye(len(candidates))[ids.index(old["module"])]
+        elif name == UNIFORM:
+            weights = np.asarray(old["weights"], dtype=float)
+        else:
+            spec = ComposeSpec.parse(name)
+            method, groups = spec.method, spec.layer_groups
+            weights = np.asarray(old["weights"], dtype=float)
+        with ComposeSession(loaded, candidates, get_method(method), layer_groups=groups) as session:
+            session.set_weights(weights)
+            return score_test(loaded, rest, use_chat_template=chat)
 
     def _seed_free_system(
         self, name: str, task: str, examples: Sequence[Example], test_idx: Sequence[int]
@@ -667,6 +776,21 @@ class Study:
             handle.detach()
 
 
+_PER_EXAMPLE = ("answers", "em_correct", "mc_picks")
+_DERIVED = ("exact_match", "mc_correct", "choice_accuracy", "mc_labels", "generated_labels",
+            "seconds", "newly_scored")
+
+
+def extended_row(old: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+    """A prior row over its first examples joined with the scores of the rest (metrics are
+    recomputed by the caller); what the prior row recorded (weights, search) is kept."""
+    row = {k: v for k, v in old.items() if k not in _PER_EXAMPLE and k not in _DERIVED}
+    row.update({k: list(old[k]) + list(scored[k]) for k in _PER_EXAMPLE})
+    row["extended_from"] = len(old["em_correct"])
+    row["seconds_before_extension"] = old.get("seconds", 0.0)
+    return row
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -828,6 +952,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, action="append", default=[],
                    help="first copy into --out the rows this results file (same settings) has "
                         "and --out lacks, e.g. from a second process (repeatable)")
+    p.add_argument("--extend-from", type=Path, default=None,
+                   help="a results file of the same settings with a smaller --test-limit: its "
+                        "rows are extended to this run's larger test split by scoring only the "
+                        "new examples with the systems it recorded (no search runs again)")
     p.add_argument("--markdown", action="store_true", help="print the tables")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: print the tables of what --out holds so far")
@@ -883,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
         raise ConfigError(f"--report-only: no results file {args.out}")
     study = Study(settings, args.out, compose=compose, oracle=args.oracle,
                   hydra_heads=args.hydra_heads, hydra_modules=args.hydra_module,
-                  quiet=args.quiet)
+                  quiet=args.quiet, extend_from=args.extend_from)
     for other in args.merge:
         taken = study.merge(other)
         study._say(f"merged {taken} row(s) from {other}")

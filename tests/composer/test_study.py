@@ -344,3 +344,41 @@ def test_table_counts_significant_seeds_by_direction(study_module):
     ]
     assert study_module._p_values(tests) == "0.010/0.200/<0.001 (↑1 ↓1)"
     assert study_module._p_values([]) == ""
+
+
+def test_extending_a_limited_study_equals_running_the_full_split(study_module, tiny_study,
+                                                                   tmp_path):
+    """Rows extended from a 4-example run score like a fresh run on all 9 test examples."""
+    argv, out = tiny_study
+    rows = ("--tasks", "yesno", "--compose", "lorahub/lm,mixed-rank/lm/g2", "--hydra-heads", "2")
+    limited = study_module.main(argv(*rows, "--test-limit", "4"))
+    assert len(json.loads(out.read_text())["tasks"]["yesno"]["0"]["test_targets"]) == 4
+
+    def elsewhere(name: str, *extra: str) -> list[str]:
+        args = argv(*rows, *extra)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        return args
+
+    extended = study_module.main(elsewhere("extended.json", "--extend-from", str(out)))
+    study_module.main(elsewhere("fresh.json"))
+    assert {n for _, _, n in extended.computed} == set(limited.systems())
+    old = json.loads(out.read_text())["tasks"]["yesno"]["0"]["systems"]
+    new = json.loads((tmp_path / "extended.json").read_text())["tasks"]["yesno"]["0"]
+    ref = json.loads((tmp_path / "fresh.json").read_text())["tasks"]["yesno"]["0"]
+    assert new["n_test"] == ref["n_test"] == 9 and new["test_targets"] == ref["test_targets"]
+    for name in limited.systems():
+        for key in ("answers", "em_correct", "mc_picks"):
+            assert new["systems"][name][key] == ref["systems"][name][key], (name, key)
+            assert new["systems"][name][key][:4] == old[name][key]
+        assert new["systems"][name]["choice_accuracy"] == ref["systems"][name]["choice_accuracy"]
+    compose = new["systems"]["compose lorahub/lm"]
+    assert compose["extended_from"] == 4
+    assert compose["weights"] == old["compose lorahub/lm"]["weights"]
+    assert compose["search_seconds"] == old["compose lorahub/lm"]["search_seconds"]  # no search
+    # the seed-free rows scored only the 5 new examples
+    assert new["systems"]["zero-shot"]["newly_scored"] == 5
+
+    with pytest.raises(ConfigError, match="needs a larger --test-limit"):
+        study_module.main(elsewhere("again.json", "--extend-from", str(out), "--test-limit", "4"))
+    with pytest.raises(ConfigError, match="other settings than the test limit"):
+        study_module.main(elsewhere("other.json", "--extend-from", str(out), "--budget", "4"))
