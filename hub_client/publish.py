@@ -51,6 +51,9 @@ class PublishResult:
     revision: str = field(metadata={"help": "commit sha of the upload"})
     url: str = field(metadata={"help": "repo URL on the Hub"})
     module: Module = field(metadata={"help": "the module as indexed locally"})
+    skipped: tuple[str, ...] = field(
+        default=(), metadata={"help": "files of the folder left out (pickles, outside links)"}
+    )
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -153,13 +156,26 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _stage(folder: Path, staging: Path, card: str) -> None:
-    """Mirror the folder's visible files into ``staging`` (hard links, else copies) + the card."""
+# Formats that unpickle on load: a trainer's output folder holds them (optimizer.pt,
+# training_args.bin, rng_state.pth) beside the adapter, and loradex never publishes them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _stage(folder: Path, staging: Path, card: str) -> list[str]:
+    """Mirror the folder's visible files into ``staging`` (hard links, else copies) + the card.
+
+    Left out, and returned: pickle-format files, and symlinks that lead outside the folder (a
+    link to a key or a home folder would otherwise be uploaded with the adapter).
+    """
+    skipped: list[str] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or "__pycache__" in rel.parts:
             continue
         if path.is_dir() or rel.as_posix() == CARD:
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES or not path.resolve().is_relative_to(folder):
+            skipped.append(rel.as_posix())
             continue
         dest = staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +184,7 @@ def _stage(folder: Path, staging: Path, card: str) -> None:
         except OSError:
             shutil.copy2(path, dest)
     (staging / CARD).write_text(card, encoding="utf-8")
+    return skipped
 
 
 def publish_folder(
@@ -187,7 +204,7 @@ def publish_folder(
     card = build_card(folder, module, repo_id, license_id)
     with tempfile.TemporaryDirectory(prefix="loradex-publish-") as tmp:
         staging = Path(tmp)
-        _stage(folder, staging, card)
+        skipped = _stage(folder, staging, card)
         # The completed card must still describe a valid adapter (e.g. lineage well-formed).
         inspect_adapter_folder(staging, repo_id=repo_id)
         url = client.create_repo(repo_id, private=private)
@@ -199,4 +216,6 @@ def publish_folder(
                 staging, repo_id=repo_id, revision=commit.oid, source=client.endpoint
             )
         )
-    return PublishResult(repo_id=repo_id, revision=commit.oid, url=url, module=indexed)
+    return PublishResult(
+        repo_id=repo_id, revision=commit.oid, url=url, module=indexed, skipped=tuple(skipped)
+    )

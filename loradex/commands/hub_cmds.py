@@ -476,3 +476,5 @@ def publish(
         message=message,
     )
     click.echo(f"published {result.repo_id}@{result.revision} -> {result.url}")
+    if result.skipped:
+        click.echo(f"left out (pickle or outside link): {', '.join(result.skipped)}", err=True)

@@ -48,9 +48,15 @@ def test_publish_completes_the_card_uploads_once_and_indexes(
         ],
     }
     (folder / "loradex_provenance.json").write_text(json.dumps(provenance))
+    # what a trainer leaves beside an adapter, and a link out of the folder: never uploaded
+    (folder / "optimizer.pt").write_bytes(b"\x80\x04pickle")
+    (folder / "training_args.bin").write_bytes(b"\x80\x04pickle")
+    (tmp_path / "id_rsa").write_text("secret")
+    (folder / "notes.txt").symlink_to(tmp_path / "id_rsa")
     before = sorted(p.name for p in folder.iterdir())
     client = HubClient(hub.url, hub.alice)
     result = publish_folder(client, store, folder, "alice/composed", license_id="mit")
+    assert result.skipped == ("notes.txt", "optimizer.pt", "training_args.bin")
 
     assert sorted(p.name for p in folder.iterdir()) == before  # the user's folder is untouched
     info = hub.api().model_info("alice/composed")
