@@ -283,6 +283,17 @@ def cell_metrics(result: dict[str, Any], targets: Sequence[str], has_choices: bo
     result["generated_labels"] = label_distribution(result["answers"])
 
 
+def read_results_file(path: Path, option: str) -> dict[str, Any]:
+    """A results file of this study (for --out, --merge, --extend-from), else a ConfigError."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{option} {path}: not a results file ({exc})") from None
+    if not isinstance(results, dict) or results.get("version") != RESULTS_VERSION:
+        raise ConfigError(f"{option} {path}: not a results file of this study")
+    return results
+
+
 # --------------------------------------------------------------------------- one cell
 
 
@@ -317,12 +328,7 @@ class Study:
 
     def _open(self) -> dict[str, Any]:
         if self.out.exists():
-            try:
-                results = json.loads(self.out.read_text())
-            except ValueError as exc:
-                raise ConfigError(f"--out {self.out}: not a results file ({exc})") from None
-            if results.get("version") != RESULTS_VERSION:
-                raise ConfigError(f"--out {self.out}: not a results file of this study")
+            results = read_results_file(self.out, "--out")
             stored = results["settings"]["fingerprint"]
             if stored != self.settings.fingerprint():
                 diff = ", ".join(
@@ -355,12 +361,7 @@ class Study:
 
     def _open_prior(self, path: Path) -> dict[str, Any]:
         """The results file a larger test split extends (``--extend-from``), checked."""
-        try:
-            prior = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--extend-from {path}: not a results file ({exc})") from None
-        if not isinstance(prior, dict) or prior.get("version") != RESULTS_VERSION:
-            raise ConfigError(f"--extend-from {path}: not a results file of this study")
+        prior = read_results_file(path, "--extend-from")
         theirs = dict(prior["settings"]["fingerprint"])
         mine = self.settings.fingerprint()
         limit = theirs.pop("test_limit", None)
@@ -381,7 +382,11 @@ class Study:
         elif self.results["settings"]["library_pool"] != pool:
             raise ConfigError("--extend-from: the results file holds another library pool")
         self.results["settings"]["extends"] = prior["settings"]["fingerprint"]["test_limit"]
-        for task, systems in prior.get("per_example", {}).items():
+        self._take_per_example(prior)
+
+    def _take_per_example(self, other: dict[str, Any]) -> None:
+        """Add the per-example scores of seed-free rows that ``other`` has and this lacks."""
+        for task, systems in other.get("per_example", {}).items():
             mine = self.results.setdefault("per_example", {}).setdefault(task, {})
             for name, scores in systems.items():
                 for index, row in scores.items():
@@ -410,12 +415,7 @@ class Study:
         Lets two processes run disjoint tasks or seeds, each with its own ``--out``, and be
         joined after. Returns the number of rows taken.
         """
-        try:
-            other = json.loads(other_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--merge {other_path}: not a results file ({exc})") from None
-        if not isinstance(other, dict) or other.get("version") != RESULTS_VERSION:
-            raise ConfigError(f"--merge {other_path}: not a results file of this study")
+        other = read_results_file(other_path, "--merge")
         mine, theirs = self.results["settings"], other.get("settings", {})
         for key in ("fingerprint", "library_pool"):
             if mine[key] != theirs.get(key):
@@ -437,11 +437,7 @@ class Study:
                     if name not in systems:
                         systems[name] = result
                         taken += 1
-        for task, systems in other.get("per_example", {}).items():
-            for name, scores in systems.items():
-                mine_scores = self.results.setdefault("per_example", {}).setdefault(task, {})
-                for index, row in scores.items():
-                    mine_scores.setdefault(name, {}).setdefault(index, row)
+        self._take_per_example(other)
         # Which files rows came from. Their wall times are not added: a file started as a copy
         # of this one holds this one's time too; the report sums the rows' own times instead.
         merged = self.results.setdefault("merged", {})
