@@ -3,7 +3,8 @@
 Two parts, one run:
 
 1. In-process, the same inputs through the server's tree functions and through the plain
-   versions they replaced (kept below, verbatim in logic): a commit deleting N folders
+   versions they replaced (kept below, verbatim in logic; tests/server/test_commit_ops.py
+   checks the new code against them too): a commit deleting N folders
    (``apply_commit_ops``) and ``paths-info`` for N paths (``paths_info_entries``). Both must
    give the same result; the script checks it.
 2. Over HTTP, against a real ``loradex serve`` (SQLite, one worker): the requests that used to
