@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexError
 from registry.adapter_files import (
     ADAPTER_CONFIG,
@@ -27,6 +26,7 @@ from registry.adapter_files import (
     CARD,
     PICKLE_WEIGHTS,
     module_from_metadata,
+    parse_json_object,
 )
 from registry.entities import Module, ModuleFile, SyncState
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
@@ -133,11 +133,9 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         raise InvalidAdapter(f"{repo_id}: no {weights_name}")
     if config_name not in siblings:
         raise InvalidAdapter(f"{repo_id}: no {config_name}")
-    config_text = client.fetch_text(repo_id, config_name, sha)
-    try:
-        config = parse_json(config_text)
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{repo_id}/{config_name}: not valid JSON ({exc})") from exc
+    config = parse_json_object(
+        client.fetch_text(repo_id, config_name, sha), f"{repo_id}/{config_name}"
+    )
     weights = siblings[weights_name]
     header = client.fetch_safetensors_header(repo_id, weights_name, sha, weights.size)
     card_text = client.fetch_text(repo_id, CARD, sha) if CARD in siblings else None

@@ -165,9 +165,13 @@ def _split_header(data: bytes, size: int, label: str) -> tuple[int, bytes]:
 
 def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
     """A JSON config file as a dict; :class:`InvalidAdapter` naming ``label`` (or the path)."""
-    label = label or str(path)
+    return parse_json_object(path.read_bytes(), label or str(path))
+
+
+def parse_json_object(text: str | bytes, label: str) -> dict[str, Any]:
+    """A JSON config (a file's or a Hub's) as a dict; :class:`InvalidAdapter` naming ``label``."""
     try:
-        data = parse_json(path.read_bytes())
+        data = parse_json(text)
     except MalformedDocument as exc:
         raise InvalidAdapter(f"{label}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
