@@ -236,39 +236,23 @@ def score_test(
 ) -> dict[str, Any]:
     """Per-example results of the model as it is: greedy answers, exact match, picked choices.
 
-    Prompts are rendered exactly as ``composer.evaluate.evaluate_examples`` renders them;
-    generation runs in batches of similar prompt lengths; choices are picked by
-    ``composer.evaluate.choice_picks``, the function eval uses.
+    ``composer.evaluate.read_examples`` gives them, as ``loradex eval`` does: prompts rendered
+    the same way, each read once for its answer and its choices.
     """
-    from composer.data import encode_examples, normalize_answer
-    from composer.evaluate import choice_picks, generate_answers
+    from composer.data import normalize_answer
+    from composer.evaluate import read_examples
 
     loaded.model.eval()
-    tok = loaded.tokenizer
-    encoded = encode_examples(
-        tok, examples, seq2seq=loaded.is_seq2seq, max_length=max_length,
-        use_chat_template=use_chat_template, demonstrations=demonstrations,
-    )
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids))
-    longest = max(len(e.target_ids) for e in encoded)
-    sorted_answers = generate_answers(
-        loaded, [encoded[i].prompt_ids for i in order], max_new_tokens=longest + 8,
-        batch_size=batch_size,
-    )
-    answers = [""] * len(encoded)
-    for i, answer in zip(order, sorted_answers, strict=True):
-        answers[i] = answer
-    em = [normalize_answer(a) == normalize_answer(ex.target)
-          for a, ex in zip(answers, examples, strict=True)]
-
-    picks = choice_picks(
+    read = read_examples(
         loaded, examples, demonstrations=demonstrations, use_chat_template=use_chat_template,
         max_length=max_length, batch_size=batch_size,
     )
+    answers = [normalize_answer(a or "") for a in read.answers]
     return {
-        "answers": [normalize_answer(a) for a in answers],
-        "em_correct": [int(x) for x in em],
-        "mc_picks": picks,
+        "answers": answers,
+        "em_correct": [int(a == normalize_answer(ex.target))
+                       for a, ex in zip(answers, examples, strict=True)],
+        "mc_picks": read.picks,
     }
 
 

@@ -11,6 +11,7 @@ weight vectors in one forward (see :mod:`composer.lora_runtime`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ class TargetBatch:
     n_examples: int
     decoder_input_ids: torch.Tensor | None = None
     decoder_attention_mask: torch.Tensor | None = None
+    # pack_causal only: (start, length) in the row of each prefix group's prompt, in order.
+    prompt_spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def n_tokens(self) -> int:
@@ -95,8 +98,10 @@ def pack_causal(encoded: Sequence[EncodedExample]) -> TargetBatch:
     cols: list[int] = []
     targets: list[int] = []
     owner: list[int] = []
+    spans: list[tuple[int, int]] = []
     for segment, group in enumerate(prefix_groups(encoded)):
         prompt = encoded[group[0]].prompt_ids
+        spans.append((len(ids), len(prompt)))
         ids.extend(prompt)
         positions.extend(range(len(prompt)))
         segments.extend([segment] * len(prompt))
@@ -131,6 +136,47 @@ def pack_causal(encoded: Sequence[EncodedExample]) -> TargetBatch:
         target_ids=torch.tensor(targets, dtype=torch.long),
         target_example=torch.tensor(owner, dtype=torch.long),
         n_examples=len(encoded),
+        prompt_spans=tuple(spans),
+    )
+
+
+def stack_packed(rows: Sequence[TargetBatch], pad_id: int) -> TargetBatch:
+    """Packed batches (:func:`pack_causal`, one row each) left-padded to one width and stacked.
+
+    Each keeps its mask, positions, targets and prompt spans (shifted by its padding); the
+    examples are numbered on across rows. A pad attends only to itself: a query that sees
+    nothing would turn its row into NaN.
+    """
+    width = max(r.input_ids.shape[1] for r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1, 1)
+    target_rows, target_cols, target_ids, owners = [], [], [], []
+    spans: list[tuple[int, int]] = []
+    examples = 0
+    for b, row in enumerate(rows):
+        assert row.position_ids is not None and row.attention_mask is not None
+        pad = width - row.input_ids.shape[1]
+        input_ids[b, pad:] = row.input_ids[0]
+        positions[b, pad:] = row.position_ids[0]
+        mask[b, 0, pad:, pad:] = row.attention_mask[0, 0]
+        target_rows.append(torch.full_like(row.target_cols, b))
+        target_cols.append(row.target_cols + pad)
+        target_ids.append(row.target_ids)
+        owners.append(row.target_example + examples)
+        spans.extend((start + pad, length) for start, length in row.prompt_spans)
+        examples += row.n_examples
+    return TargetBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        target_rows=torch.cat(target_rows),
+        target_cols=torch.cat(target_cols),
+        target_ids=torch.cat(target_ids),
+        target_example=torch.cat(owners),
+        n_examples=examples,
+        prompt_spans=tuple(spans),
     )
 
 
@@ -255,34 +301,67 @@ def _head_only_ok(model: PreTrainedModel) -> bool:
     )
 
 
-def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
-    """Logits ``[n_target_tokens, vocab]`` at the target positions only."""
+def _cache_name(module: Any) -> str:
+    # transformers 5 calls the KV cache argument and output ``cache``; earlier releases
+    # ``past_key_values``.
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def causal_logits_at(
+    model: PreTrainedModel,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    cache: Any = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, Any]:
+    """Logits ``[len(rows), vocab]`` of a causal model at positions ``(rows, cols)`` only, and,
+    with ``use_cache``, its KV cache (extended in place when ``cache`` is given)."""
     if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers live in the model
         unwrap: Any = model.get_base_model
         model = unwrap()
-    if _head_only_ok(model):
-        backbone: Any = model.base_model
-        hidden = backbone(
+    head_only = _head_only_ok(model)
+    module: Any = model.base_model if head_only else model
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "use_cache": use_cache,
+    }
+    name = _cache_name(module)
+    if cache is not None:
+        kwargs[name] = cache
+    out = module(**kwargs)
+    new_cache = getattr(out, name, None) if use_cache else None
+    if head_only:
+        head: Any = model.get_output_embeddings()
+        return head(out.last_hidden_state[rows, cols]), new_cache
+    return out.logits[rows, cols], new_cache
+
+
+def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
+    """Logits ``[n_target_tokens, vocab]`` at the target positions only."""
+    if batch.decoder_input_ids is None:
+        logits, _ = causal_logits_at(
+            model,
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state
-        picked = hidden[batch.target_rows, batch.target_cols]
-        head: Any = model.get_output_embeddings()
-        return head(picked)
-    kwargs = {
-        "input_ids": batch.input_ids,
-        "attention_mask": batch.attention_mask,
-        "use_cache": False,
-    }
-    if batch.decoder_input_ids is not None:
-        kwargs["decoder_input_ids"] = batch.decoder_input_ids
-        kwargs["decoder_attention_mask"] = batch.decoder_attention_mask
-    else:
-        kwargs["position_ids"] = batch.position_ids
-    logits = model(**kwargs).logits
-    return logits[batch.target_rows, batch.target_cols]
+            rows=batch.target_rows,
+            cols=batch.target_cols,
+        )
+        return logits
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        decoder_input_ids=batch.decoder_input_ids,
+        decoder_attention_mask=batch.decoder_attention_mask,
+        use_cache=False,
+    )
+    return out.logits[batch.target_rows, batch.target_cols]
 
 
 def target_token_losses(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:

@@ -176,6 +176,260 @@ def generate_answers(
     return answers
 
 
+@dataclass
+class Readings:
+    """What one read of each prompt gives, per example (see :func:`read_examples`)."""
+
+    answers: list[str | None]  # greedy answer; None when nothing was generated
+    picks: list[str | None]  # the picked choice; None for an example without choices
+    target_nll: list[float]  # summed target-token cross-entropy of the example's target
+    target_tokens: list[int]  # how many target tokens that sum covers
+
+
+def _choice_prompt(
+    tok: Any, ex: Example, demonstrations: Sequence[Example], use_chat_template: bool,
+    max_length: int,
+) -> tuple[int, ...]:
+    prompt = render_prompt(
+        tok, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
+    )
+    return tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)[-max_length:])
+
+
+@dataclass
+class _Row:
+    """One prompt and the sequences that continue it (choices and/or the target)."""
+
+    options: list[EncodedExample]
+    example: int
+    answers: bool  # the greedy answer of ``example`` is generated from this prompt
+    first_choice: int | None = None  # options[first_choice:][:n] are the choices
+    target: int | None = None  # options[target] is the target
+
+
+def _rows(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    encoded: Sequence[EncodedExample],
+    *,
+    demonstrations: Sequence[Example],
+    use_chat_template: bool,
+    max_length: int,
+) -> list[_Row]:
+    tok = loaded.tokenizer
+    rows: list[_Row] = []
+    for i, (ex, enc) in enumerate(zip(examples, encoded, strict=True)):
+        # The answer is generated from, and the target scored after, the prompt as
+        # encode_examples cuts it (leaving room for the target); the choices follow the
+        # prompt as choice_picks cuts it. They are one row unless the two cuts differ.
+        answer = _Row([enc], i, answers=True, target=0)
+        if ex.choices:
+            prompt = _choice_prompt(tok, ex, demonstrations, use_chat_template, max_length)
+            choices = [EncodedExample(prompt, tuple(encode_target(tok, c, seq2seq=False)))
+                       for c in ex.choices]
+            if prompt == enc.prompt_ids:
+                answer = _Row([*choices, enc], i, answers=True, first_choice=0,
+                              target=len(choices))
+            else:
+                rows.append(_Row(choices, i, answers=False, first_choice=0))
+        rows.append(answer)
+    return rows
+
+
+@torch.inference_mode()
+def read_examples(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    *,
+    demonstrations: Sequence[Example] = (),
+    use_chat_template: bool = True,
+    max_length: int = 1024,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    max_tokens: int = 8192,
+    progress: Any = None,
+) -> Readings:
+    """Greedy answers, picked choices and target losses, reading each prompt once.
+
+    Gives what :func:`generate_answers` (on :func:`composer.data.encode_examples` prompts),
+    :func:`choice_picks` and :func:`mean_loss` give, to float rounding, for a causal model.
+    Each prompt is one row of the batch with its choices and target after it, each seeing
+    the prompt and itself only (:func:`composer.batching.pack_causal`); rows of similar
+    length are left-padded together (:func:`composer.batching.stack_packed`), and the greedy
+    answer is decoded from the batch's KV cache, each new token seeing its prompt and its own
+    earlier tokens. ``max_new_tokens=0`` generates nothing; None means the longest target +
+    8. A forward reads at most ``batch_size`` rows and, unless one row is longer,
+    ``max_tokens`` tokens (padding included). Seq2seq models take the separate passes.
+    """
+    tok = loaded.tokenizer
+    encoded = encode_examples(
+        tok, examples, seq2seq=loaded.is_seq2seq, max_length=max_length,
+        use_chat_template=use_chat_template, demonstrations=demonstrations,
+    )
+    if max_new_tokens is None:
+        max_new_tokens = max((len(e.target_ids) for e in encoded), default=0) + 8
+    if loaded.is_seq2seq or any(not e.prompt_ids for e in encoded):
+        return _read_separately(loaded, examples, encoded, demonstrations=demonstrations,
+                                use_chat_template=use_chat_template, max_length=max_length,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
+    rows = _rows(loaded, examples, encoded, demonstrations=demonstrations,
+                 use_chat_template=use_chat_template, max_length=max_length)
+    sizes = [packed_length(r.options) for r in rows]
+    order = sorted(range(len(rows)), key=sizes.__getitem__)
+    readings = Readings([None] * len(examples), [None] * len(examples),
+                        [0.0] * len(examples), [0] * len(examples))
+    chunk: list[_Row] = []
+    for r in order:
+        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * sizes[r] > max_tokens):
+            _read_rows(loaded, examples, chunk, max_new_tokens, readings, progress)
+            chunk = []
+        chunk.append(rows[r])
+    if chunk:
+        _read_rows(loaded, examples, chunk, max_new_tokens, readings, progress)
+    return readings
+
+
+def _read_rows(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    rows: Sequence[_Row],
+    max_new_tokens: int,
+    readings: Readings,
+    progress: Any,
+) -> None:
+    from composer.batching import causal_logits_at, pack_causal, stack_packed
+
+    tok = loaded.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = stack_packed([pack_causal(r.options) for r in rows], pad_id).to(loaded.device)
+    # One prompt per row: its span, and the logits after it give each answer's first token.
+    assert len(batch.prompt_spans) == len(rows)
+    last = torch.tensor([start + length - 1 for start, length in batch.prompt_spans],
+                        device=loaded.device)
+    logits, cache = causal_logits_at(
+        loaded.model,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        rows=torch.cat([batch.target_rows, torch.arange(len(rows), device=loaded.device)]),
+        cols=torch.cat([batch.target_cols, last]),
+        use_cache=max_new_tokens > 1,
+    )
+    n_target = len(batch.target_ids)
+    losses = torch.nn.functional.cross_entropy(
+        logits[:n_target].float(), batch.target_ids, reduction="none"
+    )
+    nll = torch.zeros(batch.n_examples, dtype=torch.float64, device=losses.device)
+    nll.index_add_(0, batch.target_example, losses.double())
+    counts = torch.bincount(batch.target_example, minlength=batch.n_examples).tolist()
+    sums = nll.tolist()
+    answering = [b for b, r in enumerate(rows) if r.answers]
+    answers = (
+        _decode_greedy(loaded, logits[n_target:], cache, batch.prompt_spans,
+                       batch.input_ids.shape[1], max_new_tokens, answering)
+        if max_new_tokens > 0 else {}
+    )
+    first = 0  # index of the row's first option among the batch's examples
+    for b, row in enumerate(rows):
+        i = row.example
+        if row.target is not None:
+            readings.target_nll[i] = sums[first + row.target]
+            readings.target_tokens[i] = counts[first + row.target]
+        choices = examples[i].choices
+        if row.first_choice is not None and choices:
+            own = [-sums[first + row.first_choice + c] for c in range(len(choices))]
+            readings.picks[i] = choices[max(range(len(own)), key=own.__getitem__)]
+        if b in answers:
+            readings.answers[i] = answers[b]
+        first += len(row.options)
+    if progress is not None:
+        progress.update(sum(r.answers for r in rows))
+
+
+def _decode_greedy(
+    loaded: LoadedModel,
+    first_logits: torch.Tensor,
+    cache: Any,
+    spans: Sequence[tuple[int, int]],
+    width: int,
+    max_new_tokens: int,
+    rows: Sequence[int],
+) -> dict[int, str]:
+    """Greedy continuations of the prompts of ``rows`` of a cached batch.
+
+    Row b's prompt sits at ``spans[b]`` (start, length) among ``width`` cached positions,
+    with what follows it (choices, targets) hidden from the new tokens; step t feeds every
+    row's last token at position ``length + t - 1``, as batched generation with padding does.
+    Rows that are done (or not asked for) go on reading end tokens no one looks at.
+    """
+    from composer.batching import causal_logits_at
+
+    eos = loaded.tokenizer.eos_token_id
+    device = loaded.device
+    n = len(spans)
+    tokens = [[int(t)] for t in first_logits.argmax(dim=-1).tolist()]
+    asked = set(rows)
+    done = [b not in asked for b in range(n)]
+    prompt_mask = torch.zeros((n, width), dtype=torch.bool, device=device)
+    for b, (start, length) in enumerate(spans):
+        prompt_mask[b, start : start + length] = True
+    lengths = torch.tensor([length for _, length in spans], device=device)
+    for step in range(1, max_new_tokens):
+        done = [d or t[-1] == eos for d, t in zip(done, tokens, strict=True)]
+        if all(done):
+            break
+        mask = torch.cat([prompt_mask, torch.ones((n, step), dtype=torch.bool, device=device)],
+                         dim=1)
+        ids = torch.tensor([[eos if d else t[-1]] for d, t in zip(done, tokens, strict=True)],
+                           device=device)
+        logits, cache = causal_logits_at(
+            loaded.model,
+            input_ids=ids,
+            attention_mask=mask[:, None, None, :],
+            position_ids=(lengths + step - 1)[:, None],
+            rows=torch.arange(n, device=device),
+            cols=torch.zeros(n, dtype=torch.long, device=device),
+            cache=cache,
+            use_cache=True,
+        )
+        for b, t in enumerate(logits.argmax(dim=-1).tolist()):
+            if not done[b]:
+                tokens[b].append(int(t))
+    texts = loaded.tokenizer.batch_decode([tokens[b] for b in rows], skip_special_tokens=True)
+    return dict(zip(rows, texts, strict=True))
+
+
+def _read_separately(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    encoded: Sequence[EncodedExample],
+    *,
+    demonstrations: Sequence[Example],
+    use_chat_template: bool,
+    max_length: int,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Any,
+) -> Readings:
+    answers: list[str | None] = [None] * len(examples)
+    if max_new_tokens > 0:
+        answers = list(generate_answers(
+            loaded, [e.prompt_ids for e in encoded], max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        ))
+    picks = choice_picks(loaded, examples, demonstrations=demonstrations,
+                         use_chat_template=use_chat_template, max_length=max_length,
+                         batch_size=batch_size)
+    nll = [-x for x in sequence_logprobs(loaded, encoded, batch_size)]
+    if progress is not None:
+        progress.update(len(examples))
+    # Without a prompt a causal model cannot predict the first target token.
+    skipped = 0 if loaded.is_seq2seq else 1
+    counts = [len(e.target_ids) - (0 if e.prompt_ids else skipped) for e in encoded]
+    return Readings(answers, picks, nll, counts)
+
+
 def evaluate_examples(
     loaded: LoadedModel,
     examples: Sequence[Example],
@@ -184,54 +438,42 @@ def evaluate_examples(
     demonstrations: Sequence[Example] = (),
     progress: bool = True,
 ) -> EvalReport:
-    """Loss, exact match and (when examples have choices) multiple-choice accuracy."""
+    """Loss, exact match and (when examples have choices) multiple-choice accuracy, from one
+    read of each prompt (:func:`read_examples`)."""
     from tqdm.auto import tqdm
 
     config = config or EvalConfig()
-    tok = loaded.tokenizer
     loaded.model.eval()
-    encoded = encode_examples(
-        tok,
-        examples,
-        seq2seq=loaded.is_seq2seq,
-        max_length=config.max_length,
-        use_chat_template=config.use_chat_template,
-        demonstrations=demonstrations,
-    )
-    loss = mean_loss(loaded, encoded, config.batch_size)
-    report = EvalReport(n_examples=len(examples), loss=loss)
-    n_choice = sum(1 for ex in examples if ex.choices)
-    total_work = (len(examples) if config.generate else 0) + n_choice
-    bar = tqdm(total=total_work, desc="eval", unit="ex", disable=not progress or total_work == 0)
+    bar = tqdm(total=len(examples), desc="eval", unit="ex", disable=not progress or not examples)
     try:
-        if config.generate:
-            longest = max(len(e.target_ids) for e in encoded)
-            answers = generate_answers(
-                loaded,
-                [e.prompt_ids for e in encoded],
-                max_new_tokens=config.max_new_tokens or longest + 8,
-                batch_size=config.batch_size,
-                progress=bar,
-            )
-            hits = 0
-            for ex, answer in zip(examples, answers, strict=True):
-                ok = normalize_answer(answer) == normalize_answer(ex.target)
-                hits += ok
-                report.predictions.append(
-                    {"input": ex.input, "target": ex.target, "prediction": answer, "correct": ok}
-                )
-            report.exact_match = hits / len(examples) if examples else 0.0
-        if n_choice:
-            correct, labels = _choice_accuracy(loaded, examples, config, demonstrations, bar)
-            report.choice_accuracy = correct / n_choice
-            report.n_choice_examples = n_choice
-            report.label_distribution = dict(labels.most_common())
-            # What always answering the commonest target scores: the bar a model must beat.
-            targets = Counter(ex.target for ex in examples if ex.choices)
-            report.majority_label, top = targets.most_common(1)[0]
-            report.majority_rate = top / n_choice
+        read = read_examples(
+            loaded, examples, demonstrations=demonstrations,
+            use_chat_template=config.use_chat_template, max_length=config.max_length,
+            max_new_tokens=(config.max_new_tokens or None) if config.generate else 0,
+            batch_size=config.batch_size, progress=bar,
+        )
     finally:
         bar.close()
+    loss = sum(read.target_nll) / max(sum(read.target_tokens), 1)
+    report = EvalReport(n_examples=len(examples), loss=loss)
+    if config.generate:
+        hits = 0
+        for ex, answer in zip(examples, read.answers, strict=True):
+            ok = normalize_answer(answer or "") == normalize_answer(ex.target)
+            hits += ok
+            report.predictions.append(
+                {"input": ex.input, "target": ex.target, "prediction": answer, "correct": ok}
+            )
+        report.exact_match = hits / len(examples) if examples else 0.0
+    picked = [(ex, p) for ex, p in zip(examples, read.picks, strict=True) if p is not None]
+    if picked:
+        report.n_choice_examples = len(picked)
+        report.choice_accuracy = sum(p == ex.target for ex, p in picked) / len(picked)
+        report.label_distribution = dict(Counter(p for _, p in picked).most_common())
+        # What always answering the commonest target scores: the bar a model must beat.
+        targets = Counter(ex.target for ex, _ in picked)
+        report.majority_label, top = targets.most_common(1)[0]
+        report.majority_rate = top / len(picked)
     return report
 
 
@@ -251,11 +493,7 @@ def choice_picks(
     for ex in examples:
         if not ex.choices:
             continue
-        prompt = render_prompt(
-            tok, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
-        )
-        prompt_ids = tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)
-                           [-max_length:])
+        prompt_ids = _choice_prompt(tok, ex, demonstrations, use_chat_template, max_length)
         options.extend(
             EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
             for c in ex.choices
@@ -269,28 +507,3 @@ def choice_picks(
         own = [next(scores) for _ in ex.choices]
         picks.append(ex.choices[max(range(len(own)), key=own.__getitem__)])
     return picks
-
-
-def _choice_accuracy(
-    loaded: LoadedModel,
-    examples: Sequence[Example],
-    config: EvalConfig,
-    demonstrations: Sequence[Example],
-    bar: Any,
-) -> tuple[int, Counter[str]]:
-    correct = 0
-    labels: Counter[str] = Counter()
-    with_choices = [ex for ex in examples if ex.choices]
-    for start in range(0, len(with_choices), config.batch_size):
-        chunk = with_choices[start : start + config.batch_size]
-        picks = choice_picks(
-            loaded, chunk, demonstrations=demonstrations,
-            use_chat_template=config.use_chat_template, max_length=config.max_length,
-            batch_size=config.batch_size,
-        )
-        for ex, picked in zip(chunk, picks, strict=True):
-            assert picked is not None
-            labels[picked] += 1
-            correct += picked == ex.target
-        bar.update(len(chunk))
-    return correct, labels

@@ -70,3 +70,29 @@ def test_shared_prompt_losses_equal_padded_rows(
         return sums.index_add_(0, batch.target_example, losses.double())
 
     assert torch.allclose(per_example(packed, by_packed), per_example(padded, by_padded), atol=1e-4)
+
+
+def test_stacked_rows_give_the_packed_losses(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    from composer.batching import stack_packed
+
+    loaded = load_tiny(tiny_causal_dir)
+    rows = [pack_causal([OPTIONS[i] for i in group]) for group in prefix_groups(OPTIONS)
+            if OPTIONS[group[0]].prompt_ids]
+    stacked = stack_packed(rows, pad_id=0)
+    width = stacked.input_ids.shape[1]
+    assert width == max(r.input_ids.shape[1] for r in rows)
+    # Row 0 is one token short: its pad sees itself only, and no real token sees it.
+    mask = stacked.attention_mask[0, 0]
+    pad = width - rows[0].input_ids.shape[1]
+    assert pad == 1
+    assert mask[:pad, :pad].equal(torch.eye(pad, dtype=torch.bool))
+    assert not mask[pad:, :pad].any()
+    # Prompt spans move with the padding; example numbers run on across rows.
+    assert stacked.prompt_spans[0] == (pad, 4)
+    assert stacked.n_examples == sum(r.n_examples for r in rows)
+    with torch.no_grad():
+        by_row = torch.cat([target_token_losses(loaded.model, r) for r in rows])
+        by_stack = target_token_losses(loaded.model, stacked)
+    assert torch.allclose(by_row, by_stack, atol=1e-4)

@@ -1,0 +1,139 @@
+"""One read of each prompt (read_examples) gives what the three separate passes give."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from composer.data import Example, encode_examples
+from composer.evaluate import (
+    EvalConfig,
+    choice_picks,
+    evaluate_examples,
+    generate_answers,
+    mean_loss,
+    read_examples,
+    sequence_logprobs,
+)
+
+EXAMPLES = [
+    Example("yes or no?", "yes", ("yes", "no")),
+    Example("past tense of walk", "walked"),  # no choices: answered, not picked
+    Example("the cat sat on the", "mat", ("mat", "hat", "the sky is blue")),
+    Example("the cat sat on the", "hat", ("mat", "hat", "the sky is blue")),  # same prompt
+    Example("one two three four five six seven", "eight", ("eight", "nine")),
+    Example("what is the colour of the sky?", "blue", ("blue", "green", "red", "grey")),
+]
+DEMOS = [Example("one two three", "four"), Example("past tense of jump", "jumped")]
+
+
+def _separately(loaded, examples, *, demonstrations=(), max_length=1024, max_new_tokens=7):
+    encoded = encode_examples(loaded.tokenizer, examples, seq2seq=loaded.is_seq2seq,
+                              max_length=max_length, demonstrations=demonstrations)
+    answers = generate_answers(loaded, [e.prompt_ids for e in encoded],
+                               max_new_tokens=max_new_tokens, batch_size=4)
+    picks = choice_picks(loaded, examples, demonstrations=demonstrations, max_length=max_length)
+    nll = [-x for x in sequence_logprobs(loaded, encoded)]
+    return answers, picks, nll, mean_loss(loaded, encoded)
+
+
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(16, 8192), (2, 8192), (16, 40), (1, 1)])
+@pytest.mark.parametrize("shots", [0, 2])
+def test_one_read_equals_the_separate_passes(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object], batch_size: int, max_tokens: int,
+    shots: int,
+) -> None:
+    loaded = load_tiny(tiny_causal_dir)
+    demos = DEMOS[:shots]
+    answers, picks, nll, loss = _separately(loaded, EXAMPLES, demonstrations=demos)
+    read = read_examples(loaded, EXAMPLES, demonstrations=demos, max_new_tokens=7,
+                         batch_size=batch_size, max_tokens=max_tokens)
+    assert read.answers == answers
+    assert read.picks == picks
+    assert read.target_nll == pytest.approx(nll, abs=1e-4)
+    assert sum(read.target_nll) / sum(read.target_tokens) == pytest.approx(loss, abs=1e-5)
+    assert read.picks[1] is None and read.picks[2] in EXAMPLES[2].choices
+
+
+def test_prompts_cut_differently_for_answers_and_choices(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    # At max_length 6 the answer prompt leaves room for the target and the choices' prompt
+    # does not: the two are different segments of the row, as the separate passes read them.
+    loaded = load_tiny(tiny_causal_dir)
+    encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False, max_length=6)
+    assert all(len(e.prompt_ids) < 6 for e in encoded)
+    answers, picks, nll, _ = _separately(loaded, EXAMPLES, max_length=6)
+    read = read_examples(loaded, EXAMPLES, max_length=6, max_new_tokens=7)
+    assert (read.answers, read.picks) == (answers, picks)
+    assert read.target_nll == pytest.approx(nll, abs=1e-4)
+
+
+def _greedy_ids(model, prompt, n: int) -> list[int]:
+    """n greedy tokens after ``prompt``, a full forward per token (no cache, no batch)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_answers_stop_at_end_of_sequence(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    # A random tiny model never says </s>: make the third token of one answer the end token.
+    loaded = load_tiny(tiny_causal_dir)
+    tok = loaded.tokenizer
+    encoded = encode_examples(tok, EXAMPLES, seq2seq=False)
+    third = _greedy_ids(loaded.model, encoded[2].prompt_ids, 3)[2]
+    free = read_examples(loaded, EXAMPLES, max_new_tokens=7)
+    tok.eos_token = tok.convert_ids_to_tokens(third)
+    assert tok.eos_token_id == third
+    answers, *_ = _separately(loaded, EXAMPLES)
+    read = read_examples(loaded, EXAMPLES, max_new_tokens=7)
+    assert read.answers == answers
+    # Three tokens, decoded as generate decodes them, instead of seven.
+    stopped = _greedy_ids(loaded.model, encoded[2].prompt_ids, 3)
+    assert read.answers[2] == tok.decode(stopped, skip_special_tokens=True) != free.answers[2]
+
+
+def test_generation_length(tiny_causal_dir: Path, load_tiny: Callable[..., object]) -> None:
+    loaded = load_tiny(tiny_causal_dir)
+    assert read_examples(loaded, EXAMPLES, max_new_tokens=0).answers == [None] * len(EXAMPLES)
+    one = read_examples(loaded, EXAMPLES, max_new_tokens=1).answers
+    assert one == _separately(loaded, EXAMPLES, max_new_tokens=1)[0]
+    # Without a length: the longest target (with its end token) + 8, as eval has always used.
+    encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False)
+    longest = max(len(e.target_ids) for e in encoded)
+    assert read_examples(loaded, EXAMPLES).answers == _separately(
+        loaded, EXAMPLES, max_new_tokens=longest + 8)[0]
+
+
+def test_seq2seq_models_read_separately(
+    tiny_seq2seq_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    loaded = load_tiny(tiny_seq2seq_dir)
+    answers, picks, nll, _ = _separately(loaded, EXAMPLES)
+    read = read_examples(loaded, EXAMPLES, max_new_tokens=7)
+    assert (read.answers, read.picks) == (answers, picks)
+    assert read.target_nll == pytest.approx(nll, abs=1e-4)
+
+
+def test_eval_report_comes_from_the_one_read(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    loaded = load_tiny(tiny_causal_dir)
+    report = evaluate_examples(loaded, EXAMPLES, EvalConfig(max_new_tokens=5), progress=False)
+    answers, picks, _, loss = _separately(loaded, EXAMPLES, max_new_tokens=5)
+    assert [p["prediction"] for p in report.predictions] == answers
+    assert report.loss == pytest.approx(loss, abs=1e-5)
+    chosen = [(ex, p) for ex, p in zip(EXAMPLES, picks, strict=True) if p is not None]
+    assert report.n_choice_examples == len(chosen) == 5
+    assert report.choice_accuracy == sum(p == ex.target for ex, p in chosen) / 5
+    no_generation = evaluate_examples(loaded, EXAMPLES, EvalConfig(generate=False),
+                                      progress=False)
+    assert no_generation.exact_match is None and no_generation.predictions == []
+    assert no_generation.choice_accuracy == report.choice_accuracy
