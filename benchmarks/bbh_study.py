@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from composer.models import LoadedModel
 
 RESULTS_VERSION = 1
+# Prompts longer than this many tokens lose their beginning; files made before the setting
+# existed were made with it.
+DEFAULT_MAX_LENGTH = 1024
 ZERO_SHOT = "zero-shot"
 IN_CONTEXT = "in-context"
 SINGLE = "single (by few-shot loss)"
@@ -86,6 +89,7 @@ class StudySettings:
     test_limit: int | None
     use_chat_template: bool
     dtype: str
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that make cells comparable (paths are informative, not checked)."""
@@ -97,6 +101,7 @@ class StudySettings:
             "use_chat_template": self.use_chat_template,
             "dtype": self.dtype,
             "base_model": self.base_model,
+            "max_length": self.max_length,
         }
 
 
@@ -232,9 +237,10 @@ def score_test(
     demonstrations: Sequence[Example] = (),
     use_chat_template: bool = True,
     batch_size: int = 16,
-    max_length: int = 1024,
+    max_length: int = DEFAULT_MAX_LENGTH,
 ) -> dict[str, Any]:
-    """Per-example results of the model as it is: greedy answers, exact match, picked choices.
+    """Per-example results of the model as it is: greedy answers, exact match, picked choices
+    (and ``prompts_cut``, how many prompts were over ``max_length`` tokens, when any were).
 
     ``composer.evaluate.read_examples`` gives them, as ``loradex eval`` does: prompts rendered
     the same way, each read once for its answer and its choices.
@@ -248,12 +254,15 @@ def score_test(
         max_length=max_length, batch_size=batch_size,
     )
     answers = [normalize_answer(a or "") for a in read.answers]
-    return {
+    scored: dict[str, Any] = {
         "answers": answers,
         "em_correct": [int(a == normalize_answer(ex.target))
                        for a, ex in zip(answers, examples, strict=True)],
         "mc_picks": read.picks,
     }
+    if any(read.prompt_cut):
+        scored["prompts_cut"] = sum(read.prompt_cut)
+    return scored
 
 
 def cell_metrics(result: dict[str, Any], targets: Sequence[str], has_choices: bool) -> None:
@@ -275,6 +284,9 @@ def read_results_file(path: Path, option: str) -> dict[str, Any]:
         raise ConfigError(f"{option} {path}: not a results file ({exc})") from None
     if not isinstance(results, dict) or results.get("version") != RESULTS_VERSION:
         raise ConfigError(f"{option} {path}: not a results file of this study")
+    fingerprint = results.get("settings", {}).get("fingerprint")
+    if isinstance(fingerprint, dict):  # made before --max-length existed: it was the default
+        fingerprint.setdefault("max_length", DEFAULT_MAX_LENGTH)
     return results
 
 
@@ -510,7 +522,6 @@ class Study:
         prior = self._prior_cell(task, seed, few_idx, names, targets)
         loaded = self._model()
         candidates = [self._candidate(n) for n in names]
-        chat = s.use_chat_template
 
         def record(name: str, result: dict[str, Any], started: float) -> None:
             result["seconds"] = round(time.perf_counter() - started, 2)
@@ -518,10 +529,13 @@ class Study:
             systems[name] = result
             self.computed.append((task, seed, name))
             mc = result.get("choice_accuracy")
+            cut = result.get("prompts_cut")
             self._say(
                 f"[{task} seed {seed}] {name}: exact match {result['exact_match']:.3f}"
                 + (f", choice accuracy {mc:.3f}" if mc is not None else "")
                 + f" ({result['seconds']:.0f} s)"
+                + (f"; {cut} prompts over --max-length {s.max_length} tokens lost their "
+                   "beginning" if cut else "")
             )
             self.save()
 
@@ -535,7 +549,7 @@ class Study:
             elif name == ZERO_SHOT or name in self.hydra_modules:
                 record(name, self._seed_free_system(name, task, examples, test_idx), t0)
             elif name == IN_CONTEXT:
-                scored = score_test(loaded, test, demonstrations=few, use_chat_template=chat)
+                scored = self._score(loaded, test, demonstrations=few)
                 record(name, scored, t0)
             elif name in (SINGLE, UNIFORM, ORACLE):
                 record(name, self._lorahub_system(name, loaded, candidates, few, test), t0)
@@ -570,11 +584,10 @@ class Study:
         from composer.compose import ComposeSession
         from composer.methods import get_method
 
-        chat = self.settings.use_chat_template
         if not rest:
             return {"answers": [], "em_correct": [], "mc_picks": []}
         if name == IN_CONTEXT:
-            return score_test(loaded, rest, demonstrations=few, use_chat_template=chat)
+            return self._score(loaded, rest, demonstrations=few)
         if name.startswith("hydra from "):
             source = systems["compose " + name.removeprefix("hydra from ")]["weights"]
             return self._hydra_compose_system(source, seed, loaded, candidates, few, rest)
@@ -590,7 +603,7 @@ class Study:
             weights = np.asarray(old["weights"], dtype=float)
         with ComposeSession(loaded, candidates, get_method(method), layer_groups=groups) as session:
             session.set_weights(weights)
-            return score_test(loaded, rest, use_chat_template=chat)
+            return self._score(loaded, rest)
 
     def _seed_free_system(
         self, name: str, task: str, examples: Sequence[Example], test_idx: Sequence[int]
@@ -613,8 +626,7 @@ class Study:
             loaded = self._model()
             subset = [examples[i] for i in missing]
             if module is None:
-                chat = self.settings.use_chat_template
-                scored = score_test(loaded, subset, use_chat_template=chat)
+                scored = self._score(loaded, subset)
             else:
                 scored = self._score_with_hydra(loaded, module, subset)
             for j, i in enumerate(missing):
@@ -658,7 +670,7 @@ class Study:
             if name == UNIFORM:
                 weights = np.full(k, 1.0 / k)
                 session.set_weights(weights)
-                scored = score_test(loaded, test, use_chat_template=chat)
+                scored = self._score(loaded, test)
                 return {**scored, "weights": weights.tolist()}
             if name == SINGLE:
                 objective = get_objective("lm")
@@ -667,18 +679,18 @@ class Study:
                           for i in range(k)]
                 best = int(np.argmin(losses))
                 session.set_weights(np.eye(k)[best])
-                scored = score_test(loaded, test, use_chat_template=chat)
+                scored = self._score(loaded, test)
                 return {**scored, "module": candidates[best].repo_id,
                         "few_shot_losses": [round(x, 6) for x in losses]}
             # ORACLE: the candidate with the best choice accuracy on the test split itself.
             accuracies = []
             for i in range(k):
                 session.set_weights(np.eye(k)[i])
-                picks = score_test(loaded, test, use_chat_template=chat)["mc_picks"]
+                picks = self._score(loaded, test)["mc_picks"]
                 accuracies.append(sum(p == ex.target for p, ex in zip(picks, test, strict=True)))
             best = int(np.argmax(accuracies))
             session.set_weights(np.eye(k)[best])
-            scored = score_test(loaded, test, use_chat_template=chat)
+            scored = self._score(loaded, test)
             return {**scored, "module": candidates[best].repo_id,
                     "test_choice_correct": accuracies}
 
@@ -705,7 +717,7 @@ class Study:
         with ComposeSession(loaded, candidates, get_method(spec.method),
                             layer_groups=spec.layer_groups) as session:
             session.set_weights(result.weights)
-            scored = score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
+            scored = self._score(loaded, test)
         out = {
             **scored,
             "weights": [round(float(w), 6) for w in result.weights],
@@ -744,6 +756,13 @@ class Study:
             "few_shot_loss_after_fit": round(fit.fewshot_loss_after, 6) if fit else None,
         }
 
+    def _score(
+        self, loaded: LoadedModel, test: Sequence[Example], demonstrations: Sequence[Example] = ()
+    ) -> dict[str, Any]:
+        return score_test(loaded, test, demonstrations=demonstrations,
+                          use_chat_template=self.settings.use_chat_template,
+                          max_length=self.settings.max_length)
+
     def _score_with_hydra(
         self, loaded: LoadedModel, module: HydraModule, test: Sequence[Example]
     ) -> dict[str, Any]:
@@ -751,7 +770,7 @@ class Study:
 
         handle = attach_hydra(loaded.model, module, dtype=loaded.dtype)
         try:
-            return score_test(loaded, test, use_chat_template=self.settings.use_chat_template)
+            return self._score(loaded, test)
         finally:
             handle.detach()
 
@@ -766,6 +785,8 @@ def extended_row(old: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
     recomputed by the caller); what the prior row recorded (weights, search) is kept."""
     row = {k: v for k, v in old.items() if k not in _PER_EXAMPLE and k not in _DERIVED}
     row.update({k: list(old[k]) + list(scored[k]) for k in _PER_EXAMPLE})
+    if scored.get("prompts_cut"):
+        row["prompts_cut"] = row.get("prompts_cut", 0) + scored["prompts_cut"]
     row["extended_from"] = len(old["em_correct"])
     row["seconds_before_extension"] = old.get("seconds", 0.0)
     return row
@@ -835,7 +856,13 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
             f"{len(first['candidates'])} candidates; p-values: exact McNemar on "
             f"{'multiple-choice' if has_choices else 'exact-match'} correctness, one per seed; "
             f"↑N/↓N: seeds where the system is significantly (p < {SIGNIFICANT}) better/worse")
-    return head + "\n\n" + markdown_table(header, rows)
+    table = head + "\n\n" + markdown_table(header, rows)
+    cut = {name: sum(c["systems"][name].get("prompts_cut", 0) for c in cells.values()
+                     if name in c.get("systems", {})) for name in systems}
+    if any(cut.values()):
+        table += ("\n\nPrompts that lost their beginning (over the length limit), over all "
+                  "seeds: " + ", ".join(f"{name} {n}" for name, n in cut.items() if n) + ".")
+    return table
 
 
 def _p_values(tests: Sequence[dict[str, Any]]) -> str:
@@ -878,7 +905,8 @@ def report(results: dict[str, Any], systems: Sequence[str]) -> str:
     parts = [
         f"Settings: k = {fp['k']} candidates, {fp['shots']} few-shot examples, budget "
         f"{fp['budget']}, test limit {fp['test_limit'] or 'none'}, chat template "
-        f"{fp['use_chat_template']}, dtype {fp['dtype']}; library pool of "
+        f"{fp['use_chat_template']}, dtype {fp['dtype']}, prompts cut to their last "
+        f"{fp['max_length']} tokens; library pool of "
         f"{len(results['settings']['library_pool'])} modules; time spent on the rows "
         f"{row_seconds(results) / 60:.1f} min (the sum of every row's own time"
         + (f", rows from {len(results['merged'])} process(es) run side by side merged in"
@@ -928,6 +956,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true",
                    help="also report the best single module chosen on the test split (k evals)")
     p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                   help="longest prompt in tokens; longer ones lose their beginning (counted)")
     p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
     p.add_argument("--merge", type=Path, action="append", default=[],
                    help="first copy into --out the rows this results file (same settings) has "
@@ -950,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
 
     args = parse_args(argv)
     for name, value in (("--seeds", args.seeds), ("--k", args.k), ("--shots", args.shots),
-                        ("--budget", args.budget)):
+                        ("--budget", args.budget), ("--max-length", args.max_length)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if args.test_limit is not None and args.test_limit < 1:
@@ -985,6 +1015,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
         budget=args.budget,
         test_limit=args.test_limit,
         use_chat_template=not args.no_chat_template,
+        max_length=args.max_length,
         dtype=args.dtype,
     )
     if args.report_only and not args.out.is_file():

@@ -58,6 +58,7 @@ class EvalReport:
     label_distribution: dict[str, int] = field(default_factory=dict)
     majority_label: str | None = None
     majority_rate: float | None = None
+    prompts_cut: int = 0  # prompts longer than max_length, cut from the left
 
     def summary(self) -> dict[str, Any]:
         """The metrics as a JSON-friendly dict (no per-example predictions)."""
@@ -74,6 +75,8 @@ class EvalReport:
         if self.majority_label is not None:
             out["majority_label"] = self.majority_label
             out["majority_rate"] = round(self.majority_rate or 0.0, 6)
+        if self.prompts_cut:
+            out["prompts_cut"] = self.prompts_cut
         return out
 
 
@@ -184,16 +187,16 @@ class Readings:
     picks: list[str | None]  # the picked choice; None for an example without choices
     target_nll: list[float]  # summed target-token cross-entropy of the example's target
     target_tokens: list[int]  # how many target tokens that sum covers
+    prompt_cut: list[bool]  # the prompt was longer than max_length and lost its beginning
 
 
-def _choice_prompt(
-    tok: Any, ex: Example, demonstrations: Sequence[Example], use_chat_template: bool,
-    max_length: int,
+def _full_prompt(
+    tok: Any, ex: Example, demonstrations: Sequence[Example], use_chat_template: bool
 ) -> tuple[int, ...]:
     prompt = render_prompt(
         tok, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
     )
-    return tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template)[-max_length:])
+    return tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template))
 
 
 @dataclass
@@ -211,20 +214,18 @@ def _rows(
     loaded: LoadedModel,
     examples: Sequence[Example],
     encoded: Sequence[EncodedExample],
-    *,
-    demonstrations: Sequence[Example],
-    use_chat_template: bool,
+    full_prompts: Sequence[tuple[int, ...]],
     max_length: int,
 ) -> list[_Row]:
     tok = loaded.tokenizer
     rows: list[_Row] = []
-    for i, (ex, enc) in enumerate(zip(examples, encoded, strict=True)):
+    for i, (ex, enc, full) in enumerate(zip(examples, encoded, full_prompts, strict=True)):
         # The answer is generated from, and the target scored after, the prompt as
         # encode_examples cuts it (leaving room for the target); the choices follow the
         # prompt as choice_picks cuts it. They are one row unless the two cuts differ.
         answer = _Row([enc], i, answers=True, target=0)
         if ex.choices:
-            prompt = _choice_prompt(tok, ex, demonstrations, use_chat_template, max_length)
+            prompt = full[-max_length:]
             choices = [EncodedExample(prompt, tuple(encode_target(tok, c, seq2seq=False)))
                        for c in ex.choices]
             if prompt == enc.prompt_ids:
@@ -266,19 +267,21 @@ def read_examples(
         tok, examples, seq2seq=loaded.is_seq2seq, max_length=max_length,
         use_chat_template=use_chat_template, demonstrations=demonstrations,
     )
+    full = [_full_prompt(tok, ex, demonstrations, use_chat_template) for ex in examples]
+    cut = [len(f) > len(e.prompt_ids) for f, e in zip(full, encoded, strict=True)]
     if max_new_tokens is None:
         max_new_tokens = max((len(e.target_ids) for e in encoded), default=0) + 8
     if loaded.is_seq2seq or any(not e.prompt_ids for e in encoded):
-        return _read_separately(loaded, examples, encoded, demonstrations=demonstrations,
-                                use_chat_template=use_chat_template, max_length=max_length,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                progress=progress)
-    rows = _rows(loaded, examples, encoded, demonstrations=demonstrations,
-                 use_chat_template=use_chat_template, max_length=max_length)
+        return _read_separately(
+            loaded, examples, encoded, cut, demonstrations=demonstrations,
+            use_chat_template=use_chat_template, max_length=max_length,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+        )
+    rows = _rows(loaded, examples, encoded, full, max_length)
     sizes = [packed_length(r.options) for r in rows]
     order = sorted(range(len(rows)), key=sizes.__getitem__)
     readings = Readings([None] * len(examples), [None] * len(examples),
-                        [0.0] * len(examples), [0] * len(examples))
+                        [0.0] * len(examples), [0] * len(examples), cut)
     chunk: list[_Row] = []
     for r in order:
         if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * sizes[r] > max_tokens):
@@ -404,6 +407,7 @@ def _read_separately(
     loaded: LoadedModel,
     examples: Sequence[Example],
     encoded: Sequence[EncodedExample],
+    prompt_cut: list[bool],
     *,
     demonstrations: Sequence[Example],
     use_chat_template: bool,
@@ -427,7 +431,7 @@ def _read_separately(
     # Without a prompt a causal model cannot predict the first target token.
     skipped = 0 if loaded.is_seq2seq else 1
     counts = [len(e.target_ids) - (0 if e.prompt_ids else skipped) for e in encoded]
-    return Readings(answers, picks, nll, counts)
+    return Readings(answers, picks, nll, counts, prompt_cut)
 
 
 def evaluate_examples(
@@ -455,7 +459,7 @@ def evaluate_examples(
     finally:
         bar.close()
     loss = sum(read.target_nll) / max(sum(read.target_tokens), 1)
-    report = EvalReport(n_examples=len(examples), loss=loss)
+    report = EvalReport(n_examples=len(examples), loss=loss, prompts_cut=sum(read.prompt_cut))
     if config.generate:
         hits = 0
         for ex, answer in zip(examples, read.answers, strict=True):
@@ -493,7 +497,7 @@ def choice_picks(
     for ex in examples:
         if not ex.choices:
             continue
-        prompt_ids = _choice_prompt(tok, ex, demonstrations, use_chat_template, max_length)
+        prompt_ids = _full_prompt(tok, ex, demonstrations, use_chat_template)[-max_length:]
         options.extend(
             EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
             for c in ex.choices

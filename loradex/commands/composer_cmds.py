@@ -502,6 +502,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
 @click.option("--max-new-tokens", default=None, type=int,
               help="Generation length (default: longest target + 8 tokens).")
 @click.option("--no-generate", is_flag=True, help="Skip generation (loss and choices only).")
+@click.option("--max-length", default=1024, show_default=True,
+              help="Longest prompt in tokens; longer ones lose their beginning (counted).")
 @click.option("--modules-dir", "module_dirs", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Where folders of locally indexed modules (ids local/NAME) live.")
@@ -511,7 +513,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
 @click.pass_obj
 def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: str | None,
              device: str, dtype: str, no_chat_template: bool, few_shot: int, limit: int | None,
-             batch_size: int, max_new_tokens: int | None, no_generate: bool,
+             batch_size: int, max_new_tokens: int | None, no_generate: bool, max_length: int,
              module_dirs: tuple[Path, ...], predictions: Path | None, as_json: bool) -> None:
     """Evaluate the base model, or base + an adapter, on DATA (JSONL).
 
@@ -527,8 +529,8 @@ def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: st
     from composer.evaluate import EvalConfig, evaluate_examples
     from composer.models import base_model_name_for
 
-    if few_shot < 0 or (limit is not None and limit < 1) or batch_size < 1:
-        raise ConfigError("--few-shot must be >= 0, --limit and --batch-size >= 1")
+    if few_shot < 0 or (limit is not None and limit < 1) or batch_size < 1 or max_length < 1:
+        raise ConfigError("--few-shot must be >= 0, --limit, --batch-size and --max-length >= 1")
     examples = load_examples(data, min_examples=few_shot + 1)
     demos, examples = examples[:few_shot], examples[few_shot:]
     if limit is not None:
@@ -548,8 +550,11 @@ def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: st
         loaded.model.eval()
     config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens,
                         few_shot=few_shot, use_chat_template=not no_chat_template,
-                        generate=not no_generate)
+                        max_length=max_length, generate=not no_generate)
     report = evaluate_examples(loaded, examples, config, demonstrations=demos)
+    if report.prompts_cut:
+        click.echo(f"note: {report.prompts_cut} of {report.n_examples} prompts were longer than "
+                   f"--max-length {max_length} tokens and lost their beginning", err=True)
     summary = {
         "data": str(data),
         "adapter": candidate.repo_id if candidate else None,

@@ -73,6 +73,14 @@ def test_train_compose_eval_and_registry(tiny, db_url, tmp_path, capsys, loradex
     assert metrics["n_examples"] == 5 and metrics["n_choice_examples"] == 1
     assert metrics["loss"] == pytest.approx(summary["loss"], abs=1e-4)
     assert len((tmp_path / "pred.jsonl").read_text().splitlines()) == 5
+    assert "prompts_cut" not in metrics and "lost their beginning" not in err
+
+    # Prompts longer than --max-length are cut, and the user is told how many.
+    code, out, err = run([*db, "eval", str(tiny["few"]), "--base-model", str(tiny["base"]),
+                          "--max-length", "3", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["prompts_cut"] == 5
+    assert "5 of 5 prompts were longer than --max-length 3 tokens" in err
 
 
 def test_unequal_ranks_fail_before_the_model_is_loaded(tiny, tmp_path, capsys, loradex_home):
@@ -101,6 +109,7 @@ def test_unequal_ranks_fail_before_the_model_is_loaded(tiny, tmp_path, capsys, l
          "either steps or epochs"),
         (["eval", "{few}", "--adapter", "{tmp}/missing"], 3, "no such folder"),
         (["eval", "{few}", "--base-model", "{tmp}/nomodel"], 10, "model folder not found"),
+        (["eval", "{few}", "--max-length", "0"], 2, "--max-length >= 1"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(

@@ -69,6 +69,8 @@ def test_prompts_cut_differently_for_answers_and_choices(
     answers, picks, nll, _ = _separately(loaded, EXAMPLES, max_length=6)
     read = read_examples(loaded, EXAMPLES, max_length=6, max_new_tokens=7)
     assert (read.answers, read.picks) == (answers, picks)
+    assert read.prompt_cut == [True] * len(EXAMPLES)
+    assert read_examples(loaded, EXAMPLES, max_new_tokens=0).prompt_cut == [False] * len(EXAMPLES)
     assert read.target_nll == pytest.approx(nll, abs=1e-4)
 
 
@@ -120,6 +122,7 @@ def test_seq2seq_models_read_separately(
     read = read_examples(loaded, EXAMPLES, max_new_tokens=7)
     assert (read.answers, read.picks) == (answers, picks)
     assert read.target_nll == pytest.approx(nll, abs=1e-4)
+    assert read_examples(loaded, EXAMPLES, max_length=3).prompt_cut == [True] * len(EXAMPLES)
 
 
 def test_eval_report_comes_from_the_one_read(

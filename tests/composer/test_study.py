@@ -201,6 +201,31 @@ def test_study_refuses_to_resume_with_other_settings(study_module, tiny_study):
         study_module.main(argv("--tasks", "nope"))
 
 
+def test_prompts_over_the_length_limit_are_counted(study_module, tiny_study, tmp_path, capsys):
+    argv, out = tiny_study
+    # Five demonstrations make every in-context prompt longer than 40 tokens; questions alone
+    # are not.
+    short = tmp_path / "short.json"
+    study_module.main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm",
+                           "--max-length", "40", "--out", str(short), "--markdown"))
+    cell = json.loads(short.read_text())["tasks"]["truth"]["0"]
+    assert cell["systems"]["in-context"]["prompts_cut"] == cell["n_test"] == 7
+    assert "prompts_cut" not in cell["systems"]["zero-shot"]
+    table = capsys.readouterr().out
+    assert "prompts cut to their last 40 tokens" in table
+    assert "Prompts that lost their beginning (over the length limit), over all seeds: " \
+           "in-context 7." in table
+    # The limit is a setting of the study; a file from before it existed was made at 1024.
+    with pytest.raises(ConfigError, match="max_length 40 -> 1024"):
+        study_module.main(argv("--tasks", "truth", "--out", str(short)))
+    study_module.main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm"))
+    results = json.loads(out.read_text())
+    del results["settings"]["fingerprint"]["max_length"]
+    out.write_text(json.dumps(results))
+    assert study_module.main(argv("--tasks", "truth", "--methods", "lorahub",
+                                  "--objectives", "lm")).computed == []
+
+
 def test_choice_picks_agree_with_loradex_eval(study_module, tiny_causal_dir, load_tiny):
     from composer.data import Example
     from composer.evaluate import evaluate_examples
