@@ -1,12 +1,15 @@
 """Evaluate a model (with or without a LoRA) on a task file.
 
-- exact match after :func:`composer.data.normalize_answer`, from batched greedy generation
-  (left padding for causal models);
+- exact match after :func:`composer.data.normalize_answer`, of the greedy answer;
 - for examples with ``choices``: multiple-choice accuracy, picking the choice whose tokens
   (plus end-of-sequence) have the highest log-likelihood after the prompt;
 - the mean target-token loss.
 
-The model is used as it is: attach a LoRA (PEFT or the composer's runtime) before calling.
+On causal models :func:`read_examples` gets all three from one read of each prompt (the
+choices and the target follow it in its row, the answer is decoded from the KV cache);
+:func:`generate_answers`, :func:`choice_picks` and :func:`sequence_logprobs` are the separate
+passes (seq2seq models use them). The model is used as it is: attach a LoRA (PEFT or the
+composer's runtime) before calling.
 """
 
 from __future__ import annotations
@@ -80,14 +83,17 @@ class EvalReport:
         return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def mean_loss(
-    loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_size: int = 16
+    loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_size: int = 16,
+    *, packed: bool = True,
 ) -> float:
-    """Mean target-token cross-entropy over ``encoded`` (all tokens weigh the same)."""
+    """Mean target-token cross-entropy over ``encoded`` (all tokens weigh the same), in
+    batches of ``batch_size`` examples, packed or right-padded (see ``make_batch``)."""
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        batch = make_batch(encoded[start : start + batch_size], loaded.model).to(loaded.device)
+        chunk = encoded[start : start + batch_size]
+        batch = make_batch(chunk, loaded.model, packed=packed).to(loaded.device)
         losses = target_token_losses(loaded.model, batch)
         total += float(losses.sum())
         count += losses.numel()

@@ -34,6 +34,7 @@ from composer.candidates import Candidate, load_layers, read_candidate
 from composer.cards import render_card, settings_table
 from composer.compose import ComposeResult
 from composer.data import EncodedExample, Example, encode_examples
+from composer.evaluate import mean_loss
 from composer.hydra.format import HydraLayerWeights, HydraModule, write_hydra_folder
 from composer.hydra.heads import kmeans
 from composer.hydra.runtime import HeadUsage, attach_hydra
@@ -276,8 +277,9 @@ def fit_router(
     try:
         for param in handle.router_parameters():
             param.requires_grad_(True)
-        fewshot_before = _mean_loss(loaded, fewshot_encoded, batch_size)
-        heldout_before = _mean_loss(loaded, holdout_encoded, batch_size) if holdout else None
+        fewshot_before = mean_loss(loaded, fewshot_encoded, batch_size, packed=False)
+        heldout_before = (mean_loss(loaded, holdout_encoded, batch_size, packed=False)
+                          if holdout else None)
         optimizer = torch.optim.AdamW(handle.router_parameters(), lr=lr, weight_decay=0.0)
         batches = [
             make_batch(fewshot_encoded[i : i + batch_size], model, packed=False).to(loaded.device)
@@ -295,8 +297,9 @@ def fit_router(
             optimizer.step()
             losses.append(value)
         model.eval()
-        fewshot_after = _mean_loss(loaded, fewshot_encoded, batch_size)
-        heldout_after = _mean_loss(loaded, holdout_encoded, batch_size) if holdout else None
+        fewshot_after = mean_loss(loaded, fewshot_encoded, batch_size, packed=False)
+        heldout_after = (mean_loss(loaded, holdout_encoded, batch_size, packed=False)
+                         if holdout else None)
         usage = measure_head_usage(handle, loaded, fewshot_encoded + holdout_encoded, batch_size)
         fitted = handle.to_module(module.config)
     finally:
@@ -505,17 +508,6 @@ def _card_body(front: dict[str, Any], groups: Sequence[HeadGroup], fit: RouterFi
     ]
     return "\n".join(lines)
 
-
-@torch.no_grad()
-def _mean_loss(loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_size: int) -> float:
-    total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = make_batch(encoded[start : start + batch_size], loaded.model, packed=False)
-        batch = batch.to(loaded.device)
-        n_tokens = len(batch.target_ids)
-        total += float(mean_target_loss(loaded.model, batch)) * n_tokens
-        count += n_tokens
-    return total / max(count, 1)
 
 
 def _check_candidates(candidates: Sequence[LoraCandidate], weights: Sequence[float]) -> None:

@@ -22,6 +22,7 @@ from composer.adapter_io import SAVE_DTYPES, check_output_dir
 from composer.batching import TargetBatch, make_batch, mean_target_loss
 from composer.cards import render_card, settings_table
 from composer.data import EncodedExample, Example, encode_examples, file_sha256, load_examples
+from composer.evaluate import mean_loss
 from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
 from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hydra_module
@@ -159,7 +160,8 @@ def train_hydra(
     encode = _encoder(loaded, config)
     encoded = encode(examples)
     n_steps = total_steps(config, len(examples))
-    before = _mean_loss(loaded, encode(heldout), config.batch_size) if heldout else None
+    before = (mean_loss(loaded, encode(heldout), config.batch_size, packed=False)
+              if heldout else None)
 
     module = init_hydra_module(model, hydra_config, seed=config.seed)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -198,7 +200,8 @@ def train_hydra(
         seconds = time.perf_counter() - started
         usage_sample = encoded[: config.usage_examples]
         usage = measure_head_usage(handle, loaded, usage_sample, config.batch_size)
-        after = _mean_loss(loaded, encode(heldout), config.batch_size) if heldout else None
+        after = (mean_loss(loaded, encode(heldout), config.batch_size, packed=False)
+                 if heldout else None)
         trained = handle.to_module(hydra_config)
     finally:
         handle.detach()
@@ -285,17 +288,6 @@ def _encoder(
 
     return encode
 
-
-@torch.no_grad()
-def _mean_loss(loaded: LoadedModel, encoded: Sequence[EncodedExample], batch_size: int) -> float:
-    total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = make_batch(encoded[start : start + batch_size], loaded.model, packed=False)
-        batch = batch.to(loaded.device)
-        n_tokens = len(batch.target_ids)
-        total += float(mean_target_loss(loaded.model, batch)) * n_tokens
-        count += n_tokens
-    return total / max(count, 1)
 
 
 def _tail_mean(values: Sequence[float], n: int = 10) -> float | None:
