@@ -16,6 +16,9 @@ For every task (a JSONL file in ``--tasks-dir``) and seed:
   highest log-likelihood), the distribution of the picked labels, and paired tests (exact
   McNemar and a paired bootstrap) of every system against zero-shot and the majority label.
 
+Prompts over ``--max-length`` tokens (1,024) lose their beginning, as in ``loradex eval``;
+each row records how many did (5-shot prompts can be far longer than the question alone).
+
 Results are written after every system to ``--out`` (atomically); a run that is stopped can be
 resumed and finished cells are not recomputed. ``--markdown`` prints the tables.
 ``--extend-from OLD`` takes a study run with a smaller ``--test-limit`` to a larger test split
