@@ -301,6 +301,13 @@ def _head_only_ok(model: PreTrainedModel) -> bool:
     )
 
 
+def _unwrap(model: PreTrainedModel) -> PreTrainedModel:
+    if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers live in the model
+        unwrap: Any = model.get_base_model
+        return unwrap()
+    return model
+
+
 def _cache_name(module: Any) -> str:
     # transformers 5 calls the KV cache argument and output ``cache``; earlier releases
     # ``past_key_values``.
@@ -320,9 +327,7 @@ def causal_logits_at(
 ) -> tuple[torch.Tensor, Any]:
     """Logits ``[len(rows), vocab]`` of a causal model at positions ``(rows, cols)`` only, and,
     with ``use_cache``, its KV cache (extended in place when ``cache`` is given)."""
-    if hasattr(model, "get_base_model"):  # a PeftModel: its LoRA layers live in the model
-        unwrap: Any = model.get_base_model
-        model = unwrap()
+    model = _unwrap(model)
     head_only = _head_only_ok(model)
     module: Any = model.base_model if head_only else model
     kwargs: dict[str, Any] = {
@@ -354,7 +359,7 @@ def target_logits(model: PreTrainedModel, batch: TargetBatch) -> torch.Tensor:
             cols=batch.target_cols,
         )
         return logits
-    out = model(
+    out = _unwrap(model)(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         decoder_input_ids=batch.decoder_input_ids,
