@@ -171,6 +171,34 @@ def encode_target(tokenizer: PreTrainedTokenizerBase, target: str, *, seq2seq: b
     return ids
 
 
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    *,
+    demonstrations: Sequence[Example] = (),
+    use_chat_template: bool = True,
+) -> tuple[int, ...]:
+    """Token ids of the whole prompt for one input (:func:`render_prompt`, then encoded)."""
+    prompt = render_prompt(
+        tokenizer, text, demonstrations=demonstrations, use_chat_template=use_chat_template
+    )
+    return tuple(encode_prompt(tokenizer, prompt, use_chat_template=use_chat_template))
+
+
+def fit_example(
+    prompt: Sequence[int], target: Sequence[int], *, seq2seq: bool, max_length: int | None
+) -> EncodedExample:
+    """A prompt and target within ``max_length``: the target cut to it, the prompt cut from
+    the left so that the target fits after it (seq2seq: the encoder input alone)."""
+    prompt, target = list(prompt), list(target)
+    if max_length is not None:
+        target = target[:max_length]
+        room = max_length if seq2seq else max(0, max_length - len(target))
+        if len(prompt) > room:
+            prompt = prompt[len(prompt) - room :] if room else []
+    return EncodedExample(tuple(prompt), tuple(target))
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -181,20 +209,16 @@ def encode_examples(
     demonstrations: Sequence[Example] = (),
 ) -> list[EncodedExample]:
     """Tokenise examples once. Long prompts are cut from the left so the target always fits."""
-    encoded = []
-    for ex in examples:
-        prompt = render_prompt(
-            tokenizer, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
+    return [
+        fit_example(
+            prompt_ids(tokenizer, ex.input, demonstrations=demonstrations,
+                       use_chat_template=use_chat_template),
+            encode_target(tokenizer, ex.target, seq2seq=seq2seq),
+            seq2seq=seq2seq,
+            max_length=max_length,
         )
-        prompt_ids = encode_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
-        target_ids = encode_target(tokenizer, ex.target, seq2seq=seq2seq)
-        if max_length is not None:
-            target_ids = target_ids[:max_length]
-            room = max_length if seq2seq else max(0, max_length - len(target_ids))
-            if len(prompt_ids) > room:
-                prompt_ids = prompt_ids[len(prompt_ids) - room :] if room else []
-        encoded.append(EncodedExample(tuple(prompt_ids), tuple(target_ids)))
-    return encoded
+        for ex in examples
+    ]
 
 
 def normalize_answer(text: str) -> str:

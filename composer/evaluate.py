@@ -25,11 +25,10 @@ from composer.batching import make_batch, packed_length, prefix_groups, target_t
 from composer.data import (
     EncodedExample,
     Example,
-    encode_examples,
-    encode_prompt,
     encode_target,
+    fit_example,
     normalize_answer,
-    render_prompt,
+    prompt_ids,
 )
 from composer.models import LoadedModel
 
@@ -196,24 +195,16 @@ class Readings:
     prompt_cut: list[bool]  # the prompt was longer than max_length and lost its beginning
 
 
-def _full_prompt(
-    tok: Any, ex: Example, demonstrations: Sequence[Example], use_chat_template: bool
-) -> tuple[int, ...]:
-    prompt = render_prompt(
-        tok, ex.input, demonstrations=demonstrations, use_chat_template=use_chat_template
-    )
-    return tuple(encode_prompt(tok, prompt, use_chat_template=use_chat_template))
-
-
 @dataclass
 class _Row:
-    """One prompt and the sequences that continue it (choices and/or the target)."""
+    """One prompt of ``example`` and what continues it: its first ``n_choices`` options are the
+    example's choices; when ``answers``, the answer is generated from this prompt and the last
+    option is the target."""
 
     options: list[EncodedExample]
     example: int
-    answers: bool  # the greedy answer of ``example`` is generated from this prompt
-    first_choice: int | None = None  # options[first_choice:][:n] are the choices
-    target: int | None = None  # options[target] is the target
+    n_choices: int
+    answers: bool
 
 
 def _rows(
@@ -229,17 +220,12 @@ def _rows(
         # The answer is generated from, and the target scored after, the prompt as
         # encode_examples cuts it (leaving room for the target); the choices follow the
         # prompt as choice_picks cuts it. They are one row unless the two cuts differ.
-        answer = _Row([enc], i, answers=True, target=0)
-        if ex.choices:
-            prompt = full[-max_length:]
-            choices = [EncodedExample(prompt, tuple(encode_target(tok, c, seq2seq=False)))
-                       for c in ex.choices]
-            if prompt == enc.prompt_ids:
-                answer = _Row([*choices, enc], i, answers=True, first_choice=0,
-                              target=len(choices))
-            else:
-                rows.append(_Row(choices, i, answers=False, first_choice=0))
-        rows.append(answer)
+        choices = [EncodedExample(full[-max_length:], tuple(encode_target(tok, c, seq2seq=False)))
+                   for c in ex.choices or ()]
+        if choices and choices[0].prompt_ids != enc.prompt_ids:
+            rows.append(_Row(choices, i, len(choices), answers=False))
+            choices = []
+        rows.append(_Row([*choices, enc], i, len(choices), answers=True))
     return rows
 
 
@@ -269,11 +255,14 @@ def read_examples(
     ``max_tokens`` tokens (padding included). Seq2seq models take the separate passes.
     """
     tok = loaded.tokenizer
-    encoded = encode_examples(
-        tok, examples, seq2seq=loaded.is_seq2seq, max_length=max_length,
-        use_chat_template=use_chat_template, demonstrations=demonstrations,
-    )
-    full = [_full_prompt(tok, ex, demonstrations, use_chat_template) for ex in examples]
+    # Each prompt is rendered once; encode_examples' cut of it comes from fit_example.
+    full = [prompt_ids(tok, ex.input, demonstrations=demonstrations,
+                       use_chat_template=use_chat_template) for ex in examples]
+    encoded = [
+        fit_example(f, encode_target(tok, ex.target, seq2seq=loaded.is_seq2seq),
+                    seq2seq=loaded.is_seq2seq, max_length=max_length)
+        for f, ex in zip(full, examples, strict=True)
+    ]
     cut = [len(f) > len(e.prompt_ids) for f, e in zip(full, encoded, strict=True)]
     if max_new_tokens is None:
         max_new_tokens = max((len(e.target_ids) for e in encoded), default=0) + 8
@@ -342,12 +331,13 @@ def _read_rows(
     first = 0  # index of the row's first option among the batch's examples
     for b, row in enumerate(rows):
         i = row.example
-        if row.target is not None:
-            readings.target_nll[i] = sums[first + row.target]
-            readings.target_tokens[i] = counts[first + row.target]
+        if row.answers:
+            target = first + len(row.options) - 1
+            readings.target_nll[i] = sums[target]
+            readings.target_tokens[i] = counts[target]
         choices = examples[i].choices
-        if row.first_choice is not None and choices:
-            own = [-sums[first + row.first_choice + c] for c in range(len(choices))]
+        if row.n_choices and choices:
+            own = [-sums[first + c] for c in range(row.n_choices)]
             readings.picks[i] = choices[max(range(len(own)), key=own.__getitem__)]
         if b in answers:
             readings.answers[i] = answers[b]
@@ -503,9 +493,10 @@ def choice_picks(
     for ex in examples:
         if not ex.choices:
             continue
-        prompt_ids = _full_prompt(tok, ex, demonstrations, use_chat_template)[-max_length:]
+        prompt = prompt_ids(tok, ex.input, demonstrations=demonstrations,
+                            use_chat_template=use_chat_template)[-max_length:]
         options.extend(
-            EncodedExample(prompt_ids, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
+            EncodedExample(prompt, tuple(encode_target(tok, c, seq2seq=loaded.is_seq2seq)))
             for c in ex.choices
         )
     scores = iter(sequence_logprobs(loaded, options, batch_size) if options else [])
