@@ -74,9 +74,13 @@ ZERO_SHOT = "zero-shot"
 IN_CONTEXT = "in-context"
 SINGLE = "single (by few-shot loss)"
 ORACLE = "oracle single (chosen on test)"
+OWN = "own module alone"
 UNIFORM = "uniform 1/k"
 MAJORITY = "majority label"
 SIGNIFICANT = 0.05  # the level at which the tables count a seed as a significant difference
+# --own-module: what the candidates of a task do with the library module of the same name
+# (a module trained on that very task, as for the held-out splits of the upstream tasks).
+OWN_MODULE_MODES = ("any", "include", "exclude")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class StudySettings:
     use_chat_template: bool
     dtype: str
     max_length: int = DEFAULT_MAX_LENGTH
+    own_module: str = "any"
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that make cells comparable (paths are informative, not checked)."""
@@ -105,6 +110,7 @@ class StudySettings:
             "dtype": self.dtype,
             "base_model": self.base_model,
             "max_length": self.max_length,
+            "own_module": self.own_module,
         }
 
 
@@ -223,11 +229,30 @@ def split_task(
     return few, test[:test_limit] if test_limit else test
 
 
-def pick_candidates(pool: Sequence[str], k: int, seed: int) -> list[str]:
-    """A seeded random ``k`` of the pool (all of it, sorted, when it has at most ``k``)."""
-    if k >= len(pool):
-        return sorted(pool)
-    return sorted(random.Random(seed).sample(sorted(pool), k))
+def pick_candidates(
+    pool: Sequence[str], k: int, seed: int, task: str = "", own_module: str = "any"
+) -> list[str]:
+    """A seeded random ``k`` of the pool (all of it, sorted, when it has at most ``k``).
+
+    ``own_module`` says what to do with the module named ``task`` (one trained on the task
+    itself): ``any`` treats it like the others, ``exclude`` leaves it out of the draw,
+    ``include`` draws ``k - 1`` of the others and adds it, so every seed has it.
+    """
+    if own_module not in OWN_MODULE_MODES:
+        raise ConfigError(f"--own-module {own_module!r}: one of {', '.join(OWN_MODULE_MODES)}")
+    if own_module == "any":
+        others, forced = list(pool), []
+    elif task not in pool:
+        raise ConfigError(
+            f"--own-module {own_module}: the library pool has no module named {task!r}"
+        )
+    else:
+        others = [name for name in pool if name != task]
+        forced = [task] if own_module == "include" else []
+    draw = k - len(forced)
+    if draw >= len(others):
+        return sorted([*others, *forced])
+    return sorted([*random.Random(seed).sample(sorted(others), draw), *forced])
 
 
 # --------------------------------------------------------------------------- scoring
@@ -288,8 +313,9 @@ def read_results_file(path: Path, option: str) -> dict[str, Any]:
     if not isinstance(results, dict) or results.get("version") != RESULTS_VERSION:
         raise ConfigError(f"{option} {path}: not a results file of this study")
     fingerprint = results.get("settings", {}).get("fingerprint")
-    if isinstance(fingerprint, dict):  # made before --max-length existed: it was the default
+    if isinstance(fingerprint, dict):  # made before these options existed: their defaults
         fingerprint.setdefault("max_length", DEFAULT_MAX_LENGTH)
+        fingerprint.setdefault("own_module", "any")
     return results
 
 
@@ -471,6 +497,8 @@ class Study:
         names = [ZERO_SHOT, SINGLE]
         if self.oracle:
             names.append(ORACLE)
+        if self.settings.own_module == "include":
+            names.append(OWN)
         names.append(UNIFORM)
         names += [spec.name for spec in self.compose]
         source = next((spec.name for spec in self.compose
@@ -507,7 +535,7 @@ class Study:
             return
         few_idx, test_idx = split_task(examples, s.shots, seed, s.test_limit)
         pool = self.results["settings"]["library_pool"]
-        names = pick_candidates(pool, s.k, seed)
+        names = pick_candidates(pool, s.k, seed, task, s.own_module)
         few = [examples[i] for i in few_idx]
         test = [examples[i] for i in test_idx]
         targets = [ex.target for ex in test]
@@ -554,8 +582,8 @@ class Study:
             elif name == IN_CONTEXT:
                 scored = self._score(loaded, test, demonstrations=few)
                 record(name, scored, t0)
-            elif name in (SINGLE, UNIFORM, ORACLE):
-                record(name, self._lorahub_system(name, loaded, candidates, few, test), t0)
+            elif name in (SINGLE, UNIFORM, ORACLE, OWN):
+                record(name, self._lorahub_system(name, loaded, candidates, few, test, task), t0)
             elif name.startswith("hydra from "):
                 source = "compose " + name.removeprefix("hydra from ")
                 weights = systems[source]["weights"]
@@ -595,7 +623,7 @@ class Study:
             source = systems["compose " + name.removeprefix("hydra from ")]["weights"]
             return self._hydra_compose_system(source, seed, loaded, candidates, few, rest)
         method, groups = "lorahub", 1
-        if name in (SINGLE, ORACLE):
+        if name in (SINGLE, ORACLE, OWN):
             ids = [c.repo_id for c in candidates]
             weights = np.eye(len(candidates))[ids.index(old["module"])]
         elif name == UNIFORM:
@@ -651,7 +679,7 @@ class Study:
             raise ModuleNotFound(
                 f"{folder}: module {name} of this study's frozen pool is gone from --library"
             )
-        return read_candidate(folder, repo_id=f"local/{name}")
+        return read_candidate(folder, repo_id=_module_id(name))
 
     def _lorahub_system(
         self,
@@ -660,6 +688,7 @@ class Study:
         candidates: Sequence[Candidate],
         few: Sequence[Example],
         test: Sequence[Example],
+        task: str,
     ) -> dict[str, Any]:
         import numpy as np
 
@@ -685,6 +714,11 @@ class Study:
                 scored = self._score(loaded, test)
                 return {**scored, "module": candidates[best].repo_id,
                         "few_shot_losses": [round(x, 6) for x in losses]}
+            if name == OWN:  # the module trained on this task: what composition could recover
+                own = [c.repo_id for c in candidates].index(_module_id(task))
+                session.set_weights(np.eye(k)[own])
+                scored = self._score(loaded, test)
+                return {**scored, "module": candidates[own].repo_id}
             # ORACLE: the candidate with the best choice accuracy on the test split itself.
             accuracies = []
             for i in range(k):
@@ -778,6 +812,11 @@ class Study:
             handle.detach()
 
 
+def _module_id(name: str) -> str:
+    """The repo id a library module is read under (``local/<folder name>``)."""
+    return f"local/{name}"
+
+
 _PER_EXAMPLE = ("answers", "em_correct", "mc_picks")
 _DERIVED = ("exact_match", "mc_correct", "choice_accuracy", "mc_labels", "generated_labels",
             "seconds", "newly_scored")
@@ -865,7 +904,43 @@ def task_table(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[st
     if any(cut.values()):
         table += ("\n\nPrompts that lost their beginning (over the length limit), over all "
                   "seeds: " + ", ".join(f"{name} {n}" for name, n in cut.items() if n) + ".")
+    own = own_module_line(task, cells, systems)
+    if own:
+        table += "\n\n" + own
     return table
+
+
+def own_share(weights: Sequence[float], candidates: Sequence[str], own: str) -> float:
+    """The task's own module's share of the absolute weight of a compose row (weights laid
+    out ``[layer groups, candidates]``, summed over the groups)."""
+    k = len(candidates)
+    absolute = [abs(w) for w in weights]
+    total = sum(absolute)
+    mine = sum(absolute[candidates.index(own)::k])
+    return mine / total if total else 0.0
+
+
+def own_module_line(task: str, cells: dict[str, dict[str, Any]], systems: Sequence[str]) -> str:
+    """Where the task's own library module was a candidate: how often the few-shot loss picked
+    it as the single module, and its share of each compose row's weight (mean over seeds)."""
+    seeds = [s for s in sorted(cells, key=int) if task in cells[s]["candidates"]]
+    if not seeds:
+        return ""
+    parts = []
+    picked = [cells[s]["systems"][SINGLE]["module"] == _module_id(task)
+              for s in seeds if SINGLE in cells[s]["systems"]]
+    if picked:
+        parts.append(f"the single row picked it in {sum(picked)} of {len(picked)} seed(s)")
+    k = len(cells[seeds[0]]["candidates"])
+    for name in systems:
+        if not name.startswith("compose "):
+            continue
+        shares = [own_share(cells[s]["systems"][name]["weights"], cells[s]["candidates"], task)
+                  for s in seeds if name in cells[s]["systems"]]
+        if shares:
+            parts.append(f"{name} gave it {summarize(shares).format()} of the weight")
+    return (f"The task's own module `{task}` was a candidate in {len(seeds)} seed(s) (an even "
+            f"share would be {1 / k:.2f}): " + "; ".join(parts) + ".")
 
 
 def _p_values(tests: Sequence[dict[str, Any]]) -> str:
@@ -959,6 +1034,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true",
                    help="also report the best single module chosen on the test split (k evals)")
     p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--own-module", default="any", choices=OWN_MODULE_MODES,
+                   help="the library module named like the task (trained on it, e.g. on the "
+                        "held-out splits of `loradex library heldout`): any = drawn like the "
+                        "others, include = in every seed's candidates (adds the row 'own module "
+                        "alone'), exclude = never a candidate")
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                    help="longest prompt in tokens; longer ones lose their beginning (counted)")
     p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
@@ -1020,6 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
         use_chat_template=not args.no_chat_template,
         max_length=args.max_length,
         dtype=args.dtype,
+        own_module=args.own_module,
     )
     if args.report_only and not args.out.is_file():
         raise ConfigError(f"--report-only: no results file {args.out}")

@@ -407,7 +407,8 @@ def provenance(
             "method": result.config.make_method().describe(),
             "objective": result.config.objective,
             "optimizer": s.optimizer,
-            "nevergrad_optimizer": nevergrad_name(s.optimizer),
+            "nevergrad_optimizer": nevergrad_name(
+                s.optimizer, len(result.candidates) * result.config.layer_groups),
             "budget": s.budget,
             "seed": s.seed,
             "l1": s.l1,

@@ -9,6 +9,7 @@ template when it has one (``use_chat_template=False`` turns it off), else plain 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidDataFile
+from loradex.files import atomic_write
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,6 +67,19 @@ def load_examples(path: str | Path, *, min_examples: int = 1) -> list[Example]:
         what = "no examples" if not examples else f"only {len(examples)} example(s)"
         raise InvalidDataFile(f"{path}: {what}; at least {min_examples} needed")
     return examples
+
+
+def write_examples(path: str | Path, examples: Sequence[Example]) -> None:
+    """Write ``examples`` as a JSONL task file that :func:`load_examples` reads back
+    (atomically: a stopped write leaves no half file)."""
+    lines = []
+    for ex in examples:
+        obj: dict[str, Any] = {"input": ex.input, "target": ex.target}
+        if ex.choices is not None:
+            obj["choices"] = list(ex.choices)
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    text = "".join(line + "\n" for line in lines)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _parse_example(obj: Any, where: str) -> Example:

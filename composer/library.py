@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from composer.data import Example, load_examples
+from composer.data import Example, load_examples, write_examples
 from composer.models import LoadedModel
 from composer.train import TaskInfo, TrainConfig, train_lora
-from loradex.errors import InvalidDataFile
+from loradex.errors import InvalidDataFile, ModuleNotFound
 from loradex.files import atomic_write
 
 # Hand-assigned categories of the upstream BIG-bench tasks (used for search and study reports).
@@ -226,6 +226,37 @@ def test_split(spec: LibrarySpec, task: str) -> list[Example]:
     examples = load_examples(spec.data_dir / f"{task}.jsonl")
     return split_task(examples, spec.test_size, spec.split_seed)[1]
 
+
+
+def built_spec(data_dir: Path, out_dir: Path) -> LibrarySpec:
+    """The spec of a built library as far as its splits go (test size and split seed from
+    its manifest), to find the held-out examples it was scored on."""
+    settings = load_manifest(out_dir).get("settings", {})
+    return LibrarySpec(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        test_size=int(settings.get("test_size", 50)),
+        split_seed=int(settings.get("split_seed", 0)),
+    )
+
+
+def write_heldout(spec: LibrarySpec, dest: Path, tasks: Sequence[str] = ()) -> list[Path]:
+    """Write the held-out split of every built module's task (or of ``tasks``) to
+    ``dest/<task>.jsonl``: examples no module of the library was trained on, for scoring or
+    composing on the library's own tasks without leakage."""
+    built = sorted(load_manifest(spec.out_dir)["modules"])
+    if not built:
+        raise ModuleNotFound(f"{spec.out_dir}: no built modules in manifest.json")
+    missing = [t for t in tasks if t not in built]
+    if missing:
+        raise ModuleNotFound(f"{spec.out_dir}: no built module for {', '.join(missing)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks or built:
+        path = dest / f"{task}.jsonl"
+        write_examples(path, test_split(spec, task))
+        written.append(path)
+    return written
 
 
 def evaluate_library(

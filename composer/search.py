@@ -24,11 +24,22 @@ L1_FORMS = ("sum", "mean")
 # is a selector (MetaCMA) that, for a bounded problem like ours, silently runs "CMAbounded"
 # (diagonal, elitist, population 1 + ln n) instead; it stays available under its own name.
 OPTIMIZER_ALIASES = {"cma": "OldCMA"}
+# CMA-ES has no covariance to adapt in one dimension: nevergrad hands a 1-D CMA problem to the
+# optional ``fcmaes`` package (pycma refuses it). A one-weight search (a single candidate) runs
+# the (1+1) evolution strategy with the one-fifth success rule, CMA-ES's 1-D counterpart.
+ONE_DIMENSIONAL_FALLBACK = "OnePlusOne"
 
 
-def nevergrad_name(optimizer: str) -> str:
-    """The nevergrad registry name behind an optimizer option (``cma`` -> ``OldCMA``)."""
-    return OPTIMIZER_ALIASES.get(optimizer, optimizer)
+def nevergrad_name(optimizer: str, dim: int = 0) -> str:
+    """The nevergrad registry name that runs an optimizer option (``cma`` -> ``OldCMA``) on a
+    ``dim``-weight problem: a CMA-ES variant on one weight runs ``OnePlusOne`` instead."""
+    name = OPTIMIZER_ALIASES.get(optimizer, optimizer)
+    if dim == 1:
+        import nevergrad as ng
+
+        if isinstance(ng.optimizers.registry.get(name), ng.families.ParametrizedCMA):
+            return ONE_DIMENSIONAL_FALLBACK
+    return name
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ def _make_optimizer(config: SearchConfig, dim: int) -> Any:
 
     param = ng.p.Array(init=np.zeros(dim), lower=-config.bound, upper=config.bound)
     param.random_state = np.random.RandomState(config.seed)
-    return ng.optimizers.registry[nevergrad_name(config.optimizer)](
+    return ng.optimizers.registry[nevergrad_name(config.optimizer, dim)](
         parametrization=param, budget=config.budget, num_workers=1
     )
 

@@ -17,6 +17,7 @@ def library() -> None:
     Example:
       loradex library build --data-dir ../shared/data/upstream --out library
       loradex library evaluate --data-dir ../shared/data/upstream --out library
+      loradex library heldout --data-dir ../shared/data/upstream --out heldout
     """
 
 
@@ -84,12 +85,34 @@ def evaluate(data_dir: Path, out_dir: Path, force: bool, base_model: str | None)
     Example:
       loradex library evaluate --data-dir ../shared/data/upstream --out library
     """
-    from composer.library import LibrarySpec, evaluate_library, load_manifest, write_library_readme
+    from composer.library import built_spec, evaluate_library, write_library_readme
     from composer.models import ModelSpec, load_base_model
 
-    manifest = load_manifest(out_dir)
-    test_size = int(manifest.get("settings", {}).get("test_size", 50))
-    spec = LibrarySpec(data_dir=data_dir, out_dir=out_dir, test_size=test_size)
+    spec = built_spec(data_dir, out_dir)
     loaded = load_base_model(ModelSpec(name_or_path=base_model))
     evaluate_library(loaded, spec, force=force)
     click.echo(f"wrote {write_library_readme(out_dir)}")
+
+
+@library.command()
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the upstream task files the library was built from.")
+@click.option("--library", "library_dir", default="library", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
+@click.option("--out", "dest", required=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Folder to write <task>.jsonl files into.")
+@click.option("--task", "tasks", multiple=True,
+              help="Only these tasks (repeatable; default: every built module's task).")
+def heldout(data_dir: Path, library_dir: Path, dest: Path, tasks: tuple[str, ...]) -> None:
+    """Write the held-out split of each module's task: the examples it was scored on and
+    never trained on, as JSONL task files (e.g. a --tasks-dir for benchmarks/bbh_study.py).
+
+    \b
+    Example:
+      loradex library heldout --data-dir ../shared/data/upstream --out heldout
+    """
+    from composer.library import built_spec, write_heldout
+
+    written = write_heldout(built_spec(data_dir, library_dir), dest, tasks)
+    click.echo(f"wrote {len(written)} held-out task file(s) to {dest}")

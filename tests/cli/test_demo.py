@@ -80,6 +80,25 @@ def test_demo_pipeline_on_tiny_model(tiny_world: dict[str, Path], tmp_path: Path
     table = (library / "README.md").read_text()
     assert "| past_tense |" in table and "| yes_no |" in table and "not scored" not in table
 
+    # The held-out splits the modules were scored on, never trained on, as task files.
+    from composer.data import load_examples
+    from composer.library import split_task
+
+    heldout = runner.invoke(cli, ["library", "heldout", "--data-dir", str(tiny_world["upstream"]),
+                                  "--library", str(library), "--out", str(tmp_path / "heldout")])
+    assert heldout.exit_code == 0, heldout.output
+    for task in ("past_tense", "yes_no"):
+        examples = load_examples(tiny_world["upstream"] / f"{task}.jsonl")
+        train, test = split_task(examples, 2, 0)
+        written = load_examples(tmp_path / "heldout" / f"{task}.jsonl")
+        assert written == test and len(written) == records[task]["n_test"] == 2
+        assert not set(written) & set(train)
+    unknown = runner.invoke(cli, ["library", "heldout", "--data-dir", str(tiny_world["upstream"]),
+                                  "--library", str(library), "--out", str(tmp_path / "h2"),
+                                  "--task", "nope"])
+    assert unknown.exit_code != 0 and "no built module for nope" in unknown.output
+    assert not (tmp_path / "h2").exists()
+
     lines: list[str] = []
     result = run_demo(DemoConfig(
         workdir=tmp_path / "demo", library=library, few_shot=tiny_world["few_shot"],

@@ -17,7 +17,7 @@ from composer.compose import ComposeConfig, ComposeSession, compose, write_compo
 from composer.data import Example, encode_examples, load_examples
 from composer.methods import get_method
 from composer.objectives import get_objective
-from composer.search import SearchConfig
+from composer.search import SearchConfig, nevergrad_name, search_weights
 from loradex.errors import ConfigError, IncompatibleModules, InvalidDataFile, ModuleNotFound
 
 EXAMPLES = [Example(r["input"], r["target"], tuple(r["choices"]) if "choices" in r else None)
@@ -148,6 +148,29 @@ def test_batched_search_finds_exactly_what_the_sequential_search_finds(
     assert bat.population > 1
     np.testing.assert_allclose(bat.search.curve, seq.search.curve, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(bat.weights, seq.weights)
+
+
+def test_one_candidate_is_searched_without_cma_es():
+    # CMA-ES needs two or more weights; nevergrad hands one weight to the optional fcmaes
+    # package, which is not a dependency. One weight runs the (1+1)-ES instead, and says so.
+    assert nevergrad_name("cma", 1) == "OnePlusOne" and nevergrad_name("cma", 2) == "OldCMA"
+    assert nevergrad_name("DiagonalCMA", 1) == "OnePlusOne"
+    assert nevergrad_name("NGOpt", 1) == "NGOpt"
+    result = search_weights(lambda w: (w[:, 0] - 0.7) ** 2, 1,
+                            SearchConfig(budget=40, l1=0.0, seed=1), progress=False)
+    assert abs(result.weights[0] - 0.7) < 0.25 and result.loss < 0.7 ** 2 / 4
+
+
+def test_a_single_candidate_composes(tiny_causal_dir, tiny_loras, load_tiny, tmp_path,
+                                     few_shot_file):
+    loaded = load_tiny(tiny_causal_dir)
+    result = compose(loaded, [read_candidate(tiny_loras[0])], EXAMPLES,
+                     ComposeConfig(search=SearchConfig(budget=6)), progress=False)
+    assert result.weights.shape == (1,) and result.search.objective <= result.zero_loss + 1e-9
+    out = write_composition(result, loaded, tmp_path / "one", examples_file=str(few_shot_file),
+                            examples_sha256="ab" * 32, n_examples=5)
+    comp = json.loads((out / "loradex_provenance.json").read_text())["composition"]
+    assert comp["optimizer"] == "cma" and comp["nevergrad_optimizer"] == "OnePlusOne"
 
 
 def test_search_starts_at_zero_and_respects_the_bound(tiny_causal_dir, tiny_loras, load_tiny):

@@ -14,6 +14,7 @@ from composer.data import (
     normalize_answer,
     render_prompt,
     split_holdout,
+    write_examples,
 )
 from loradex.errors import InvalidDataFile
 
@@ -82,6 +83,19 @@ def test_targets_end_with_eos_and_long_prompts_are_cut_from_the_left() -> None:
     )
     assert len(short.prompt_ids) + len(short.target_ids) == 8
     assert short.prompt_ids == enc.prompt_ids[-len(short.prompt_ids) :]
+
+
+def test_written_examples_read_back_the_same(tmp_path: Path) -> None:
+    examples = [
+        Example("Is 2 > 1?\nAnswer:", "yes", ("yes", "no")),
+        Example("Übersetze: \"cat\"", "Katze"),
+    ]
+    path = tmp_path / "out" / "task.jsonl"
+    path.parent.mkdir()
+    write_examples(path, examples)
+    assert load_examples(path) == examples
+    assert "choices" not in path.read_text(encoding="utf-8").splitlines()[1]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left beside it
 
 
 def test_split_holdout_is_seeded_and_disjoint() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -407,3 +408,68 @@ def test_extending_a_limited_study_equals_running_the_full_split(study_module, t
         study_module.main(elsewhere("again.json", "--extend-from", str(out), "--test-limit", "4"))
     with pytest.raises(ConfigError, match="other settings than the test limit"):
         study_module.main(elsewhere("other.json", "--extend-from", str(out), "--budget", "4"))
+
+
+def test_own_module_is_forced_in_or_kept_out_of_the_candidates(study_module):
+    pool = [f"m{i}" for i in range(10)] + ["task"]
+    pick = study_module.pick_candidates
+    # "any" draws as before the option existed.
+    assert pick(pool, 4, 3) == sorted(random.Random(3).sample(sorted(pool), 4))
+    assert pick(pool, 4, 3, "task", "any") == pick(pool, 4, 3)
+    for seed in range(20):
+        included = pick(pool, 4, seed, "task", "include")
+        excluded = pick(pool, 4, seed, "task", "exclude")
+        assert "task" in included and len(set(included)) == 4
+        assert "task" not in excluded and len(set(excluded)) == 4
+    assert pick(pool, 30, 0, "task", "include") == sorted(pool)
+    assert pick(pool, 30, 0, "task", "exclude") == sorted(pool[:-1])
+    with pytest.raises(ConfigError, match="no module named 'other'"):
+        pick(pool, 4, 0, "other", "include")
+
+
+def test_study_with_the_tasks_own_module(study_module, tiny_study, tmp_path,
+                                         tiny_causal_dir, capsys):
+    argv, out = tiny_study
+    library = Path(argv()[3])
+    save_lora(tiny_causal_dir, library / "yesno", seed=7)
+    # k = 1: the own module is the only candidate, so the single row must be that module.
+    study = study_module.main(argv("--tasks", "yesno", "--own-module", "include", "--k", "1",
+                                   "--compose", "lorahub/lm", "--markdown"))
+    assert study.systems()[:3] == ["zero-shot", "single (by few-shot loss)", "own module alone"]
+    cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]
+    assert cell["candidates"] == ["yesno"]
+    own, single = cell["systems"]["own module alone"], cell["systems"]["single (by few-shot loss)"]
+    assert own["module"] == single["module"] == "local/yesno"
+    assert own["mc_picks"] == single["mc_picks"] and own["answers"] == single["answers"]
+    table = capsys.readouterr().out
+    assert "| own module alone |" in table
+    share = "1.00" if cell["systems"]["compose lorahub/lm"]["weights"][0] else "0.00"
+    assert ("The task's own module `yesno` was a candidate in 1 seed(s) (an even share would be "
+            "1.00): the single row picked it in 1 of 1 seed(s); compose lorahub/lm gave it "
+            f"{share} of the weight.") in table
+    # The option is a setting of the study; files from before it existed were made with "any".
+    with pytest.raises(ConfigError, match="own_module 'include' -> 'any'"):
+        study_module.main(argv("--tasks", "yesno", "--k", "1", "--compose", "lorahub/lm"))
+    excluded = tmp_path / "excluded.json"
+    study_module.main(argv("--tasks", "yesno", "--own-module", "exclude", "--compose",
+                           "lorahub/lm", "--out", str(excluded)))
+    cell = json.loads(excluded.read_text())["tasks"]["yesno"]["0"]
+    assert cell["candidates"] == ["mod0", "mod1"] and "own module alone" not in cell["systems"]
+    with pytest.raises(ConfigError, match="no module named 'truth'"):
+        study_module.main(argv("--tasks", "truth", "--own-module", "include",
+                               "--out", str(tmp_path / "truth.json")))
+    # A file from before the option existed resumes as "any".
+    before = tmp_path / "before.json"
+    args = ("--tasks", "yesno", "--compose", "lorahub/lm", "--out", str(before))
+    study_module.main(argv(*args))
+    results = json.loads(before.read_text())
+    del results["settings"]["fingerprint"]["own_module"]
+    before.write_text(json.dumps(results))
+    assert study_module.main(argv(*args)).computed == []
+
+
+def test_own_share_sums_a_modules_weight_over_layer_groups(study_module):
+    # [groups, candidates] = [[0.5, -0.25], [0.0, 0.25]]: b holds 0.5 of 1.0 absolute weight.
+    assert study_module.own_share([0.5, -0.25, 0.0, 0.25], ["a", "b"], "b") == 0.5
+    assert study_module.own_share([0.0, 0.0], ["a", "b"], "a") == 0.0
+
