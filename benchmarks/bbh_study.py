@@ -16,6 +16,13 @@ For every task (a JSONL file in ``--tasks-dir``) and seed:
   highest log-likelihood), the distribution of the picked labels, and paired tests (exact
   McNemar and a paired bootstrap) of every system against zero-shot and the majority label.
 
+``--own-module include`` runs the study on tasks that have a library module of their own (the
+held-out splits that ``loradex library heldout`` writes, never trained on): that module is in
+every seed's candidates, the row "own module alone" scores it, and each task's table says how
+often the single row picked it and what share of each compose row's weight it got, so the
+study shows whether composition finds a skill that is in the library. ``exclude`` keeps it out
+(transfer from the other modules only).
+
 Prompts over ``--max-length`` tokens (1,024) lose their beginning, as in ``loradex eval``;
 each row records how many did (5-shot prompts can be far longer than the question alone).
 
