@@ -121,38 +121,45 @@ class StudySettings:
         }
 
 
-def compose_system(method: str, objective: str, layer_groups: int = 1, restarts: int = 1) -> str:
-    """The name of a compose row, e.g. ``compose lorahub/lm`` or ``compose lorahub/choice/g3``."""
+def compose_system(method: str, objective: str, layer_groups: int = 1, restarts: int = 1,
+                   start: str = "zero") -> str:
+    """The name of a compose row, e.g. ``compose lorahub/lm`` or ``compose lorahub/choice/g3``
+    (``/s``: the search starts from the best single candidate)."""
     name = f"compose {method}/{objective}"
     if layer_groups > 1:
         name += f"/g{layer_groups}"
     if restarts > 1:
         name += f"/r{restarts}"
+    if start == "best-single":
+        name += "/s"
     return name
 
 
 @dataclass(frozen=True)
 class ComposeSpec:
-    """One compose row: ``method/objective[/gN][/rN]`` (N layer groups, N restarts)."""
+    """One compose row: ``method/objective[/gN][/rN][/s]`` (N layer groups, N restarts, start
+    from the best single candidate)."""
 
     method: str
     objective: str
     layer_groups: int = 1
     restarts: int = 1
+    start: str = "zero"
 
     @property
     def name(self) -> str:
-        return compose_system(self.method, self.objective, self.layer_groups, self.restarts)
+        return compose_system(self.method, self.objective, self.layer_groups, self.restarts,
+                              self.start)
 
     @classmethod
     def parse(cls, spec: str) -> ComposeSpec:
-        """``lorahub/choice/g3/r3`` -> its spec; :class:`ConfigError` naming a bad part."""
+        """``lorahub/choice/g3/r3/s`` -> its spec; :class:`ConfigError` naming a bad part."""
         from composer.methods import METHODS
         from composer.objectives import OBJECTIVES
 
         parts = spec.strip().removeprefix("compose ").split("/")
         if len(parts) < 2:
-            raise ConfigError(f"--compose {spec!r}: expected METHOD/OBJECTIVE[/gN][/rN]")
+            raise ConfigError(f"--compose {spec!r}: expected METHOD/OBJECTIVE[/gN][/rN][/s]")
         method, objective, *extra = parts
         if method not in METHODS:
             raise ConfigError(f"--compose {spec!r}: unknown method; known: {', '.join(METHODS)}")
@@ -161,11 +168,15 @@ class ComposeSpec:
                 f"--compose {spec!r}: unknown objective; known: {', '.join(OBJECTIVES)}"
             )
         options = {"g": 1, "r": 1}
+        start = "zero"
         for part in extra:
-            if part[:1] not in options or not part[1:].isdigit() or int(part[1:]) < 1:
-                raise ConfigError(f"--compose {spec!r}: {part!r} is not gN or rN (N >= 1)")
-            options[part[0]] = int(part[1:])
-        return cls(method, objective, options["g"], options["r"])
+            if part == "s":
+                start = "best-single"
+            elif part[:1] not in options or not part[1:].isdigit() or int(part[1:]) < 1:
+                raise ConfigError(f"--compose {spec!r}: {part!r} is not gN, rN (N >= 1) or s")
+            else:
+                options[part[0]] = int(part[1:])
+        return cls(method, objective, options["g"], options["r"], start)
 
 
 def applies(system: str, task_has_choices: bool) -> bool:
@@ -753,7 +764,7 @@ class Study:
 
         config = ComposeConfig(
             method=spec.method, objective=spec.objective, layer_groups=spec.layer_groups,
-            restarts=spec.restarts,
+            restarts=spec.restarts, start=spec.start,
             search=SearchConfig(budget=self.settings.budget, seed=seed),
             use_chat_template=self.settings.use_chat_template,
         )
@@ -1030,8 +1041,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--objectives", default=None,
                    help="search objectives (default: every one the composer offers of lm, choice)")
     p.add_argument("--compose", default=None,
-                   help="compose rows as METHOD/OBJECTIVE[/gN][/rN] (N layer groups, N restarts), "
-                        "comma-separated; default: every --methods x --objectives pair")
+                   help="compose rows as METHOD/OBJECTIVE[/gN][/rN][/s] (N layer groups, N "
+                        "restarts, s: start from the best single candidate, k + 1 evaluations "
+                        "of the budget), comma-separated; default: every --methods x "
+                        "--objectives pair")
     p.add_argument("--hydra-heads", type=int, default=0,
                    help="also build a Hydra module with this many heads from the weights of "
                         "the first lorahub compose row without layer groups (router fitted on "

@@ -41,6 +41,10 @@ from loradex import __version__
 from loradex.errors import ConfigError
 
 RESTART_PICKS = ("best", "average")
+# Where the weight search starts: at zero (the paper), or at the best of zero and each
+# candidate alone (k + 1 evaluations of the budget), so the search refines the best single
+# module instead of having to find it from the middle.
+STARTS = ("zero", "best-single")
 MAX_FOLDS = 5
 
 
@@ -72,6 +76,11 @@ class ComposeConfig:
         default="best",
         metadata={"help": "best: the seed with the lowest held-out loss; average: mean weights"},
     )
+    start: str = field(
+        default="zero",
+        metadata={"help": "zero (the paper) or best-single: first try zero and each candidate "
+                          "alone (k + 1 evaluations of the budget), search from the best"},
+    )
 
     def make_method(self) -> CompositionMethod:
         """The configured composition method (raises ConfigError for bad combinations)."""
@@ -83,8 +92,18 @@ class ComposeConfig:
             raise ConfigError(f"--restarts must be >= 1, got {self.restarts}")
         if self.restart_pick not in RESTART_PICKS:
             raise ConfigError(f"--restart-pick must be one of {', '.join(RESTART_PICKS)}")
+        if self.start not in STARTS:
+            raise ConfigError(f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
         options = {"svd_rank": self.svd_rank} if self.method == "mixed-rank" else {}
         return get_method(self.method, **options)
+
+    def check_budget(self, n_candidates: int) -> None:
+        """Refuse a ``best-single`` start whose first points would use the whole budget."""
+        if self.start == "best-single" and self.search.budget <= n_candidates + 1:
+            raise ConfigError(
+                f"--start best-single first tries {n_candidates + 1} points (zero and each of "
+                f"{n_candidates} candidates alone); --budget {self.search.budget} must be larger"
+            )
 
 
 class ComposeSession:
@@ -233,6 +252,7 @@ def compose(
     config = config or ComposeConfig()
     method = config.make_method()
     method.check(candidates, base_model=loaded.name)
+    config.check_budget(len(candidates))
     objective = _prepared(loaded, config, examples)
     search_cfg = config.search
     search_cfg.validate()
@@ -248,10 +268,14 @@ def compose(
     ) as session:
         zero_loss = float(session.losses(objective, np.zeros((1, session.dim)))[0])
 
+        first = start_points(config.start, len(candidates), config.layer_groups,
+                             search_cfg.bound)
+
         def run(obj: Objective, seed: int, desc: str) -> SearchResult:
             return search_weights(
                 lambda points: session.losses(obj, points), session.dim,
-                replace(search_cfg, seed=seed), progress=progress, desc=desc,
+                replace(search_cfg, seed=seed), first_points=first, progress=progress,
+                desc=desc,
             )
 
         if folds:
@@ -281,6 +305,15 @@ def compose(
         restarts=records,
         folds=len(folds),
     )
+
+
+def start_points(start: str, k: int, layer_groups: int, bound: float) -> np.ndarray | None:
+    """The points a search tries first: none for ``zero``; for ``best-single`` zero and each
+    of the ``k`` candidates alone (weight 1, or the bound if smaller, in every layer group)."""
+    if start == "zero":
+        return None
+    unit = np.eye(k) * min(1.0, bound)
+    return np.vstack([np.zeros((1, k * layer_groups)), np.tile(unit, layer_groups)])
 
 
 @dataclass
@@ -409,6 +442,7 @@ def provenance(
             "optimizer": s.optimizer,
             "nevergrad_optimizer": nevergrad_name(
                 s.optimizer, len(result.candidates) * result.config.layer_groups),
+            "start": result.config.start,
             "budget": s.budget,
             "seed": s.seed,
             "l1": s.l1,
@@ -531,7 +565,10 @@ def _card_body(result: ComposeResult, block: dict[str, Any]) -> str:
     lines = [
         f"A LoRA module composed by loradex from {len(result.candidates)} modules with the "
         f"`{result.config.method}` method, searched with nevergrad `{comp['optimizer']}` over "
-        f"{comp['budget']} evaluations on {comp['few_shot_examples']} examples.",
+        f"{comp['budget']} evaluations on {comp['few_shot_examples']} examples"
+        + (", starting from the best of zero weights and each parent alone "
+           f"({len(result.candidates) + 1} of the evaluations)."
+           if result.config.start == "best-single" else "."),
         "",
         f"Few-shot loss: {comp['loss_zero_weights']:.4f} with zero weights, "
         f"{comp['loss']:.4f} composed.",

@@ -88,10 +88,11 @@ def cma_population_size(dim: int) -> int:
     return 4 + int(3 * math.log(max(dim, 1)))
 
 
-def _make_optimizer(config: SearchConfig, dim: int) -> Any:
+def _make_optimizer(config: SearchConfig, dim: int, center: np.ndarray | None = None) -> Any:
     import nevergrad as ng
 
-    param = ng.p.Array(init=np.zeros(dim), lower=-config.bound, upper=config.bound)
+    init = np.zeros(dim) if center is None else np.asarray(center, dtype=np.float64)
+    param = ng.p.Array(init=init, lower=-config.bound, upper=config.bound)
     param.random_state = np.random.RandomState(config.seed)
     return ng.optimizers.registry[nevergrad_name(config.optimizer, dim)](
         parametrization=param, budget=config.budget, num_workers=1
@@ -134,41 +135,70 @@ def search_weights(
     dim: int,
     config: SearchConfig,
     *,
+    first_points: np.ndarray | None = None,
     progress: bool = True,
     desc: str = "compose",
 ) -> SearchResult:
-    """Minimise ``evaluate(w) + penalty(w)`` over ``w`` in ``[-bound, bound]^dim`` from 0."""
+    """Minimise ``evaluate(w) + penalty(w)`` over ``w`` in ``[-bound, bound]^dim``.
+
+    The optimizer starts at 0. ``first_points`` (``[n, dim]``) are evaluated first, as part of
+    the budget, and the optimizer then starts at the best of them instead (e.g. each candidate
+    alone, so the search begins where the best single module is).
+    """
     from tqdm.auto import tqdm
 
     config.validate()
     population = generation_size(config, dim)
-    optimizer = _make_optimizer(config, dim)
+    first = np.zeros((0, dim)) if first_points is None else np.asarray(first_points, float)
+    if first.ndim != 2 or first.shape[1] != dim:
+        raise ConfigError(f"first points must be [n, {dim}], got {list(first.shape)}")
+    if np.abs(first).max(initial=0.0) > config.bound:
+        raise ConfigError(f"first points must lie within the bound {config.bound}")
+    if len(first) >= config.budget:
+        raise ConfigError(
+            f"budget {config.budget} leaves no evaluation for the search after the "
+            f"{len(first)} start points; raise --budget above {len(first)}"
+        )
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     bar = tqdm(total=config.budget, desc=desc, unit="eval", disable=not progress)
+
+    def told(points: np.ndarray, losses: np.ndarray) -> list[float]:
+        """Record evaluated points in the history; their objectives (loss + penalty)."""
+        nonlocal best
+        objectives = []
+        penalties = l1_penalty(points, config.l1, config.l1_form)
+        for point, loss, pen in zip(points, losses, penalties, strict=True):
+            objective = float(loss + pen)
+            record = {
+                "step": len(history) + 1,
+                "loss": float(loss),
+                "penalty": float(pen),
+                "objective": objective,
+                "weights": [float(x) for x in point],
+            }
+            if best is None or objective < best["objective"]:
+                best = record
+            record["best_so_far"] = best["objective"]
+            history.append(record)
+            objectives.append(objective)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", best=f"{best['objective']:.4f}")
+        return objectives
+
     try:
+        for i in range(0, len(first), population):
+            chunk = first[i : i + population]
+            told(chunk, np.asarray(evaluate(chunk), dtype=np.float64).reshape(len(chunk)))
+        center = np.asarray(best["weights"]) if best is not None else None
+        optimizer = _make_optimizer(config, dim, center)
         while len(history) < config.budget:
             k = min(population, config.budget - len(history))
             asked = [optimizer.ask() for _ in range(k)]
             points = np.stack([np.asarray(c.value, dtype=np.float64) for c in asked])
             losses = np.asarray(evaluate(points), dtype=np.float64).reshape(k)
-            penalties = l1_penalty(points, config.l1, config.l1_form)
-            for cand, point, loss, pen in zip(asked, points, losses, penalties, strict=True):
-                objective = float(loss + pen)
+            for cand, objective in zip(asked, told(points, losses), strict=True):
                 optimizer.tell(cand, objective)
-                record = {
-                    "step": len(history) + 1,
-                    "loss": float(loss),
-                    "penalty": float(pen),
-                    "objective": objective,
-                    "weights": [float(x) for x in point],
-                }
-                if best is None or objective < best["objective"]:
-                    best = record
-                record["best_so_far"] = best["objective"]
-                history.append(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", best=f"{best['objective']:.4f}")
     finally:
         bar.close()
     assert best is not None

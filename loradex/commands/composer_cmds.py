@@ -297,6 +297,11 @@ def _hub_fetcher(settings: Settings) -> Any:
               type=click.Choice(["best", "average"]),
               help="With --restarts: best: the seed with the lowest held-out loss; average: "
                    "the mean of every seed's weights.")
+@click.option("--start", default="zero", show_default=True,
+              type=click.Choice(["zero", "best-single"]),
+              help="Where the search starts: zero weights (the paper), or best-single: first "
+                   "try zero and each candidate alone (k + 1 evaluations of --budget) and "
+                   "search from the best.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
 @click.option("--output", "output_kind", default="lora", show_default=True,
@@ -322,7 +327,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             optimizer: str,
             budget: int, l1: float, l1_form: str, bound: float, seed: int,
             holdout: Path | None, batched_population: bool, layer_groups: int, restarts: int,
-            restart_pick: str, out: Path, output_kind: str,
+            restart_pick: str, start: str, out: Path, output_kind: str,
             hydra_heads: int | None, router_steps: int, name: str | None,
             publish_repo: str | None, no_index: bool, overwrite: bool, as_json: bool) -> None:
     """Compose candidate LoRA modules into one for the task of --examples (LoraHub).
@@ -364,7 +369,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
                             bound=bound, seed=seed),
         batched_population=batched_population, use_chat_template=not no_chat_template,
-        layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick,
+        layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick, start=start,
     )
     comp_method = config.make_method()
     config.search.validate()
@@ -386,6 +391,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         candidates = [resolve_candidate(r, settings.cache_dir, dirs, fetch) for r in refs]
     # Refuse incompatible candidates before paying for the model.
     comp_method.check(candidates, base_model=base_name)
+    config.check_budget(len(candidates))
     n_heads = None
     if output_kind == "hydra":
         from composer.hydra.cli_support import hydra_head_count

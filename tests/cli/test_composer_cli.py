@@ -104,6 +104,8 @@ def test_unequal_ranks_fail_before_the_model_is_loaded(tiny, tmp_path, capsys, l
          "unknown nevergrad optimizer"),
         (["compose", "--examples", "{few}", "--out", "{tmp}/o", "{m0}", "--svd-rank", "2"], 2,
          "svd-rank only applies"),
+        (["compose", "--examples", "{few}", "--out", "{tmp}/o", "{m0}", "--base-model", "{base}",
+          "--start", "best-single", "--budget", "2"], 2, "--budget 2 must be larger"),
         (["train", "{bad}", "--out", "{tmp}/o"], 6, "bad.jsonl:1: not valid JSON"),
         (["train", "{few}", "--out", "{tmp}/o", "--steps", "2", "--epochs", "1"], 2,
          "either steps or epochs"),
@@ -117,7 +119,7 @@ def test_bad_input_gives_one_line_and_an_exit_code(
 ):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text("{nope\n")
-    values = {"tmp": tmp_path, "few": tiny["few"], "m0": tiny["m0"],
+    values = {"tmp": tmp_path, "few": tiny["few"], "m0": tiny["m0"], "base": tiny["base"],
               "empty": tmp_path / "empty.jsonl", "bad": tmp_path / "bad.jsonl"}
     got, _out, err = run([a.format(**values) for a in argv], capsys)
     assert got == code

@@ -4,6 +4,7 @@ round trip, and the errors for bad input."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,59 @@ def test_a_single_candidate_composes(tiny_causal_dir, tiny_loras, load_tiny, tmp
                             examples_sha256="ab" * 32, n_examples=5)
     comp = json.loads((out / "loradex_provenance.json").read_text())["composition"]
     assert comp["optimizer"] == "cma" and comp["nevergrad_optimizer"] == "OnePlusOne"
+
+
+def test_first_points_are_tried_first_and_the_search_starts_at_the_best():
+    # A bowl around the third unit vector: from zero, 12 evaluations of CMA-ES stay far from
+    # it; tried first, the unit vectors put the search on it at once.
+    target = np.eye(5)[2]
+
+    def bowl(points: np.ndarray) -> np.ndarray:
+        return ((points - target) ** 2).sum(axis=1)
+
+    config = SearchConfig(budget=12, l1=0.0, seed=0)
+    first = np.vstack([np.zeros(5), np.eye(5)])
+    started = search_weights(bowl, 5, config, first_points=first, progress=False)
+    assert len(started.history) == 12
+    assert [h["weights"] for h in started.history[:6]] == first.tolist()
+    np.testing.assert_array_equal(started.weights, target)
+    assert started.loss == 0.0
+    assert search_weights(bowl, 5, config, progress=False).loss > 0.1
+    # The search itself is centred on the best first point, not on zero.
+    rest = np.array([h["weights"] for h in started.history[6:]])
+    assert np.abs(rest.mean(axis=0) - target).max() < np.abs(rest.mean(axis=0)).max()
+    with pytest.raises(ConfigError, match="budget 6 leaves no evaluation"):
+        search_weights(bowl, 5, replace(config, budget=6), first_points=first, progress=False)
+    with pytest.raises(ConfigError, match=r"first points must be \[n, 5\]"):
+        search_weights(bowl, 5, config, first_points=np.eye(4), progress=False)
+    with pytest.raises(ConfigError, match=r"within the bound 0\.5"):
+        search_weights(bowl, 5, replace(config, bound=0.5), first_points=first, progress=False)
+
+
+def test_best_single_start_tries_each_candidate_first(tiny_causal_dir, tiny_loras, load_tiny,
+                                                      tmp_path, few_shot_file):
+    loaded = load_tiny(tiny_causal_dir)
+    cands = [read_candidate(p) for p in tiny_loras[:3]]
+    config = ComposeConfig(start="best-single", layer_groups=2,
+                           search=SearchConfig(budget=8, seed=1))
+    result = compose(loaded, cands, EXAMPLES, config, progress=False)
+    tried = [h["weights"] for h in result.search.history[:4]]
+    assert tried == np.vstack([np.zeros(6), np.tile(np.eye(3), 2)]).tolist()
+    assert tried[0] == [0.0] * 6
+    singles = [h["objective"] for h in result.search.history[:4]]
+    assert result.search.objective <= min(singles)
+    assert result.search.history[0]["loss"] == pytest.approx(result.zero_loss, abs=1e-6)
+    out = write_composition(result, loaded, tmp_path / "s", examples_file=str(few_shot_file),
+                            examples_sha256="ab" * 32, n_examples=5)
+    comp = json.loads((out / "loradex_provenance.json").read_text())["composition"]
+    assert comp["start"] == "best-single"
+    assert "starting from the best of zero weights and each parent alone (4 of the " \
+           "evaluations)" in (out / "README.md").read_text()
+    with pytest.raises(ConfigError, match="--budget 4 must be larger"):
+        compose(loaded, cands, EXAMPLES, replace(config, search=SearchConfig(budget=4)),
+                progress=False)
+    with pytest.raises(ConfigError, match="--start must be one of"):
+        ComposeConfig(start="middle").make_method()
 
 
 def test_search_starts_at_zero_and_respects_the_bound(tiny_causal_dir, tiny_loras, load_tiny):

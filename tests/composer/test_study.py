@@ -270,12 +270,20 @@ def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study
     assert cell["hydra module noop-hydra"]["answers"] == cell["zero-shot"]["answers"]
 
 
+def test_compose_spec_names_round_trip(study_module):
+    spec = study_module.ComposeSpec.parse("lorahub/choice/g3/r2/s")
+    assert (spec.layer_groups, spec.restarts, spec.start) == (3, 2, "best-single")
+    assert spec.name == "compose lorahub/choice/g3/r2/s"
+    assert study_module.ComposeSpec.parse(spec.name) == spec
+    assert study_module.ComposeSpec.parse("lorahub/lm").start == "zero"
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("lorahub", "expected METHOD/OBJECTIVE"),
     ("nope/lm", "unknown method"),
     ("lorahub/nope", "unknown objective"),
-    ("lorahub/lm/x3", "'x3' is not gN or rN"),
-    ("lorahub/lm/g0", "'g0' is not gN or rN"),
+    ("lorahub/lm/x3", "'x3' is not gN, rN"),
+    ("lorahub/lm/g0", "'g0' is not gN, rN"),
 ])
 def test_bad_compose_specs_are_refused(study_module, spec, message):
     with pytest.raises(ConfigError, match=message):
