@@ -227,7 +227,6 @@ def test_split(spec: LibrarySpec, task: str) -> list[Example]:
     return split_task(examples, spec.test_size, spec.split_seed)[1]
 
 
-
 def built_spec(data_dir: Path, out_dir: Path) -> LibrarySpec:
     """The spec of a built library as far as its splits go (test size and split seed from
     its manifest), to find the held-out examples it was scored on."""
