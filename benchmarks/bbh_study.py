@@ -717,6 +717,12 @@ class Study:
         chat = self.settings.use_chat_template
         k = len(candidates)
         with ComposeSession(loaded, candidates, get_method("lorahub")) as session:
+
+            def alone(i: int) -> dict[str, Any]:
+                """Candidate ``i`` alone (weight 1, the others 0), scored on the test split."""
+                session.set_weights(np.eye(k)[i])
+                return {**self._score(loaded, test), "module": candidates[i].repo_id}
+
             if name == UNIFORM:
                 weights = np.full(k, 1.0 / k)
                 session.set_weights(weights)
@@ -727,27 +733,15 @@ class Study:
                 objective.prepare(loaded, few, use_chat_template=chat)
                 losses = [float(session.losses(objective, np.eye(k)[i : i + 1])[0])
                           for i in range(k)]
-                best = int(np.argmin(losses))
-                session.set_weights(np.eye(k)[best])
-                scored = self._score(loaded, test)
-                return {**scored, "module": candidates[best].repo_id,
+                return {**alone(int(np.argmin(losses))),
                         "few_shot_losses": [round(x, 6) for x in losses]}
             if name == OWN:  # the module trained on this task: what composition could recover
-                own = [c.repo_id for c in candidates].index(_module_id(task))
-                session.set_weights(np.eye(k)[own])
-                scored = self._score(loaded, test)
-                return {**scored, "module": candidates[own].repo_id}
+                return alone([c.repo_id for c in candidates].index(_module_id(task)))
             # ORACLE: the candidate with the best choice accuracy on the test split itself.
-            accuracies = []
-            for i in range(k):
-                session.set_weights(np.eye(k)[i])
-                picks = self._score(loaded, test)["mc_picks"]
-                accuracies.append(sum(p == ex.target for p, ex in zip(picks, test, strict=True)))
-            best = int(np.argmax(accuracies))
-            session.set_weights(np.eye(k)[best])
-            scored = self._score(loaded, test)
-            return {**scored, "module": candidates[best].repo_id,
-                    "test_choice_correct": accuracies}
+            rows = [alone(i) for i in range(k)]
+            accuracies = [sum(p == ex.target for p, ex in zip(row["mc_picks"], test, strict=True))
+                          for row in rows]
+            return {**rows[int(np.argmax(accuracies))], "test_choice_correct": accuracies}
 
     def _compose_system(
         self,

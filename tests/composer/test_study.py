@@ -481,3 +481,15 @@ def test_own_share_sums_a_modules_weight_over_layer_groups(study_module):
     assert study_module.own_share([0.5, -0.25, 0.0, 0.25], ["a", "b"], "b") == 0.5
     assert study_module.own_share([0.0, 0.0], ["a", "b"], "a") == 0.0
 
+
+
+def test_oracle_row_is_the_candidate_best_on_the_test_split(study_module, tiny_study):
+    argv, out = tiny_study
+    study_module.main(argv("--tasks", "yesno", "--oracle", "--compose", "lorahub/lm"))
+    cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]
+    oracle = cell["systems"]["oracle single (chosen on test)"]
+    correct = oracle["test_choice_correct"]
+    assert len(correct) == len(cell["candidates"]) == 2
+    best = correct.index(max(correct))
+    assert oracle["module"] == f"local/{cell['candidates'][best]}"
+    assert oracle["choice_accuracy"] == max(correct) / cell["n_test"]
