@@ -7,6 +7,7 @@ URL, so subprocesses and servers started from a test see the same schema).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,28 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("LORADEX_DB", None)
 os.environ.pop("LORADEX_TOKEN", None)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run torch on one thread in tests that are not marked slow (the tiny models).
+
+    A tiny model's ops take microseconds, so a second thread gains nothing; and when the cores
+    are busy (a study running beside ``make test``, a shared CI machine), each op waits for its
+    second thread to be scheduled. One tiny-model study test took 5 s on one thread and more
+    than 15 min on two beside three busy processes. The slow tests (the embedded model) keep
+    torch's default.
+    """
+    torch = sys.modules.get("torch")  # imported at collection by every module that uses it
+    if torch is None or request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
