@@ -482,7 +482,6 @@ def test_own_share_sums_a_modules_weight_over_layer_groups(study_module):
     assert study_module.own_share([0.0, 0.0], ["a", "b"], "a") == 0.0
 
 
-
 def test_oracle_row_is_the_candidate_best_on_the_test_split(study_module, tiny_study):
     argv, out = tiny_study
     study_module.main(argv("--tasks", "yesno", "--oracle", "--compose", "lorahub/lm"))
