@@ -316,18 +316,24 @@ def majority_rate(examples: Sequence[Example]) -> float:
 def learned(record: dict[str, Any]) -> str:
     """Whether a module measurably learned its task, judged on its held-out split.
 
-    "yes" when accuracy rose by more than two standard errors of the difference (binomial,
-    n = the test size) or, for generation tasks where exact match stays at 0, when the held-out
-    loss fell by more than half; "loss only" when just the loss fell; else "no".
+    "yes" when the score rose above the base model's by more than two standard errors of the
+    difference (binomial, n = the test size) and, for a multiple-choice task, also above the
+    majority rate (always answering the commonest label) by as much; "label prior" when it beat
+    the base model but not the majority rate (it learned which label is common, not the task);
+    "loss only" when just the held-out loss fell; else "no".
     """
     import math
 
     n = max(1, int(record.get("n_test", 0)))
+
+    def above(score: float, reference: float) -> bool:
+        se = math.sqrt(max(score * (1 - score) + reference * (1 - reference), 1e-9) / n)
+        return score - reference > 2 * se
+
     acc, base = record.get("accuracy"), record.get("accuracy_base")
-    if acc is not None and base is not None:
-        se = math.sqrt(max(acc * (1 - acc) + base * (1 - base), 1e-9) / n)
-        if acc - base > 2 * se:
-            return "yes"
+    if acc is not None and base is not None and above(acc, base):
+        majority = record.get("majority_rate") if record.get("multiple_choice") else None
+        return "yes" if majority is None or above(acc, majority) else "label prior"
     loss, loss_base = record.get("heldout_loss"), record.get("heldout_loss_base")
     if loss is not None and loss_base is not None and loss < loss_base:
         return "loss only"
@@ -377,8 +383,10 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
         "",
         "Metric: multiple-choice accuracy (log-likelihood of each choice) for tasks with"
         " choices, exact match of greedy generation for the others. *Learned* is `yes` when the"
-        " score rose by more than two standard errors at this test size, `loss only` when only"
-        " the held-out loss fell.",
+        " score rose by more than two standard errors at this test size above the base model"
+        " and, with choices, above the majority rate too; `label prior` when it beat the base"
+        " model but not the majority rate (always answering the commonest label); `loss only`"
+        " when only the held-out loss fell.",
         "",
         "| task | category | metric | n test | majority | base | module | held-out loss"
         " base -> module | steps | learned |",

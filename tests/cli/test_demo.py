@@ -179,6 +179,13 @@ def test_learned_verdict() -> None:
                     "heldout_loss_base": 2.0, "heldout_loss": 1.0}) == "loss only"
     assert learned({"n_test": 50, "accuracy_base": 0.5, "accuracy": 0.5,
                     "heldout_loss_base": 1.0, "heldout_loss": 1.2}) == "no"
+    # Up from the base model but only to the majority rate: the label prior, not the task
+    # (the starter library's social_support: 0.10 -> 0.78 against a majority of 0.80).
+    social = {"n_test": 50, "accuracy_base": 0.10, "accuracy": 0.78, "multiple_choice": True,
+              "majority_rate": 0.80, "heldout_loss_base": 4.1, "heldout_loss": 0.3}
+    assert learned(social) == "label prior"
+    assert learned({**social, "majority_rate": 0.18}) == "yes"  # intent_recognition's case
+    assert learned({**social, "multiple_choice": False}) == "yes"  # no labels, no prior
 
 
 def test_library_readme_follows_the_base_model() -> None:
