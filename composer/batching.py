@@ -248,18 +248,46 @@ def pad_seq2seq(
     )
 
 
+def sliding_window(model: PreTrainedModel) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma 2/3, Mistral), else
+    None. Our packed rows pass a 4D mask, which such models use as it is in every layer, and
+    their KV cache keeps only the window: packing is exact only for sequences within it."""
+    config = getattr(_unwrap(model), "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
+def fits_window(model: PreTrainedModel, lengths: Sequence[int]) -> bool:
+    """Whether sequences of these lengths are all within ``model``'s sliding window (or it has
+    none), so that packing them gives what the model's own masks give."""
+    window = sliding_window(model)
+    return window is None or max(lengths, default=0) <= window
+
+
 def make_batch(
     encoded: Sequence[EncodedExample],
     model: PreTrainedModel,
     *,
     packed: bool = True,
 ) -> TargetBatch:
-    """The right batch layout for ``model``: packed (causal, default), padded, or seq2seq."""
+    """The right batch layout for ``model``: packed (causal, default), padded, or seq2seq.
+
+    Packing falls back to padded rows when an example is longer than the model's sliding
+    window (:func:`sliding_window`), where only the model's own masks are right.
+    """
     config = model.config
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     if config.is_encoder_decoder:
         start = config.decoder_start_token_id
         return pad_seq2seq(encoded, pad_id, start if start is not None else pad_id)
+    if packed and not fits_window(model, [len(e.prompt_ids) + len(e.target_ids)
+                                          for e in encoded]):
+        packed = False
     return pack_causal(encoded) if packed else pad_causal(encoded, pad_id)
 
 

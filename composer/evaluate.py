@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 
-from composer.batching import make_batch, packed_length, prefix_groups, target_token_losses
+from composer.batching import (
+    fits_window,
+    make_batch,
+    packed_length,
+    prefix_groups,
+    target_token_losses,
+)
 from composer.data import (
     EncodedExample,
     Example,
@@ -252,7 +258,8 @@ def read_examples(
     answer is decoded from the batch's KV cache, each new token seeing its prompt and its own
     earlier tokens. ``max_new_tokens=0`` generates nothing; None means the longest target +
     8. A forward reads at most ``batch_size`` rows and, unless one row is longer,
-    ``max_tokens`` tokens (padding included). Seq2seq models take the separate passes.
+    ``max_tokens`` tokens (padding included). Seq2seq models take the separate passes, and so
+    do examples longer than a sliding-window model's window (Gemma 3 270M: 512 tokens).
     """
     tok = loaded.tokenizer
     # Each prompt is rendered once; encode_examples' cut of it comes from fit_example.
@@ -266,7 +273,11 @@ def read_examples(
     cut = [len(f) > len(e.prompt_ids) for f, e in zip(full, encoded, strict=True)]
     if max_new_tokens is None:
         max_new_tokens = max((len(e.target_ids) for e in encoded), default=0) + 8
-    if loaded.is_seq2seq or any(not e.prompt_ids for e in encoded):
+    # The greedy answer is read from the prompt's cache: all of it must fit a sliding window.
+    longest = [max(len(f), len(e.prompt_ids) + len(e.target_ids)) + max_new_tokens
+               for f, e in zip(full, encoded, strict=True)]
+    if (loaded.is_seq2seq or any(not e.prompt_ids for e in encoded)
+            or not fits_window(loaded.model, longest)):
         return _read_separately(
             loaded, examples, encoded, cut, demonstrations=demonstrations,
             use_chat_template=use_chat_template, max_length=max_length,

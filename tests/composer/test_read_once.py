@@ -140,3 +140,55 @@ def test_eval_report_comes_from_the_one_read(
                                       progress=False)
     assert no_generation.exact_match is None and no_generation.predictions == []
     assert no_generation.choice_accuracy == report.choice_accuracy
+
+
+@pytest.fixture
+def tiny_sliding_dir(tmp_path: Path) -> Path:
+    """A random 2-layer Gemma 3 whose first layer attends to a window of 4 tokens."""
+    from composer_testing import make_tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = make_tokenizer(None)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    model = Gemma3ForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    folder = tmp_path / "tiny-sliding"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_sliding_window_models_score_as_their_own_forward(
+    tiny_sliding_dir: Path, load_tiny: Callable[..., object]
+) -> None:
+    # Packed rows and a cache kept to the window would give other numbers (or fail) once a
+    # sequence is longer than the window: every number must be the model's own forward's.
+    from composer.batching import make_batch, sliding_window
+
+    loaded = load_tiny(tiny_sliding_dir)
+    model = loaded.model
+    assert sliding_window(model) == 4
+    encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False, demonstrations=DEMOS)
+    assert all(len(e.prompt_ids) > 4 for e in encoded)
+    assert make_batch(encoded, model).position_ids is None  # padded rows, not one packed row
+    read = read_examples(loaded, EXAMPLES, demonstrations=DEMOS, max_new_tokens=3)
+    with torch.no_grad():
+        for i, enc in enumerate(encoded):
+            ids = torch.tensor([list(enc.prompt_ids) + list(enc.target_ids)])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            start = len(enc.prompt_ids)
+            nll = -sum(float(logp[start + j - 1, t]) for j, t in enumerate(enc.target_ids))
+            assert read.target_nll[i] == pytest.approx(nll, abs=1e-4)
+            greedy = _greedy_ids(model, enc.prompt_ids, 3)
+            assert read.answers[i] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
+    # Within the window nothing changes: the packed layout is kept.
+    short = encode_examples(loaded.tokenizer, [Example("a", "b")], seq2seq=False)
+    assert len(short[0].prompt_ids) + len(short[0].target_ids) <= 4
+    assert make_batch(short, model).position_ids is not None
