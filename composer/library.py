@@ -352,7 +352,7 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
     license_ = settings.get("license", "apache-2.0")
     template = "chat template" if settings.get("chat_template", True) else (
         "plain prompts (the base model has no chat template)")
-    base_option = f" --base-model {source}" if source else ""
+    base_option = " --base-model BASE" if source else ""
     out = "library" if starter else "LIBRARY"
     lines = [
         "# The loradex starter library" if starter else f"# A loradex library on `{base}`",
@@ -381,6 +381,8 @@ def render_library_readme(manifest: dict[str, Any]) -> str:
         f"loradex library evaluate --data-dir ../shared/data/upstream --out {out}{base_option}",
         "```",
         "",
+        *([f"where BASE is the path of `{source}` and LIBRARY this folder.", ""] if source
+          else []),
         "Metric: multiple-choice accuracy (log-likelihood of each choice) for tasks with"
         " choices, exact match of greedy generation for the others. *Learned* is `yes` when the"
         " score rose by more than two standard errors at this test size above the base model"

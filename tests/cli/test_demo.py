@@ -82,7 +82,8 @@ def test_demo_pipeline_on_tiny_model(tiny_world: dict[str, Path], tmp_path: Path
     # Not the starter library: the README names the base, its prompts and the licence.
     assert table.startswith("# A loradex library on ")
     assert "plain prompts (the base model has no chat template)" in table
-    assert f"--base-model {tiny_world['model'].name}" in table
+    assert "--base-model BASE" in table
+    assert f"where BASE is the path of `{tiny_world['model'].name}`" in table
     assert "released under Apache-2.0" in table
     settings = json.loads((library / "manifest.json").read_text())["settings"]
     assert settings["license"] == "apache-2.0" and settings["chat_template"] is False
