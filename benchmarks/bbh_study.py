@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from composer.models import base_model_name_for  # noqa: E402
 from composer.study import (  # noqa: E402
     format_distribution,
     format_p,
@@ -115,7 +116,8 @@ class StudySettings:
             "test_limit": self.test_limit,
             "use_chat_template": self.use_chat_template,
             "dtype": self.dtype,
-            "base_model": self.base_model,
+            # The base model's stable name, not the path it was read from this time.
+            "base_model": base_model_name_for(self.base_model) if self.base_model else None,
             "max_length": self.max_length,
             "own_module": self.own_module,
         }

@@ -492,3 +492,17 @@ def test_oracle_row_is_the_candidate_best_on_the_test_split(study_module, tiny_s
     best = correct.index(max(correct))
     assert oracle["module"] == f"local/{cell['candidates'][best]}"
     assert oracle["choice_accuracy"] == max(correct) / cell["n_test"]
+
+
+def test_fingerprint_names_the_base_model_not_its_path(study_module, tmp_path: Path) -> None:
+    # The same GGUF read from two places is the same base: a study resumes from either.
+    def settings(base: str | None):
+        return study_module.StudySettings(
+            tasks_dir="t", library="l", base_model=base, k=2, shots=1, budget=2,
+            test_limit=None, use_chat_template=True, dtype="float32")
+
+    here = settings(str(tmp_path / "a" / "gemma-3-270m-q4_k_m.gguf")).fingerprint()
+    there = settings(".models/gemma-3-270m-q4_k_m.gguf").fingerprint()
+    assert here == there and here["base_model"] == "google/gemma-3-270m"
+    assert settings(None).fingerprint()["base_model"] is None  # the embedded default
+    assert settings(str(tmp_path / "other.gguf")).fingerprint() != here
