@@ -153,7 +153,7 @@ def test_a_module_takes_its_base_models_licence(tiny_causal_dir, load_tiny, tmp_
         out = train_lora(loaded, TRAIN[:4], tmp_path / name, config, task=task, progress=False)
         cards[name] = yaml.safe_load((out.out_dir / "README.md").read_text().split("---")[1])
     assert cards["own"]["license"] == "gemma" and cards["given"]["license"] == "MIT"
-    # A base whose licence is unknown leaves the module's default, Apache-2.0.
+    # A base whose licence is unknown has none (its modules then default to Apache-2.0).
     assert load_tiny(tiny_causal_dir).license is None
 
 
