@@ -540,7 +540,7 @@ def write_composition(
     front: dict[str, Any] = {
         "base_model": loaded.name,
         "library_name": "peft",
-        "license": license or loaded.license or "apache-2.0",
+        "license": license or loaded.module_license,
         "tags": ["loradex", "lora", "peft", "composed", result.config.method],
         "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
         "loradex": block,

@@ -162,7 +162,7 @@ def build_library(
 
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     # The data are Apache-2.0; a module also carries its base model's terms when it has some.
-    module_license = loaded.license or "apache-2.0"
+    module_license = loaded.module_license
     settings: dict[str, Any] = {
         "base_model": loaded.name,
         "test_size": spec.test_size,

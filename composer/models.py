@@ -66,6 +66,13 @@ class LoadedModel:
     license: str | None = None  # the base model's licence id (Hub card style), when known
 
     @property
+    def module_license(self) -> str:
+        """The licence of a module trained or composed on this base without one of its own: a
+        module is a derivative of its base, so the base's when known (Gemma terms for a Gemma
+        module), else Apache-2.0."""
+        return self.license or "apache-2.0"
+
+    @property
     def kind(self) -> str:
         """``seq2seq`` or ``causal``."""
         return "seq2seq" if self.is_seq2seq else "causal"

@@ -329,9 +329,7 @@ def training_front_matter(
     fm: dict[str, Any] = {
         "base_model": loaded.name,
         "library_name": "peft",
-        # A module is a derivative of its base: without a licence of its own it takes the
-        # base model's (a Gemma module is under the Gemma terms), else Apache-2.0.
-        "license": task.license or loaded.license or "apache-2.0",
+        "license": task.license or loaded.module_license,
         "tags": tags,
         "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
     }
