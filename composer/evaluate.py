@@ -6,7 +6,8 @@
 - the mean target-token loss.
 
 On causal models :func:`read_examples` gets all three from one read of each prompt (the
-choices and the target follow it in its row, the answer is decoded from the KV cache);
+choices and the target follow it in its row, the answer is decoded from the KV cache; what
+every prompt begins with, such as few-shot demonstrations, is read once for all of them);
 :func:`generate_answers`, :func:`choice_picks` and :func:`sequence_logprobs` are the separate
 passes (seq2seq models use them). The model is used as it is: attach a LoRA (PEFT or the
 composer's runtime) before calling.
@@ -14,6 +15,7 @@ composer's runtime) before calling.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,6 +237,51 @@ def _rows(
     return rows
 
 
+def shared_prefix(prompts: Sequence[tuple[int, ...]]) -> int:
+    """How many leading tokens every prompt has in common, leaving each at least its last
+    token (whose logits start its answer)."""
+    if not prompts:
+        return 0
+    # The common prefix of a set of sequences is that of its lexicographic extremes.
+    common = 0
+    for a, b in zip(min(prompts), max(prompts), strict=False):
+        if a != b:
+            break
+        common += 1
+    return max(min(common, min(map(len, prompts)) - 1), 0)
+
+
+@dataclass
+class _Prefix:
+    """The tokens every row begins with, read once: their KV cache for a batch of one."""
+
+    length: int
+    cache: Any
+
+    def for_batch(self, size: int) -> Any:
+        """A copy of the cache for ``size`` rows, to extend with each row's own tokens."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(size)
+        return cache
+
+
+def _read_prefix(loaded: LoadedModel, ids: Sequence[int]) -> _Prefix:
+    from composer.batching import causal_logits_at
+
+    device = loaded.device
+    _, cache = causal_logits_at(
+        loaded.model,
+        input_ids=torch.tensor([list(ids)], device=device),
+        attention_mask=torch.ones((1, 1, len(ids), len(ids)), dtype=torch.bool,
+                                  device=device).tril(),
+        position_ids=torch.arange(len(ids), device=device)[None],
+        rows=torch.zeros(1, dtype=torch.long, device=device),
+        cols=torch.full((1,), len(ids) - 1, device=device),
+        use_cache=True,
+    )
+    return _Prefix(len(ids), cache)
+
+
 @torch.inference_mode()
 def read_examples(
     loaded: LoadedModel,
@@ -246,6 +293,7 @@ def read_examples(
     max_new_tokens: int | None = None,
     batch_size: int = 16,
     max_tokens: int = 8192,
+    share_prefix: bool = True,
     progress: Any = None,
 ) -> Readings:
     """Greedy answers, picked choices and target losses, reading each prompt once.
@@ -256,10 +304,14 @@ def read_examples(
     the prompt and itself only (:func:`composer.batching.pack_causal`); rows of similar
     length are left-padded together (:func:`composer.batching.stack_packed`), and the greedy
     answer is decoded from the batch's KV cache, each new token seeing its prompt and its own
-    earlier tokens. ``max_new_tokens=0`` generates nothing; None means the longest target +
-    8. A forward reads at most ``batch_size`` rows and, unless one row is longer,
-    ``max_tokens`` tokens (padding included). Seq2seq models take the separate passes, and so
-    do examples longer than a sliding-window model's window (Gemma 3 270M: 512 tokens).
+    earlier tokens. The tokens every prompt begins with (few-shot demonstrations, a chat
+    template's system turn) are read once, and every row attends to their KV cache: a 5-shot
+    evaluation reads little more than a zero-shot one (``share_prefix=False`` reads each
+    prompt whole). ``max_new_tokens=0`` generates
+    nothing; None means the longest target + 8. A forward reads at most ``batch_size`` rows
+    and, unless one row is longer, ``max_tokens`` of their own tokens (padding included).
+    Seq2seq models take the separate passes, and so do examples longer than a sliding-window
+    model's window (Gemma 3 270M: 512 tokens).
     """
     tok = loaded.tokenizer
     # Each prompt is rendered once; encode_examples' cut of it comes from fit_example.
@@ -284,46 +336,93 @@ def read_examples(
             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
         )
     rows = _rows(loaded, examples, encoded, full, max_length)
-    sizes = [packed_length(r.options) for r in rows]
-    order = sorted(range(len(rows)), key=sizes.__getitem__)
     readings = Readings([None] * len(examples), [None] * len(examples),
                         [0.0] * len(examples), [0] * len(examples), cut)
+    # What the prompts that were not cut begin with is read once; a cut prompt lost its
+    # beginning and is read whole.
+    uncut = [o.prompt_ids for r in rows if not cut[r.example] for o in r.options]
+    common = shared_prefix(uncut) if share_prefix else 0
+    head = uncut[0][:common] if common else ()
+    after: list[_Row] = []
+    whole: list[_Row] = []
+    for r in rows:
+        starts = common > 0 and all(len(o.prompt_ids) > common and o.prompt_ids[:common] == head
+                                    for o in r.options)
+        (after if starts else whole).append(r)
+    parts: list[tuple[list[_Row], _Prefix | None]] = [(whole, None)]
+    if after:
+        tails = [_Row([EncodedExample(o.prompt_ids[common:], o.target_ids) for o in r.options],
+                      r.example, r.n_choices, r.answers) for r in after]
+        parts.append((tails, _read_prefix(loaded, head)))
+    for part, prefix in parts:
+        _read_in_batches(loaded, examples, part, prefix, batch_size=batch_size,
+                         max_tokens=max_tokens, max_new_tokens=max_new_tokens,
+                         readings=readings, progress=progress)
+    return readings
+
+
+def _read_in_batches(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    rows: Sequence[_Row],
+    prefix: _Prefix | None,
+    *,
+    batch_size: int,
+    max_tokens: int,
+    max_new_tokens: int,
+    readings: Readings,
+    progress: Any,
+) -> None:
+    """Read ``rows`` in batches of similar length, at most ``batch_size`` rows and (unless one
+    row is longer) ``max_tokens`` tokens each, padding included."""
+    sizes = [packed_length(r.options) for r in rows]
     chunk: list[_Row] = []
-    for r in order:
+    for r in sorted(range(len(rows)), key=sizes.__getitem__):
         if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * sizes[r] > max_tokens):
-            _read_rows(loaded, examples, chunk, max_new_tokens, readings, progress)
+            _read_rows(loaded, examples, chunk, prefix, max_new_tokens, readings, progress)
             chunk = []
         chunk.append(rows[r])
     if chunk:
-        _read_rows(loaded, examples, chunk, max_new_tokens, readings, progress)
-    return readings
+        _read_rows(loaded, examples, chunk, prefix, max_new_tokens, readings, progress)
 
 
 def _read_rows(
     loaded: LoadedModel,
     examples: Sequence[Example],
     rows: Sequence[_Row],
+    prefix: _Prefix | None,
     max_new_tokens: int,
     readings: Readings,
     progress: Any,
 ) -> None:
+    """Read a batch of rows; with ``prefix``, the rows are what follows it, and every token
+    sees the prefix's cached keys and values as well."""
     from composer.batching import causal_logits_at, pack_causal, stack_packed
 
     tok = loaded.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batch = stack_packed([pack_causal(r.options) for r in rows], pad_id).to(loaded.device)
     # One prompt per row: its span, and the logits after it give each answer's first token.
-    assert len(batch.prompt_spans) == len(rows)
+    assert len(batch.prompt_spans) == len(rows) and batch.attention_mask is not None
+    assert batch.position_ids is not None
     last = torch.tensor([start + length - 1 for start, length in batch.prompt_spans],
                         device=loaded.device)
+    mask, positions, cache, before = batch.attention_mask, batch.position_ids, None, 0
+    if prefix is not None:
+        before = prefix.length
+        seen = torch.ones((*mask.shape[:3], before), dtype=torch.bool, device=mask.device)
+        mask = torch.cat([seen, mask], dim=-1)
+        positions = positions + before
+        cache = prefix.for_batch(len(rows))
     logits, cache = causal_logits_at(
         loaded.model,
         input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
+        attention_mask=mask,
+        position_ids=positions,
         rows=torch.cat([batch.target_rows, torch.arange(len(rows), device=loaded.device)]),
         cols=torch.cat([batch.target_cols, last]),
-        use_cache=max_new_tokens > 1,
+        cache=cache,
+        use_cache=max_new_tokens > 1 or cache is not None,
     )
     n_target = len(batch.target_ids)
     losses = torch.nn.functional.cross_entropy(
@@ -336,7 +435,7 @@ def _read_rows(
     answering = [b for b, r in enumerate(rows) if r.answers]
     answers = (
         _decode_greedy(loaded, logits[n_target:], cache, batch.prompt_spans,
-                       batch.input_ids.shape[1], max_new_tokens, answering)
+                       batch.input_ids.shape[1], max_new_tokens, answering, before=before)
         if max_new_tokens > 0 else {}
     )
     first = 0  # index of the row's first option among the batch's examples
@@ -365,13 +464,16 @@ def _decode_greedy(
     width: int,
     max_new_tokens: int,
     rows: Sequence[int],
+    *,
+    before: int = 0,
 ) -> dict[int, str]:
     """Greedy continuations of the prompts of ``rows`` of a cached batch.
 
     Row b's prompt sits at ``spans[b]`` (start, length) among ``width`` cached positions,
-    with what follows it (choices, targets) hidden from the new tokens; step t feeds every
-    row's last token at position ``length + t - 1``, as batched generation with padding does.
-    Rows that are done (or not asked for) go on reading end tokens no one looks at.
+    after ``before`` cached positions that every prompt begins with, with what follows it
+    (choices, targets) hidden from the new tokens; step t feeds every row's last token at
+    position ``before + length + t - 1``, as batched generation with padding does. Rows that
+    are done (or not asked for) go on reading end tokens no one looks at.
     """
     from composer.batching import causal_logits_at
 
@@ -381,10 +483,11 @@ def _decode_greedy(
     tokens = [[int(t)] for t in first_logits.argmax(dim=-1).tolist()]
     asked = set(rows)
     done = [b not in asked for b in range(n)]
-    prompt_mask = torch.zeros((n, width), dtype=torch.bool, device=device)
+    prompt_mask = torch.zeros((n, before + width), dtype=torch.bool, device=device)
+    prompt_mask[:, :before] = True
     for b, (start, length) in enumerate(spans):
-        prompt_mask[b, start : start + length] = True
-    lengths = torch.tensor([length for _, length in spans], device=device)
+        prompt_mask[b, before + start : before + start + length] = True
+    lengths = torch.tensor([before + length for _, length in spans], device=device)
     for step in range(1, max_new_tokens):
         done = [d or t[-1] == eos for d, t in zip(done, tokens, strict=True)]
         if all(done):

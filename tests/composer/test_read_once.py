@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from composer.data import Example, encode_examples
+from composer.data import EncodedExample, Example, encode_examples
 from composer.evaluate import (
     EvalConfig,
     choice_picks,
@@ -17,6 +18,7 @@ from composer.evaluate import (
     mean_loss,
     read_examples,
     sequence_logprobs,
+    shared_prefix,
 )
 
 EXAMPLES = [
@@ -56,6 +58,56 @@ def test_one_read_equals_the_separate_passes(
     assert read.target_nll == pytest.approx(nll, abs=1e-4)
     assert sum(read.target_nll) / sum(read.target_tokens) == pytest.approx(loss, abs=1e-5)
     assert read.picks[1] is None and read.picks[2] in EXAMPLES[2].choices
+
+
+def test_shared_prefix_leaves_each_prompt_its_last_token() -> None:
+    assert shared_prefix([]) == 0
+    assert shared_prefix([(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 9)]) == 2
+    assert shared_prefix([(1, 2, 3), (1, 2, 3)]) == 2
+    assert shared_prefix([(1, 2), (1, 2, 3)]) == 1
+    assert shared_prefix([(7,), (7, 8)]) == 0
+    assert shared_prefix([(1, 2), (3, 4)]) == 0
+
+
+def _spy_prefixes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shared prefixes read_examples reads from now on."""
+    import composer.evaluate as evaluate
+
+    read: list[tuple[int, ...]] = []
+    real = evaluate._read_prefix
+
+    def spy(loaded: Any, ids: tuple[int, ...]) -> Any:
+        read.append(tuple(ids))
+        return real(loaded, ids)
+
+    monkeypatch.setattr(evaluate, "_read_prefix", spy)
+    return read
+
+
+@pytest.mark.parametrize("cut_some", [False, True])
+def test_demonstrations_are_read_once_for_every_prompt(
+    tiny_causal_dir: Path, load_tiny: Callable[..., object], monkeypatch: pytest.MonkeyPatch,
+    cut_some: bool,
+) -> None:
+    # The demonstrations every prompt begins with are read once and their KV cache shared by
+    # every row; a prompt cut to max_length lost that beginning and is read whole. Either way
+    # every number is what the separate passes give.
+    loaded = load_tiny(tiny_causal_dir)
+    encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False, demonstrations=DEMOS)
+    lengths = sorted(len(e.prompt_ids) + len(e.target_ids) for e in encoded)
+    max_length = lengths[len(lengths) // 2] if cut_some else 1024
+    prefixes = _spy_prefixes(monkeypatch)
+    answers, picks, nll, _ = _separately(loaded, EXAMPLES, demonstrations=DEMOS,
+                                         max_length=max_length)
+    read = read_examples(loaded, EXAMPLES, demonstrations=DEMOS, max_length=max_length,
+                         max_new_tokens=7, batch_size=2)
+    assert (read.answers, read.picks) == (answers, picks)
+    assert read.target_nll == pytest.approx(nll, abs=1e-4)
+    assert any(read.prompt_cut) == cut_some and not all(read.prompt_cut)
+    assert len(prefixes) == 1
+    uncut = [e.prompt_ids for e, c in zip(encoded, read.prompt_cut, strict=True) if not c]
+    assert len(prefixes[0]) == shared_prefix(uncut) > 0
+    assert all(p[: len(prefixes[0])] == prefixes[0] for p in uncut)
 
 
 def test_prompts_cut_differently_for_answers_and_choices(
@@ -142,9 +194,8 @@ def test_eval_report_comes_from_the_one_read(
     assert no_generation.choice_accuracy == report.choice_accuracy
 
 
-@pytest.fixture
-def tiny_sliding_dir(tmp_path: Path) -> Path:
-    """A random 2-layer Gemma 3 whose first layer attends to a window of 4 tokens."""
+def _tiny_sliding(folder: Path, window: int) -> Path:
+    """A random 2-layer Gemma 3 whose first layer attends to a window of ``window`` tokens."""
     from composer_testing import make_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -152,17 +203,36 @@ def tiny_sliding_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     config = Gemma3TextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=window,
         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,
     )
     model = Gemma3ForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id
-    folder = tmp_path / "tiny-sliding"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def tiny_sliding_dir(tmp_path: Path) -> Path:
+    """A tiny Gemma 3 whose first layer attends to a window of 4 tokens."""
+    return _tiny_sliding(tmp_path / "tiny-sliding", 4)
+
+
+def _assert_own_forward(loaded: Any, encoded: Sequence[EncodedExample], read: Any) -> None:
+    """Every target loss and greedy answer of ``read`` is the model's own forward's."""
+    model = loaded.model
+    with torch.no_grad():
+        for i, enc in enumerate(encoded):
+            ids = torch.tensor([list(enc.prompt_ids) + list(enc.target_ids)])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            start = len(enc.prompt_ids)
+            nll = -sum(float(logp[start + j - 1, t]) for j, t in enumerate(enc.target_ids))
+            assert read.target_nll[i] == pytest.approx(nll, abs=1e-4)
+            greedy = _greedy_ids(model, enc.prompt_ids, 3)
+            assert read.answers[i] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
 
 
 def test_sliding_window_models_score_as_their_own_forward(
@@ -179,16 +249,20 @@ def test_sliding_window_models_score_as_their_own_forward(
     assert all(len(e.prompt_ids) > 4 for e in encoded)
     assert make_batch(encoded, model).position_ids is None  # padded rows, not one packed row
     read = read_examples(loaded, EXAMPLES, demonstrations=DEMOS, max_new_tokens=3)
-    with torch.no_grad():
-        for i, enc in enumerate(encoded):
-            ids = torch.tensor([list(enc.prompt_ids) + list(enc.target_ids)])
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-            start = len(enc.prompt_ids)
-            nll = -sum(float(logp[start + j - 1, t]) for j, t in enumerate(enc.target_ids))
-            assert read.target_nll[i] == pytest.approx(nll, abs=1e-4)
-            greedy = _greedy_ids(model, enc.prompt_ids, 3)
-            assert read.answers[i] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
+    _assert_own_forward(loaded, encoded, read)
     # Within the window nothing changes: the packed layout is kept.
     short = encode_examples(loaded.tokenizer, [Example("a", "b")], seq2seq=False)
     assert len(short[0].prompt_ids) + len(short[0].target_ids) <= 4
     assert make_batch(short, model).position_ids is not None
+
+
+def test_sliding_window_model_within_its_window_shares_the_prefix(
+    tmp_path: Path, load_tiny: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Within the window a sliding-window model keeps the one read, prefix cache included.
+    loaded: Any = load_tiny(_tiny_sliding(tmp_path / "tiny-sliding-128", 128))
+    encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False, demonstrations=DEMOS)
+    prefixes = _spy_prefixes(monkeypatch)
+    read = read_examples(loaded, EXAMPLES, demonstrations=DEMOS, max_new_tokens=3)
+    assert len(prefixes) == 1
+    _assert_own_forward(loaded, encoded, read)
