@@ -269,6 +269,52 @@ def fits_window(model: PreTrainedModel, lengths: Sequence[int]) -> bool:
     return window is None or max(lengths, default=0) <= window
 
 
+_MASK_KINDS = frozenset({"full_attention", "sliding_attention"})
+
+
+def windowed_masks(model: PreTrainedModel) -> bool:
+    """Whether our masks can carry ``model``'s sliding window, so that packed rows and their
+    KV cache are exact at any length: every layer slides (one mask serves all), or the layers
+    are full and sliding and the model takes a mask per kind (Gemma 2/3, Qwen 2/3, ...)."""
+    if sliding_window(model) is None:
+        return True
+    inner = _unwrap(model)
+    kinds = set(getattr(inner.config, "layer_types", None) or ["sliding_attention"])
+    if not kinds <= _MASK_KINDS:
+        return False
+    if kinds == {"sliding_attention"}:
+        return True
+    # transformers' models that build a mask per layer kind take that mapping ready-made.
+    module: Any = inner.base_model if hasattr(inner, "base_model") else inner
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return "causal_mask_mapping := attention_mask, dict" in source
+
+
+def can_pack(model: PreTrainedModel, lengths: Sequence[int]) -> bool:
+    """Whether sequences of these lengths can be packed (our masks, one row, a shared cache)
+    and give what the model's own masks give."""
+    return windowed_masks(model) or fits_window(model, lengths)
+
+
+def _window_masks(
+    model: PreTrainedModel, mask: torch.Tensor, query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """``mask`` ([batch, 1, queries, keys], True = attend) for each kind of layer of a model
+    with a sliding window: a sliding layer also hides keys ``window`` or more positions back."""
+    window = sliding_window(model)
+    assert window is not None
+    near = (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
+    sliding = mask & near
+    kinds = set(getattr(_unwrap(model).config, "layer_types", None) or ["sliding_attention"])
+    if kinds == {"sliding_attention"}:
+        return sliding
+    return {"full_attention": mask, "sliding_attention": sliding}
+
+
 def make_batch(
     encoded: Sequence[EncodedExample],
     model: PreTrainedModel,
@@ -278,15 +324,15 @@ def make_batch(
     """The right batch layout for ``model``: packed (causal, default), padded, or seq2seq.
 
     Packing falls back to padded rows when an example is longer than the model's sliding
-    window (:func:`sliding_window`), where only the model's own masks are right.
+    window (:func:`sliding_window`) and our masks cannot carry the window
+    (:func:`windowed_masks`).
     """
     config = model.config
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     if config.is_encoder_decoder:
         start = config.decoder_start_token_id
         return pad_seq2seq(encoded, pad_id, start if start is not None else pad_id)
-    if packed and not fits_window(model, [len(e.prompt_ids) + len(e.target_ids)
-                                          for e in encoded]):
+    if packed and not can_pack(model, [len(e.prompt_ids) + len(e.target_ids) for e in encoded]):
         packed = False
     return pack_causal(encoded) if packed else pad_causal(encoded, pad_id)
 
@@ -352,19 +398,36 @@ def causal_logits_at(
     cols: torch.Tensor,
     cache: Any = None,
     use_cache: bool = False,
+    key_positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """Logits ``[len(rows), vocab]`` of a causal model at positions ``(rows, cols)`` only, and,
-    with ``use_cache``, its KV cache (extended in place when ``cache`` is given)."""
+    with ``use_cache``, its KV cache (extended in place when ``cache`` is given).
+
+    A 4D ``attention_mask`` is ours (True = attend). For a model with a sliding window
+    (:func:`windowed_masks`) the window is added to it from the positions of the queries
+    (``position_ids``) and of the keys (``key_positions``: the cached ones, then these; by
+    default ``position_ids``), and a new cache keeps every position, not only the window, for
+    the mask to choose from.
+    """
     model = _unwrap(model)
     head_only = _head_only_ok(model)
     module: Any = model.base_model if head_only else model
+    name = _cache_name(module)
     kwargs: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
         "use_cache": use_cache,
     }
-    name = _cache_name(module)
+    if (attention_mask is not None and attention_mask.dim() == 4
+            and sliding_window(model) is not None):
+        assert position_ids is not None and windowed_masks(model)
+        keys = position_ids if key_positions is None else key_positions
+        kwargs["attention_mask"] = _window_masks(model, attention_mask, position_ids, keys)
+        if use_cache and cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
     if cache is not None:
         kwargs[name] = cache
     out = module(**kwargs)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from composer.batching import (
-    fits_window,
+    can_pack,
     make_batch,
     packed_length,
     prefix_groups,
@@ -310,8 +310,10 @@ def read_examples(
     prompt whole). ``max_new_tokens=0`` generates
     nothing; None means the longest target + 8. A forward reads at most ``batch_size`` rows
     and, unless one row is longer, ``max_tokens`` of their own tokens (padding included).
-    Seq2seq models take the separate passes, and so do examples longer than a sliding-window
-    model's window (Gemma 3 270M: 512 tokens).
+    A sliding-window model (Gemma 3) gets the window in our masks
+    (:func:`composer.batching.windowed_masks`). Seq2seq models take the separate passes, and
+    so do examples longer than the window of a sliding-window model whose masks we cannot
+    make.
     """
     tok = loaded.tokenizer
     # Each prompt is rendered once; encode_examples' cut of it comes from fit_example.
@@ -329,7 +331,7 @@ def read_examples(
     longest = [max(len(f), len(e.prompt_ids) + len(e.target_ids)) + max_new_tokens
                for f, e in zip(full, encoded, strict=True)]
     if (loaded.is_seq2seq or any(not e.prompt_ids for e in encoded)
-            or not fits_window(loaded.model, longest)):
+            or not can_pack(loaded.model, longest)):
         return _read_separately(
             loaded, examples, encoded, cut, demonstrations=demonstrations,
             use_chat_template=use_chat_template, max_length=max_length,
@@ -408,11 +410,14 @@ def _read_rows(
     last = torch.tensor([start + length - 1 for start, length in batch.prompt_spans],
                         device=loaded.device)
     mask, positions, cache, before = batch.attention_mask, batch.position_ids, None, 0
+    keys = positions  # the position of every key a token may see
     if prefix is not None:
         before = prefix.length
         seen = torch.ones((*mask.shape[:3], before), dtype=torch.bool, device=mask.device)
         mask = torch.cat([seen, mask], dim=-1)
         positions = positions + before
+        ahead = torch.arange(before, device=positions.device).expand(len(rows), before)
+        keys = torch.cat([ahead, positions], dim=1)
         cache = prefix.for_batch(len(rows))
     logits, cache = causal_logits_at(
         loaded.model,
@@ -423,6 +428,7 @@ def _read_rows(
         cols=torch.cat([batch.target_cols, last]),
         cache=cache,
         use_cache=max_new_tokens > 1 or cache is not None,
+        key_positions=keys,
     )
     n_target = len(batch.target_ids)
     losses = torch.nn.functional.cross_entropy(
@@ -434,8 +440,8 @@ def _read_rows(
     sums = nll.tolist()
     answering = [b for b, r in enumerate(rows) if r.answers]
     answers = (
-        _decode_greedy(loaded, logits[n_target:], cache, batch.prompt_spans,
-                       batch.input_ids.shape[1], max_new_tokens, answering, before=before)
+        _decode_greedy(loaded, logits[n_target:], cache, batch.prompt_spans, keys,
+                       max_new_tokens, answering, before=before)
         if max_new_tokens > 0 else {}
     )
     first = 0  # index of the row's first option among the batch's examples
@@ -461,7 +467,7 @@ def _decode_greedy(
     first_logits: torch.Tensor,
     cache: Any,
     spans: Sequence[tuple[int, int]],
-    width: int,
+    keys: torch.Tensor,
     max_new_tokens: int,
     rows: Sequence[int],
     *,
@@ -469,11 +475,12 @@ def _decode_greedy(
 ) -> dict[int, str]:
     """Greedy continuations of the prompts of ``rows`` of a cached batch.
 
-    Row b's prompt sits at ``spans[b]`` (start, length) among ``width`` cached positions,
-    after ``before`` cached positions that every prompt begins with, with what follows it
-    (choices, targets) hidden from the new tokens; step t feeds every row's last token at
-    position ``before + length + t - 1``, as batched generation with padding does. Rows that
-    are done (or not asked for) go on reading end tokens no one looks at.
+    ``keys`` holds the positions of the cached tokens, ``before`` of them that every prompt
+    begins with and then the batch's columns; row b's prompt sits at ``spans[b]`` (start,
+    length) among the columns, with what follows it (choices, targets) hidden from the new
+    tokens. Step t feeds every row's last token at position ``before + length + t - 1``, as
+    batched generation with padding does. Rows that are done (or not asked for) go on reading
+    end tokens no one looks at.
     """
     from composer.batching import causal_logits_at
 
@@ -483,7 +490,7 @@ def _decode_greedy(
     tokens = [[int(t)] for t in first_logits.argmax(dim=-1).tolist()]
     asked = set(rows)
     done = [b not in asked for b in range(n)]
-    prompt_mask = torch.zeros((n, before + width), dtype=torch.bool, device=device)
+    prompt_mask = torch.zeros(keys.shape, dtype=torch.bool, device=device)
     prompt_mask[:, :before] = True
     for b, (start, length) in enumerate(spans):
         prompt_mask[b, before + start : before + start + length] = True
@@ -496,15 +503,18 @@ def _decode_greedy(
                          dim=1)
         ids = torch.tensor([[eos if d else t[-1]] for d, t in zip(done, tokens, strict=True)],
                            device=device)
+        position = (lengths + step - 1)[:, None]
+        keys = torch.cat([keys, position], dim=1)
         logits, cache = causal_logits_at(
             loaded.model,
             input_ids=ids,
             attention_mask=mask[:, None, None, :],
-            position_ids=(lengths + step - 1)[:, None],
+            position_ids=position,
             rows=torch.arange(n, device=device),
             cols=torch.zeros(n, dtype=torch.long, device=device),
             cache=cache,
             use_cache=True,
+            key_positions=keys,
         )
         for b, t in enumerate(logits.argmax(dim=-1).tolist()):
             if not done[b]:

@@ -235,22 +235,36 @@ def _assert_own_forward(loaded: Any, encoded: Sequence[EncodedExample], read: An
             assert read.answers[i] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("window_in_masks", [True, False])
 def test_sliding_window_models_score_as_their_own_forward(
-    tiny_sliding_dir: Path, load_tiny: Callable[..., object]
+    tiny_sliding_dir: Path, load_tiny: Callable[..., object], monkeypatch: pytest.MonkeyPatch,
+    window_in_masks: bool,
 ) -> None:
-    # Packed rows and a cache kept to the window would give other numbers (or fail) once a
-    # sequence is longer than the window: every number must be the model's own forward's.
-    from composer.batching import make_batch, sliding_window
+    # Once a sequence is longer than the window, packed rows with a plain causal mask, or a
+    # cache kept to the window, would give other numbers (or fail): every number must be the
+    # model's own forward's, whether our masks carry the window (Gemma 3 takes a mask per kind
+    # of layer) or, for a model where they cannot, packing gives way to padded rows.
+    import composer.batching as batching
+    from composer.batching import make_batch, sliding_window, target_token_losses
 
-    loaded = load_tiny(tiny_sliding_dir)
+    loaded: Any = load_tiny(tiny_sliding_dir)
     model = loaded.model
-    assert sliding_window(model) == 4
+    assert sliding_window(model) == 4 and batching.windowed_masks(model)
+    if not window_in_masks:
+        monkeypatch.setattr(batching, "windowed_masks", lambda model: False)
     encoded = encode_examples(loaded.tokenizer, EXAMPLES, seq2seq=False, demonstrations=DEMOS)
     assert all(len(e.prompt_ids) > 4 for e in encoded)
-    assert make_batch(encoded, model).position_ids is None  # padded rows, not one packed row
+    batch = make_batch(encoded, model)
+    assert (batch.position_ids is not None) == window_in_masks  # one packed row, or padded
+    prefixes = _spy_prefixes(monkeypatch)
     read = read_examples(loaded, EXAMPLES, demonstrations=DEMOS, max_new_tokens=3)
+    assert len(prefixes) == window_in_masks
     _assert_own_forward(loaded, encoded, read)
-    # Within the window nothing changes: the packed layout is kept.
+    with torch.no_grad():
+        losses = target_token_losses(model, batch)
+    per_example = [float(losses[batch.target_example == i].sum()) for i in range(len(encoded))]
+    assert per_example == pytest.approx(read.target_nll, abs=1e-4)
+    # Within the window the packed layout is kept either way.
     short = encode_examples(loaded.tokenizer, [Example("a", "b")], seq2seq=False)
     assert len(short[0].prompt_ids) + len(short[0].target_ids) <= 4
     assert make_batch(short, model).position_ids is not None
