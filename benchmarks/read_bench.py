@@ -17,7 +17,7 @@ example's two prompts are two rows, and a cut prompt lost the shared beginning, 
 whole (causal_judgement with 5 demonstrations, 1,800 tokens).
 
 Run:  .venv/bin/python benchmarks/read_bench.py [--examples 16] [--tasks date_understanding ...]
-          [--max-length 4096]
+          [--max-length 4096] [--base-model .models/gemma-3-270m-q4_k_m.gguf]
 """
 
 from __future__ import annotations
@@ -75,10 +75,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=16, help="test examples per task")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--max-length", type=int, default=1024, help="prompt token limit")
+    parser.add_argument("--base-model", default=None,
+                        help="local folder, Hub id or .gguf file (default: the embedded SmolLM2)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_base_model(ModelSpec())
+    loaded = load_base_model(ModelSpec(args.base_model))
     loaded.model.eval()
     warm = load_examples(args.tasks_dir / f"{args.tasks[0]}.jsonl")[:2]
     separately(loaded, warm, [], args.max_length)  # first calls pay one-off costs
