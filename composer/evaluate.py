@@ -307,13 +307,12 @@ def read_examples(
     earlier tokens. The tokens every prompt begins with (few-shot demonstrations, a chat
     template's system turn) are read once, and every row attends to their KV cache: a 5-shot
     evaluation reads little more than a zero-shot one (``share_prefix=False`` reads each
-    prompt whole). ``max_new_tokens=0`` generates
-    nothing; None means the longest target + 8. A forward reads at most ``batch_size`` rows
-    and, unless one row is longer, ``max_tokens`` of their own tokens (padding included).
-    A sliding-window model (Gemma 3) gets the window in our masks
-    (:func:`composer.batching.windowed_masks`). Seq2seq models take the separate passes, and
-    so do examples longer than the window of a sliding-window model whose masks we cannot
-    make.
+    prompt whole). ``max_new_tokens=0`` generates nothing; None means the longest target +
+    8. A forward reads at most ``batch_size`` rows and, unless one row is longer,
+    ``max_tokens`` of their own tokens (padding included). A sliding-window model (Gemma 3)
+    gets the window in our masks (:func:`composer.batching.windowed_masks`). Seq2seq models
+    take the separate passes, and so do examples longer than the window of a sliding-window
+    model whose masks cannot carry it.
     """
     tok = loaded.tokenizer
     # Each prompt is rendered once; encode_examples' cut of it comes from fit_example.
