@@ -11,6 +11,7 @@ weight vectors in one forward (see :mod:`composer.lora_runtime`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -272,25 +273,36 @@ def fits_window(model: PreTrainedModel, lengths: Sequence[int]) -> bool:
 _MASK_KINDS = frozenset({"full_attention", "sliding_attention"})
 
 
+def _layer_kinds(model: PreTrainedModel) -> set[str]:
+    """The kinds of attention layer of a model with a sliding window (all sliding when its
+    config does not say)."""
+    return set(getattr(_unwrap(model).config, "layer_types", None) or ["sliding_attention"])
+
+
+@functools.cache
+def _takes_mask_mapping(module_type: Any) -> bool:
+    # transformers' models that build a mask per layer kind take that mapping ready-made.
+    try:
+        source = inspect.getsource(module_type.forward)
+    except (OSError, TypeError):
+        return False
+    return "causal_mask_mapping := attention_mask, dict" in source
+
+
 def windowed_masks(model: PreTrainedModel) -> bool:
     """Whether our masks can carry ``model``'s sliding window, so that packed rows and their
     KV cache are exact at any length: every layer slides (one mask serves all), or the layers
     are full and sliding and the model takes a mask per kind (Gemma 2/3, Qwen 2/3, ...)."""
     if sliding_window(model) is None:
         return True
-    inner = _unwrap(model)
-    kinds = set(getattr(inner.config, "layer_types", None) or ["sliding_attention"])
+    kinds = _layer_kinds(model)
     if not kinds <= _MASK_KINDS:
         return False
     if kinds == {"sliding_attention"}:
         return True
-    # transformers' models that build a mask per layer kind take that mapping ready-made.
+    inner = _unwrap(model)
     module: Any = inner.base_model if hasattr(inner, "base_model") else inner
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
-    return "causal_mask_mapping := attention_mask, dict" in source
+    return _takes_mask_mapping(module.__class__)
 
 
 def can_pack(model: PreTrainedModel, lengths: Sequence[int]) -> bool:
@@ -309,8 +321,7 @@ def _window_masks(
     assert window is not None
     near = (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
     sliding = mask & near
-    kinds = set(getattr(_unwrap(model).config, "layer_types", None) or ["sliding_attention"])
-    if kinds == {"sliding_attention"}:
+    if _layer_kinds(model) == {"sliding_attention"}:
         return sliding
     return {"full_attention": mask, "sliding_attention": sliding}
 
