@@ -1027,6 +1027,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="base model folder/GGUF (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run only seeds FIRST..N-1 (another process can take the others; "
+                        "join them with --merge)")
     p.add_argument("--k", type=int, default=20, help="candidates per seed")
     p.add_argument("--shots", type=int, default=5, help="few-shot examples per task")
     p.add_argument("--budget", type=int, default=40, help="CMA-ES evaluations per compose")
@@ -1082,6 +1085,9 @@ def main(argv: Sequence[str] | None = None) -> Study:
                         ("--budget", args.budget), ("--max-length", args.max_length)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not 0 <= args.first_seed < args.seeds:
+        raise ConfigError(f"--first-seed must be in 0..{args.seeds - 1} (--seeds {args.seeds}), "
+                          f"got {args.first_seed}")
     if args.test_limit is not None and args.test_limit < 1:
         raise ConfigError(f"--test-limit must be >= 1, got {args.test_limit}")
     if args.hydra_heads < 0:
@@ -1130,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
         print(report(study.results, study.systems()))
         return study
     try:
-        study.run(tasks, range(args.seeds))
+        study.run(tasks, range(args.first_seed, args.seeds))
     except KeyboardInterrupt:
         study.save()
         print(f"stopped; finished cells are in {args.out}, run again to resume",

@@ -370,6 +370,34 @@ def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny
         assert cell["systems"]["zero-shot"]["answers"] == direct["answers"]
 
 
+def test_seeds_split_over_processes_merge_into_one_run(study_module, tiny_study, tmp_path):
+    """--first-seed lets a second process take the later seeds; merged, it is one run's file."""
+    argv, out = tiny_study
+    rows = ("--tasks", "yesno", "--seeds", "2", "--methods", "lorahub", "--objectives", "lm")
+
+    def elsewhere(name: str, *extra: str) -> list[str]:
+        args = argv(*rows, *extra)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        return args
+
+    study_module.main(argv(*rows))  # seeds 0 and 1 in one process
+    later = study_module.main(elsewhere("later.json", "--first-seed", "1"))
+    assert {seed for _, seed, _ in later.computed} == {1}
+    study_module.main(elsewhere("first.json", "--seeds", "1"))
+    joined = study_module.main(elsewhere("first.json", "--merge", str(tmp_path / "later.json"),
+                                         "--report-only"))
+    whole = json.loads(out.read_text())["tasks"]["yesno"]
+    assert set(joined.results["tasks"]["yesno"]) == {"0", "1"}
+    for seed, cell in joined.results["tasks"]["yesno"].items():
+        for key in ("few_shot_indices", "candidates", "test_targets"):
+            assert cell[key] == whole[seed][key]
+        for name, row in cell["systems"].items():
+            assert row["mc_picks"] == whole[seed]["systems"][name]["mc_picks"]
+    for bad in ("2", "-1"):
+        with pytest.raises(ConfigError, match=r"--first-seed must be in 0\.\.1"):
+            study_module.main(argv(*rows, "--first-seed", bad))
+
+
 def test_table_counts_significant_seeds_by_direction(study_module):
     tests = [
         {"mcnemar_p": 0.01, "only_this": 10, "only_other": 2},  # better
