@@ -127,6 +127,13 @@ def _task_rows(labels: tuple[str, str], n: int, skew: int) -> list[dict]:
     ]
 
 
+def _out_to(args: list[str], out: Path) -> list[str]:
+    """The study's arguments with ``--out`` pointing at another results file."""
+    args = list(args)
+    args[args.index("--out") + 1] = str(out)
+    return args
+
+
 @pytest.fixture
 def tiny_study(tmp_path, tiny_causal_dir):
     tasks = tmp_path / "tasks"
@@ -341,9 +348,8 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
     with pytest.raises(ConfigError, match="not a results file"):
         study_module.main(argv("--methods", "lorahub", "--merge", str(tmp_path / "missing.json")))
     with pytest.raises(ConfigError, match="another fingerprint"):
-        changed = argv("--budget", "4", "--merge", str(out))
-        changed[changed.index("--out") + 1] = str(tmp_path / "third.json")
-        study_module.main(changed)
+        study_module.main(_out_to(argv("--budget", "4", "--merge", str(out)),
+                                  tmp_path / "third.json"))
 
 
 def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny_study):
@@ -376,9 +382,7 @@ def test_seeds_split_over_processes_merge_into_one_run(study_module, tiny_study,
     rows = ("--tasks", "yesno", "--seeds", "2", "--methods", "lorahub", "--objectives", "lm")
 
     def elsewhere(name: str, *extra: str) -> list[str]:
-        args = argv(*rows, *extra)
-        args[args.index("--out") + 1] = str(tmp_path / name)
-        return args
+        return _out_to(argv(*rows, *extra), tmp_path / name)
 
     study_module.main(argv(*rows))  # seeds 0 and 1 in one process
     later = study_module.main(elsewhere("later.json", "--first-seed", "1"))
@@ -417,9 +421,7 @@ def test_extending_a_limited_study_equals_running_the_full_split(study_module, t
     assert len(json.loads(out.read_text())["tasks"]["yesno"]["0"]["test_targets"]) == 4
 
     def elsewhere(name: str, *extra: str) -> list[str]:
-        args = argv(*rows, *extra)
-        args[args.index("--out") + 1] = str(tmp_path / name)
-        return args
+        return _out_to(argv(*rows, *extra), tmp_path / name)
 
     extended = study_module.main(elsewhere("extended.json", "--extend-from", str(out)))
     study_module.main(elsewhere("fresh.json"))
