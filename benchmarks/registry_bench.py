@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from loradex.commands.registry_cmds import COUNT_LIMIT
+from loradex.cli.commands.registry_cmds import COUNT_LIMIT
 from registry.db import make_engine
 from registry.entities import LineageEdge, Module, ModuleFile, SearchQuery
 from registry.schema import upgrade

@@ -1,6 +1,6 @@
 """The Hydra halves of ``loradex train --method hydra`` and ``loradex compose --output hydra``.
 
-The click commands live in ``loradex/commands/composer_cmds.py``; they validate their options
+The click commands live in ``loradex/cli/commands/composer_cmds.py``; they validate their options
 and call these functions, which do the work and print what a user wants to see (head usage,
 losses before/after). Kept here so the Hydra code path stays in one package.
 """

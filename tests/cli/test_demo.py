@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "composer"))
 from composer_testing import save_tiny_causal
 
 from loradex.cli import cli
-from loradex.demo import DemoConfig, format_scores, repo_name_for, run_demo
+from loradex.cli.demo import DemoConfig, format_scores, repo_name_for, run_demo
 from loradex.errors import ConfigError
 
 REPO = Path(__file__).parents[2]
@@ -151,7 +151,7 @@ def test_repo_names_and_score_table() -> None:
 
 
 def test_majority_label(tmp_path: Path) -> None:
-    from loradex.demo import majority_label
+    from loradex.cli.demo import majority_label
 
     path = _write(tmp_path / "t.jsonl", [{"input": "a", "target": t} for t in "yyn"])
     assert majority_label(path) == ("y", 2 / 3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import subprocess
 import sys
 
@@ -14,12 +13,12 @@ from click.testing import CliRunner
 from loradex.cli import COMMANDS, cli
 
 
-def _load(name: str) -> click.Command | None:
-    """The command object, or None while its module or attribute is not written yet."""
+def _load(name: str) -> click.Command:
+    """The command object; a missing module or attribute is an error, never a skip."""
     module_name, attr = COMMANDS[name].split(":")
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    return getattr(importlib.import_module(module_name), attr, None)
+    command = getattr(importlib.import_module(module_name), attr)
+    assert isinstance(command, click.Command), COMMANDS[name]
+    return command
 
 
 def _command_paths() -> list[tuple[str, ...]]:
@@ -38,8 +37,7 @@ def _command_paths() -> list[tuple[str, ...]]:
 
 @pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
 def test_help(path: tuple[str, ...]) -> None:
-    if _load(path[0]) is None:
-        pytest.skip(f"{COMMANDS[path[0]]} is not written yet")
+    _load(path[0])
     result = CliRunner().invoke(cli, [*path, "--help"], prog_name="loradex",
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -54,3 +52,18 @@ def test_top_level_help_in_a_subprocess() -> None:
     assert "Usage: loradex" in proc.stdout
     for name in ("add", "search", "show", "db"):
         assert f"  {name} " in proc.stdout
+
+
+def test_every_command_is_listed_and_loads() -> None:
+    """A command whose module is gone fails here instead of silently leaving the list."""
+    result = CliRunner().invoke(cli, ["--help"], prog_name="loradex", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in COMMANDS:
+        assert f"  {name} " in result.output
+        _load(name)
+
+
+def test_a_missing_command_module_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(COMMANDS, "ghost", "loradex.cli.commands.no_such_module:ghost")
+    with pytest.raises(ModuleNotFoundError):
+        cli.get_command(click.Context(cli), "ghost")

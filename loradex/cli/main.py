@@ -1,13 +1,12 @@
 """The ``loradex`` command line.
 
-Commands are loaded lazily (by name, from ``loradex.commands.*``) so that ``loradex search``
+Commands are loaded lazily (by name, from ``loradex.cli.commands.*``) so that ``loradex search``
 never pays for torch or the server stack. Heavy imports stay inside the command functions.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from typing import Any
 
@@ -19,20 +18,20 @@ from loradex.settings import Settings
 
 # name -> "module:attribute"; the module must import nothing heavy at top level.
 COMMANDS: dict[str, str] = {
-    "db": "loradex.commands.db:db",
-    "add": "loradex.commands.registry_cmds:add",
-    "search": "loradex.commands.registry_cmds:search",
-    "show": "loradex.commands.registry_cmds:show",
-    "serve": "loradex.commands.hub_cmds:serve",
-    "token": "loradex.commands.hub_cmds:token",
-    "sync": "loradex.commands.hub_cmds:sync",
-    "pull": "loradex.commands.hub_cmds:pull",
-    "publish": "loradex.commands.hub_cmds:publish",
-    "train": "loradex.commands.composer_cmds:train",
-    "compose": "loradex.commands.composer_cmds:compose",
-    "eval": "loradex.commands.composer_cmds:eval_cmd",
-    "library": "loradex.commands.library_cmds:library",
-    "demo": "loradex.commands.demo:demo",
+    "db": "loradex.cli.commands.db:db",
+    "add": "loradex.cli.commands.registry_cmds:add",
+    "search": "loradex.cli.commands.registry_cmds:search",
+    "show": "loradex.cli.commands.registry_cmds:show",
+    "serve": "loradex.cli.commands.hub_cmds:serve",
+    "token": "loradex.cli.commands.hub_cmds:token",
+    "sync": "loradex.cli.commands.hub_cmds:sync",
+    "pull": "loradex.cli.commands.hub_cmds:pull",
+    "publish": "loradex.cli.commands.hub_cmds:publish",
+    "train": "loradex.cli.commands.composer_cmds:train",
+    "compose": "loradex.cli.commands.composer_cmds:compose",
+    "eval": "loradex.cli.commands.composer_cmds:eval_cmd",
+    "library": "loradex.cli.commands.library_cmds:library",
+    "demo": "loradex.cli.commands.demo:demo",
 }
 
 
@@ -45,21 +44,17 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx))
-        names.update(name for name in self.lazy_commands if self._available(name))
+        names.update(self.lazy_commands)
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy_commands and self._available(cmd_name):
+        if cmd_name in self.lazy_commands:
             module_name, attr = self.lazy_commands[cmd_name].split(":")
             command = getattr(importlib.import_module(module_name), attr)
             if not isinstance(command, click.Command):
                 raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
             return command
         return super().get_command(ctx, cmd_name)
-
-    def _available(self, name: str) -> bool:
-        module_name = self.lazy_commands[name].split(":")[0]
-        return importlib.util.find_spec(module_name) is not None
 
 
 @click.group(

@@ -45,7 +45,7 @@ def demo(workdir: Path, library_dir: Path, few_shot: Path, test_file: Path, task
     Example:
       loradex demo --workdir demo-out
     """
-    from loradex.demo import DemoConfig, run_demo
+    from loradex.cli.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(
         workdir=workdir, library=library_dir, few_shot=few_shot, test=test_file,
