@@ -32,7 +32,7 @@ from composer.data import (  # noqa: E402
     load_examples,
     render_prompt,
 )
-from composer.evaluate import sequence_logprobs  # noqa: E402
+from composer.inference import sequence_logprobs  # noqa: E402
 from composer.models import LoadedModel, ModelSpec, load_base_model  # noqa: E402
 
 

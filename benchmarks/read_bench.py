@@ -1,5 +1,5 @@
 """Scoring a test split, side by side in one run: three passes over each prompt (greedy
-generation, choice scoring, target loss) against one read (``composer.evaluate.read_examples``),
+generation, choice scoring, target loss) against one read (``composer.inference.read_examples``),
 with each prompt read whole and with the prefix every prompt shares read once.
 
 "separate" is how ``loradex eval`` and the study scored before: batched greedy generation with
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from composer.data import Example, encode_examples, load_examples  # noqa: E402
-from composer.evaluate import (  # noqa: E402
+from composer.inference import (  # noqa: E402
     choice_picks,
     generate_answers,
     read_examples,

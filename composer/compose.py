@@ -24,9 +24,9 @@ from composer.adapter_io import lora_config_dict, write_adapter_folder
 from composer.candidates import Candidate, load_layers
 from composer.cards import render_card, settings_table
 from composer.data import Example
-from composer.evaluate import EvalConfig, evaluate_examples
 from composer.lora_runtime import attached
 from composer.methods import CompositionMethod, ExportedLora, build_bank, get_method
+from composer.metrics import EvalConfig, evaluate_examples
 from composer.models import LoadedModel
 from composer.objectives import Objective, get_objective
 from composer.search import (

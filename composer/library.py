@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.data import Example, load_examples, write_examples
+from composer.metrics import majority
 from composer.models import DEFAULT_BASE_MODEL, LoadedModel
 from composer.train import TaskInfo, TrainConfig, train_lora
 from loradex.errors import InvalidDataFile, ModuleNotFound
@@ -275,7 +276,7 @@ def evaluate_library(
     from peft import PeftModel
     from tqdm.auto import tqdm
 
-    from composer.evaluate import EvalConfig, evaluate_examples
+    from composer.metrics import EvalConfig, evaluate_examples
 
     manifest = load_manifest(spec.out_dir)
     settings = manifest.get("settings", {})
@@ -307,10 +308,7 @@ def evaluate_library(
 
 def majority_rate(examples: Sequence[Example]) -> float:
     """Share of the most frequent target: what always answering one label scores."""
-    from collections import Counter
-
-    counts = Counter(e.target for e in examples)
-    return max(counts.values()) / len(examples) if examples else 0.0
+    return majority(e.target for e in examples)[1]
 
 
 def learned(record: dict[str, Any]) -> str:

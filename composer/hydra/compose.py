@@ -34,11 +34,11 @@ from composer.candidates import Candidate, load_layers, read_candidate
 from composer.cards import render_card, settings_table
 from composer.compose import ComposeResult
 from composer.data import EncodedExample, Example, encode_examples
-from composer.evaluate import mean_loss
 from composer.hydra.format import HydraLayerWeights, HydraModule, write_hydra_folder
 from composer.hydra.heads import kmeans
 from composer.hydra.runtime import HeadUsage, attach_hydra
 from composer.hydra.training import measure_head_usage
+from composer.inference import mean_loss
 from composer.models import LoadedModel
 from loradex import __version__
 from loradex.errors import ConfigError, IncompatibleModules

@@ -22,10 +22,10 @@ from composer.adapter_io import SAVE_DTYPES, check_output_dir
 from composer.batching import TargetBatch, make_batch, mean_target_loss
 from composer.cards import render_card, settings_table
 from composer.data import EncodedExample, Example, encode_examples, file_sha256, load_examples
-from composer.evaluate import mean_loss
 from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
 from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hydra_module
+from composer.inference import mean_loss
 from composer.models import LoadedModel
 from composer.train import (
     TaskInfo,

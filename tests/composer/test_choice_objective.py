@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from composer.data import EncodedExample, Example, encode_prompt, encode_target, render_prompt
-from composer.evaluate import sequence_logprobs
+from composer.inference import sequence_logprobs
 from composer.objectives import ChoiceObjective, get_objective
 from loradex.errors import ConfigError
 
@@ -66,7 +66,7 @@ def test_choice_objective_is_registered_and_refuses_free_form(
 def test_eval_majority_rate_on_a_constructed_example(
     tiny_causal_dir: Path, load_tiny: Callable[..., object]
 ) -> None:
-    from composer.evaluate import EvalConfig, evaluate_examples
+    from composer.metrics import EvalConfig, evaluate_examples
 
     loaded = load_tiny(tiny_causal_dir)
     rows = [Example(f"yes or no {i}?", {"y": "yes", "n": "no"}[t], ("yes", "no"))

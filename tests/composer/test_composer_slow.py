@@ -14,7 +14,7 @@ import torch
 from composer.candidates import read_candidate
 from composer.compose import ComposeConfig, compose, write_composition
 from composer.data import Example
-from composer.evaluate import EvalConfig, evaluate_examples
+from composer.metrics import EvalConfig, evaluate_examples
 from composer.models import DEFAULT_BASE_MODEL
 from composer.search import SearchConfig
 from composer.train import TaskInfo, TrainConfig, train_lora

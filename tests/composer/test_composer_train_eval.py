@@ -13,7 +13,8 @@ from composer_testing import FEW_SHOT, direct_logprobs
 from safetensors.torch import load_file
 
 from composer.data import Example
-from composer.evaluate import EvalConfig, evaluate_examples, generate_answers, sequence_logprobs
+from composer.inference import generate_answers, sequence_logprobs
+from composer.metrics import EvalConfig, evaluate_examples
 from composer.models import (
     DEFAULT_BASE_MODEL,
     ModelSpec,

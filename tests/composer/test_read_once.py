@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from composer.data import EncodedExample, Example, encode_examples
-from composer.evaluate import (
-    EvalConfig,
+from composer.inference import (
     choice_picks,
-    evaluate_examples,
     generate_answers,
     mean_loss,
     read_examples,
     sequence_logprobs,
     shared_prefix,
 )
+from composer.metrics import EvalConfig, evaluate_examples
 
 EXAMPLES = [
     Example("yes or no?", "yes", ("yes", "no")),
@@ -71,16 +70,16 @@ def test_shared_prefix_leaves_each_prompt_its_last_token() -> None:
 
 def _spy_prefixes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """The shared prefixes read_examples reads from now on."""
-    import composer.evaluate as evaluate
+    import composer.inference as inference
 
     read: list[tuple[int, ...]] = []
-    real = evaluate._read_prefix
+    real = inference._read_prefix
 
     def spy(loaded: Any, ids: tuple[int, ...]) -> Any:
         read.append(tuple(ids))
         return real(loaded, ids)
 
-    monkeypatch.setattr(evaluate, "_read_prefix", spy)
+    monkeypatch.setattr(inference, "_read_prefix", spy)
     return read
 
 

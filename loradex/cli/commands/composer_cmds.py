@@ -532,7 +532,7 @@ def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: st
     """
     from composer.candidates import check_compatible, resolve_candidate
     from composer.data import load_examples
-    from composer.evaluate import EvalConfig, evaluate_examples
+    from composer.metrics import EvalConfig, evaluate_examples
     from composer.models import base_model_name_for
 
     if few_shot < 0 or (limit is not None and limit < 1) or batch_size < 1 or max_length < 1:

@@ -1,24 +1,19 @@
-"""Evaluate a model (with or without a LoRA) on a task file.
-
-- exact match after :func:`composer.data.normalize_answer`, of the greedy answer;
-- for examples with ``choices``: multiple-choice accuracy, picking the choice whose tokens
-  (plus end-of-sequence) have the highest log-likelihood after the prompt;
-- the mean target-token loss.
+"""Read a model's answers, choice picks and target losses on examples, batched.
 
 On causal models :func:`read_examples` gets all three from one read of each prompt (the
 choices and the target follow it in its row, the answer is decoded from the KV cache; what
 every prompt begins with, such as few-shot demonstrations, is read once for all of them);
 :func:`generate_answers`, :func:`choice_picks` and :func:`sequence_logprobs` are the separate
-passes (seq2seq models use them). The model is used as it is: attach a LoRA (PEFT or the
-composer's runtime) before calling.
+passes (seq2seq models use them), :func:`mean_loss` the mean target-token loss. The model is
+used as it is: attach a LoRA (PEFT or the composer's runtime) before calling. What the
+readings score is :mod:`composer.metrics`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,59 +30,9 @@ from composer.data import (
     Example,
     encode_target,
     fit_example,
-    normalize_answer,
     prompt_ids,
 )
 from composer.models import LoadedModel
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Settings of an evaluation run."""
-
-    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "generation length (default: longest target + 8)"}
-    )
-    few_shot: int = field(default=0, metadata={"help": "in-context demonstrations per prompt"})
-    use_chat_template: bool = field(default=True, metadata={"help": "render with chat template"})
-    max_length: int = field(default=1024, metadata={"help": "max prompt tokens"})
-    generate: bool = field(default=True, metadata={"help": "compute exact match by generation"})
-
-
-@dataclass
-class EvalReport:
-    """Metrics of one evaluation, plus the predictions."""
-
-    n_examples: int
-    loss: float
-    exact_match: float | None = None
-    choice_accuracy: float | None = None
-    n_choice_examples: int = 0
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    label_distribution: dict[str, int] = field(default_factory=dict)
-    majority_label: str | None = None
-    majority_rate: float | None = None
-    prompts_cut: int = 0  # prompts longer than max_length, cut from the left
-
-    def summary(self) -> dict[str, Any]:
-        """The metrics as a JSON-friendly dict (no per-example predictions)."""
-        out: dict[str, Any] = {
-            "n_examples": self.n_examples,
-            "loss": round(self.loss, 6),
-            "exact_match": None if self.exact_match is None else round(self.exact_match, 6),
-        }
-        if self.n_choice_examples:
-            out["choice_accuracy"] = round(self.choice_accuracy or 0.0, 6)
-            out["n_choice_examples"] = self.n_choice_examples
-        if self.label_distribution:
-            out["predicted_labels"] = dict(self.label_distribution)
-        if self.majority_label is not None:
-            out["majority_label"] = self.majority_label
-            out["majority_rate"] = round(self.majority_rate or 0.0, 6)
-        if self.prompts_cut:
-            out["prompts_cut"] = self.prompts_cut
-        return out
 
 
 @torch.no_grad()
@@ -551,53 +496,6 @@ def _read_separately(
     skipped = 0 if loaded.is_seq2seq else 1
     counts = [len(e.target_ids) - (0 if e.prompt_ids else skipped) for e in encoded]
     return Readings(answers, picks, nll, counts, prompt_cut)
-
-
-def evaluate_examples(
-    loaded: LoadedModel,
-    examples: Sequence[Example],
-    config: EvalConfig | None = None,
-    *,
-    demonstrations: Sequence[Example] = (),
-    progress: bool = True,
-) -> EvalReport:
-    """Loss, exact match and (when examples have choices) multiple-choice accuracy, from one
-    read of each prompt (:func:`read_examples`)."""
-    from tqdm.auto import tqdm
-
-    config = config or EvalConfig()
-    loaded.model.eval()
-    bar = tqdm(total=len(examples), desc="eval", unit="ex", disable=not progress or not examples)
-    try:
-        read = read_examples(
-            loaded, examples, demonstrations=demonstrations,
-            use_chat_template=config.use_chat_template, max_length=config.max_length,
-            max_new_tokens=(config.max_new_tokens or None) if config.generate else 0,
-            batch_size=config.batch_size, progress=bar,
-        )
-    finally:
-        bar.close()
-    loss = sum(read.target_nll) / max(sum(read.target_tokens), 1)
-    report = EvalReport(n_examples=len(examples), loss=loss, prompts_cut=sum(read.prompt_cut))
-    if config.generate:
-        hits = 0
-        for ex, answer in zip(examples, read.answers, strict=True):
-            ok = normalize_answer(answer or "") == normalize_answer(ex.target)
-            hits += ok
-            report.predictions.append(
-                {"input": ex.input, "target": ex.target, "prediction": answer, "correct": ok}
-            )
-        report.exact_match = hits / len(examples) if examples else 0.0
-    picked = [(ex, p) for ex, p in zip(examples, read.picks, strict=True) if p is not None]
-    if picked:
-        report.n_choice_examples = len(picked)
-        report.choice_accuracy = sum(p == ex.target for ex, p in picked) / len(picked)
-        report.label_distribution = dict(Counter(p for _, p in picked).most_common())
-        # What always answering the commonest target scores: the bar a model must beat.
-        targets = Counter(ex.target for ex, _ in picked)
-        report.majority_label, top = targets.most_common(1)[0]
-        report.majority_rate = top / len(picked)
-    return report
 
 
 def choice_picks(
