@@ -485,13 +485,13 @@ def provenance(
 
 def loss_plot_png(result: ComposeResult) -> bytes:
     """A PNG of the objective per evaluation and the best so far."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: drawing leaves the caller's matplotlib backend and
+    # figure list as they were.
+    from matplotlib.figure import Figure
 
     steps = [h["step"] for h in result.search.history]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    ax = fig.subplots()
     ax.plot(steps, [h["objective"] for h in result.search.history], ".", alpha=0.6,
             label="each evaluation")
     ax.plot(steps, [h["best_so_far"] for h in result.search.history], "-", label="best so far")
@@ -505,7 +505,6 @@ def loss_plot_png(result: ComposeResult) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +137,27 @@ def test_search_loss_matches_the_model_peft_loads_from_the_output(
     assert len(comp["loss_curve"]) == 8
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "lineage:" in card and "library_name: peft" in card
+
+
+def test_the_loss_plot_leaves_the_callers_matplotlib_backend_alone():
+    import matplotlib
+
+    from composer.compose import loss_plot_png
+
+    history = [{"step": i, "objective": 2.0 - i / 10, "best_so_far": 2.0 - i / 10}
+               for i in range(5)]
+    result: Any = SimpleNamespace(
+        search=SimpleNamespace(history=history), zero_loss=2.1, candidates=[0, 1],
+        config=ComposeConfig(),
+    )
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        png = loss_plot_png(result)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert png.startswith(b"\x89PNG")
 
 
 def test_batched_search_finds_exactly_what_the_sequential_search_finds(
