@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from composer.data import Example, load_examples, write_examples
 from composer.metrics import majority
 from composer.models import DEFAULT_BASE_MODEL, LoadedModel
@@ -143,10 +145,7 @@ def _update_manifest(out_dir: Path, settings: dict[str, Any], task: str | None =
     Several builders may work on disjoint task lists of one library at once (one per core);
     the lock and the re-read make their manifest updates add up instead of overwriting.
     """
-    import fcntl
-
-    with open(out_dir / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(out_dir / ".manifest.lock"):
         manifest = load_manifest(out_dir)
         manifest["settings"] = settings
         if task is not None and record is not None:
