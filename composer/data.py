@@ -8,7 +8,6 @@ template when it has one (``use_chat_template=False`` turns it off), else plain 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidDataFile
 from loradex.files import atomic_write
+from loradex.files import file_sha256 as file_sha256  # still imported from here by two callers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,15 +33,6 @@ class Example:
     input: str
     target: str
     choices: tuple[str, ...] | None = None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (recorded in model cards as the few-shot file's identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_examples(path: str | Path, *, min_examples: int = 1) -> list[Example]:

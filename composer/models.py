@@ -156,7 +156,7 @@ def base_model_license_for(name_or_path: str | None) -> str | None:
     card = path / "README.md"
     if path.is_dir() and card.is_file():
         from loradex.errors import InvalidAdapter
-        from registry.adapter_files import parse_card
+        from registry.cards import parse_card
 
         try:
             front, _ = parse_card(card.read_text(encoding="utf-8", errors="replace"))

@@ -23,15 +23,17 @@ with ``library_name: loradex`` (stock PEFT cannot load it), tags ``loradex``, ``
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradex.errors import ConfigError, InvalidAdapter
-from registry.adapter_files import CARD, inspect_adapter_folder, parse_card, read_json_object
+from loradex.documents import as_list
+from loradex.errors import InvalidAdapter
+from registry.adapter_files import inspect_adapter_folder, read_json_object
+from registry.cards import CARD, parse_card
+from registry.repo_ids import check_repo_id
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
     from registry.store import RegistryStore
 
 PROVENANCE_FILE = "loradex_provenance.json"
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
 
 
 @dataclass(frozen=True)
@@ -54,21 +54,6 @@ class PublishResult:
     skipped: tuple[str, ...] = field(
         default=(), metadata={"help": "files of the folder left out (pickles, outside links)"}
     )
-
-
-def check_repo_id(repo_id: str) -> str:
-    """``NAMESPACE/NAME`` with Hub-valid parts, else a ConfigError naming the problem."""
-    if (
-        not _REPO_ID.match(repo_id)
-        or ".." in repo_id
-        or "--" in repo_id
-        or repo_id.endswith(".git")
-    ):
-        raise ConfigError(
-            f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME "
-            "(letters, digits, '.', '_', '-')"
-        )
-    return repo_id
 
 
 def read_provenance(folder: Path) -> dict[str, Any] | None:
@@ -94,11 +79,11 @@ def build_card(folder: Path, module: Module, repo_id: str, license_id: str | Non
     front.setdefault("base_model", module.base_model_raw or module.base_model)
     hydra = module.kind == "hydra"
     front["library_name"] = "loradex" if hydra else "peft"
-    tags = [str(t) for t in _as_list(front.get("tags"))]
+    tags = as_list(front.get("tags"))
     wanted: tuple[str, ...] = ("loradex", "hydra-lora") if hydra else ("lora", "peft", "loradex")
     if hydra:
         # The Hub derives base_model:adapter:<base> for library_name peft only; sync lists by it.
-        wanted += tuple(f"base_model:adapter:{b}" for b in _as_list(front["base_model"]))
+        wanted += tuple(f"base_model:adapter:{b}" for b in as_list(front["base_model"]))
     for tag in wanted:
         if tag not in tags:
             tags.append(tag)
@@ -148,12 +133,6 @@ def build_card(folder: Path, module: Module, repo_id: str, license_id: str | Non
 
     text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
     return f"---\n{text}---\n\n{body.strip()}\n"
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 # Formats that unpickle on load: a trainer's output folder holds them (optimizer.pt,

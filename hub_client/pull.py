@@ -10,14 +10,13 @@ anything is downloaded. When the Hub cannot be reached, the cached snapshot is u
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
-from loradex.files import atomic_write
+from loradex.files import atomic_write, file_sha256
 from registry.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -49,15 +48,6 @@ class PullResult:
     folder: Path = field(metadata={"help": "folder holding the files (snapshot or --to)"})
     files: tuple[Path, ...] = field(metadata={"help": "the files"})
     from_cache: bool = field(default=False, metadata={"help": "served offline from the cache"})
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _registry_module(store: RegistryStore, repo_id: str, endpoint: str) -> Module | None:
@@ -145,7 +135,7 @@ def pull_module(
     for path, name in zip(paths, names, strict=False):
         want = expected.get(name)
         if want is not None:
-            got = sha256_of(path)
+            got = file_sha256(path)
             if got != want:
                 raise InvalidAdapter(
                     f"{repo_id}/{name}@{sha[:12]}: sha256 {got} does not match "

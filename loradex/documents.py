@@ -48,6 +48,16 @@ def parse_yaml(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def as_list(value: Any) -> list[str]:
+    """A document field that may hold one value or a list (``tags: mit`` or ``tags: [a, b]``)
+    as a list of strings; ``None`` and null items give nothing."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v is not None]
+    return [str(value)]
+
+
 def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:
     """Raise :class:`MalformedDocument` when lists/dicts nest deeper than ``max_depth``."""
     # Iterative: a recursive walk would itself overflow on the values it is meant to refuse.

@@ -1,7 +1,8 @@
-"""Atomic writes: a file or a whole folder appears under its real name complete, or not at all.
+"""Files on disk: atomic writes, and the sha256 of a file's bytes.
 
-Content goes to a temporary sibling first and is ``os.replace``-d into place, so a crash never
-leaves half a file or half an adapter folder under the real name. ``tempfile`` creates files
+A file or a whole folder appears under its real name complete, or not at all: content goes to
+a temporary sibling first and is ``os.replace``-d into place, so a crash never leaves half a
+file or half an adapter folder under the real name. ``tempfile`` creates files
 0600 and folders 0700, and ``os.replace`` keeps those modes; what we write gets the modes a
 plain ``open``/``mkdir`` would have given it instead (0666/0777 minus the umask), as
 huggingface_hub does for its downloads, so others on a shared machine can read it.
@@ -10,11 +11,18 @@ huggingface_hub does for its downloads, so others on a shared machine can read i
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (never the whole file in memory)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @functools.cache

@@ -20,7 +20,6 @@ Model-card front matter understood, besides the Hub's usual keys (``base_model``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -30,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from loradex.documents import MalformedDocument, parse_json, parse_yaml
+from loradex.documents import MalformedDocument, as_list, parse_json
 from loradex.errors import InvalidAdapter
+from loradex.files import file_sha256
+from registry.cards import CARD, first_paragraph, parse_card
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
+from registry.lfs import is_lfs_path
 from registry.normalize import (
     normalize_base_model,
     normalize_license,
@@ -49,7 +51,6 @@ __all__ = [
     "inspect_adapter_folder",
     "module_from_metadata",
     "normalize_base_model",
-    "parse_card",
     "read_safetensors_header",
 ]
 
@@ -57,7 +58,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
 HYDRA_CONFIG = "hydra_config.json"  # registry.hydra.CONFIG_NAME (not imported: it imports us)
-CARD = "README.md"
 
 # Bytes per element of every safetensors dtype loradex accepts.
 DTYPE_SIZES: dict[str, int] = {
@@ -87,9 +87,6 @@ _DTYPE_NAMES = {
 }
 # A LoRA adapter's header is a few KB; 100 MB means a corrupt or hostile file.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-# Files the Hub would put in LFS (binary weights, or anything big).
-_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".npz", ".msgpack")
-_LFS_MIN_SIZE = 10 * 1024 * 1024
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])(?:\.(?P<adapter>[^.]+))?"
     r"(?:\.weight)?$"
@@ -241,38 +238,7 @@ def _validate_header(raw: bytes, data_start: int, size: int, label: str) -> dict
     return header
 
 
-# --------------------------------------------------------------------------- model card
-
-
-def parse_card(text: str | None) -> tuple[dict[str, Any], str]:
-    """Split a model card into (YAML front matter as a dict, Markdown body).
-
-    A card without front matter gives ``({}, text)``. Malformed YAML raises
-    :class:`InvalidAdapter`: a card that says something we cannot read is better refused
-    than silently indexed without its licence or base model.
-    """
-    if not text:
-        return {}, ""
-    text = text.lstrip("\ufeff")
-    match = re.match(r"^---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*(?:\r?\n|$)", text, re.S | re.M)
-    if not match:
-        return {}, text.strip()
-    try:
-        data = parse_yaml(match.group(1)) or {}
-    except MalformedDocument as exc:
-        raise InvalidAdapter(f"{CARD}: YAML front matter is malformed ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidAdapter(f"{CARD}: YAML front matter is not a mapping")
-    return data, text[match.end() :].strip()
-
-
-def _first_paragraph(body: str) -> str | None:
-    for block in re.split(r"\n\s*\n", body):
-        lines = [ln.strip() for ln in block.strip().splitlines()]
-        lines = [ln for ln in lines if ln and not ln.startswith(("#", "<!--", "|", "```", "!["))]
-        if lines:
-            return " ".join(lines)[:1000]
-    return None
+# --------------------------------------------------------------------------- card values
 
 
 def _as_str(value: Any) -> str | None:
@@ -283,16 +249,6 @@ def _as_str(value: Any) -> str | None:
         return ",".join(items) or None
     text = str(value).strip()
     return text or None
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value if v is not None]
-    return [str(value)]
 
 
 # --------------------------------------------------------------------------- tensors vs config
@@ -482,7 +438,7 @@ def module_from_metadata(
         return extra.get(key, front.get(key))
 
     base_raw = _as_str(config.get("base_model_name_or_path")) or _as_str(
-        _as_list(front.get("base_model"))[:1]
+        as_list(front.get("base_model"))[:1]
     )
     if not base_raw:
         raise InvalidAdapter(
@@ -524,12 +480,12 @@ def module_from_metadata(
         total_size=sum(f.size for f in file_list) if file_list else None,
         author=author or _as_str(front.get("author")) or namespace,
         license=normalize_license(_as_str(front.get("license"))),
-        tags=normalize_tags([*_as_list(front.get("tags")), *tags]),
+        tags=normalize_tags([*as_list(front.get("tags")), *tags]),
         task_name=_as_str(meta("task_name")),
         task_category=_as_str(meta("task_category")),
         dataset=_as_str(datasets),
         language=_as_str(front.get("language")),
-        description=_as_str(meta("description")) or _first_paragraph(body),
+        description=_as_str(meta("description")) or first_paragraph(body),
         downloads=int(downloads or 0),
         likes=int(likes or 0),
         created_at=created_at,
@@ -541,14 +497,6 @@ def module_from_metadata(
 
 
 # --------------------------------------------------------------------------- folders on disk
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_folder_files(folder: Path) -> tuple[ModuleFile, ...]:
@@ -563,8 +511,8 @@ def list_folder_files(folder: Path) -> tuple[ModuleFile, ...]:
             ModuleFile(
                 path=rel.as_posix(),
                 size=size,
-                sha256=_sha256(path),
-                lfs=path.suffix.lower() in _LFS_SUFFIXES or size >= _LFS_MIN_SIZE,
+                sha256=file_sha256(path),
+                lfs=is_lfs_path(rel.as_posix(), size),
             )
         )
     return tuple(files)

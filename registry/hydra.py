@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradex.documents import as_list
 from loradex.errors import InvalidAdapter
 from registry.adapter_files import (
     list_folder_files,
-    parse_card,
     read_json_object,
     read_safetensors_header,
 )
+from registry.cards import parse_card
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.normalize import (
     normalize_base_model,
@@ -472,7 +473,7 @@ def _module(
         total_size=sum(f.size for f in file_list) if file_list else None,
         author=author or _text(front.get("author")) or namespace,
         license=normalize_license(_text(front.get("license"))),
-        tags=normalize_tags([*_list(front.get("tags")), "hydra-lora"]),
+        tags=normalize_tags([*as_list(front.get("tags")), "hydra-lora"]),
         task_name=_text(task.get("name")) or _text(extra.get("task_name")),
         task_category=_text(task.get("category")) or _text(extra.get("task_category")),
         dataset=", ".join(str(d) for d in datasets) if isinstance(datasets, list) else None,
@@ -492,14 +493,6 @@ def _text(value: Any) -> str | None:
     if value is None or value == "":
         return None
     return str(value)
-
-
-def _list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 # Names a Hub sync needs to fetch for a Hydra repo.

@@ -15,9 +15,9 @@ from loradex.errors import InvalidAdapter
 from registry.adapter_files import (
     inspect_adapter_folder,
     module_from_metadata,
-    parse_card,
     read_safetensors_header,
 )
+from registry.cards import parse_card
 from registry.entities import LineageEdge
 from registry.testing import lora_tensors, write_lora_adapter
 

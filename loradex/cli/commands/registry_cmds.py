@@ -7,7 +7,6 @@ and torch never is. Output formats are documented in docs/registry.md.
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -19,8 +18,6 @@ if TYPE_CHECKING:
     from registry.entities import Module
     from registry.store import RegistryStore
 
-# Hub repo ids: "namespace/name", letters, digits, '-', '_', '.'.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SEARCH_JSON_VERSION = 1
 # Counting stops here ("1-20 of 1000+"): exact totals of broad searches cost time, pages don't.
 COUNT_LIMIT = 1000
@@ -86,9 +83,13 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
     """
     from loradex.errors import ModuleNotFound
     from registry.adapter_files import inspect_adapter_folder
+    from registry.repo_ids import check_repo_id
 
-    if repo_id is not None and not _REPO_ID.match(repo_id):
-        raise ConfigError(f"--id {repo_id!r} is not a repo id of the form namespace/name")
+    if repo_id is not None:
+        try:
+            check_repo_id(repo_id)  # the rule our Hub applies, so `add` and `serve` agree
+        except ConfigError as exc:
+            raise ConfigError(f"--id {exc}") from None
     module = inspect_adapter_folder(path, repo_id=repo_id, revision=revision)
     store = open_store(ctx)
     try:

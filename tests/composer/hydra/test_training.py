@@ -10,7 +10,7 @@ import torch
 from composer.hydra.format import load_hydra
 from composer.hydra.training import HydraTrainConfig, train_hydra
 from loradex.errors import ConfigError, InvalidDataFile
-from registry.adapter_files import parse_card
+from registry.cards import parse_card
 from registry.hydra import CONFIG_NAME, hydra_module_entity, read_config
 
 from .conftest import make_loaded, write_topic_files
