@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SortKey = Literal["relevance", "downloads", "likes", "updated", "rank"]
 SORT_KEYS: tuple[str, ...] = ("relevance", "downloads", "likes", "updated", "rank")
@@ -34,6 +37,31 @@ class LineageEdge:
     parent_revision: str | None = field(default=None, metadata={"help": "commit sha of the parent"})
     weight: float | None = field(default=None, metadata={"help": "mixing weight, if any"})
     role: str = field(default="parent", metadata={"help": "e.g. 'parent', 'candidate', 'init'"})
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a module does, as vectors (``registry.signatures``): float16 rows, unit length."""
+
+    kind: str = field(metadata={"help": "'data' (training inputs) or 'card' (card text)"})
+    embedder: str = field(metadata={"help": "name of the embedder that made the vectors"})
+    dim: int = field(metadata={"help": "width of each vector"})
+    count: int = field(metadata={"help": "number of vectors"})
+    vectors: bytes = field(repr=False, metadata={"help": "count x dim float16, row-major"})
+
+    def array(self) -> np.ndarray:
+        """The vectors as a (count, dim) float32 array."""
+        import numpy as np
+
+        return np.frombuffer(self.vectors, dtype="<f2").reshape(self.count, self.dim).astype(
+            np.float32)
+
+    def centroid(self) -> np.ndarray:
+        """The normalised mean of the vectors: what a query is scored against."""
+        import numpy as np
+
+        mean = self.array().mean(0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,10 @@ class Module:
     card_text: str | None = field(default=None, metadata={"help": "README.md body (no YAML)"})
     files: tuple[ModuleFile, ...] = field(default=(), metadata={"help": "repository files"})
     lineage: tuple[LineageEdge, ...] = field(default=(), metadata={"help": "parents if composed"})
+    signatures: tuple[Signature, ...] = field(
+        default=(), compare=False, repr=False,
+        metadata={"help": "task signatures written with the module; loaded only on request"},
+    )
 
     @property
     def namespace(self) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -115,6 +116,9 @@ class ModuleRow(Base):
     )
     card: Mapped[ModuleCardRow | None] = relationship(
         cascade="all, delete-orphan", passive_deletes=True
+    )
+    signatures: Mapped[list[ModuleSignatureRow]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="ModuleSignatureRow.kind"
     )
 
     def to_entity(self) -> Module:
@@ -255,6 +259,27 @@ class LineageRow(Base):
             weight=self.weight,
             role=self.role,
         )
+
+
+class ModuleSignatureRow(Base):
+    """One task signature of a module (``registry.signatures``), per kind and embedder.
+
+    ``centroid`` (the normalised mean, float16) is what the in-memory index loads, so opening
+    it reads 768 bytes a module instead of every vector; ``vectors`` keeps them all.
+    """
+
+    __tablename__ = "module_signatures"
+    __table_args__ = (Index("ix_module_signatures_embedder", "embedder", "kind"),)
+
+    module_id: Mapped[int] = mapped_column(
+        ForeignKey("modules.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    embedder: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    vectors: Mapped[bytes] = mapped_column(LargeBinary)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SyncStateRow(Base):

@@ -28,6 +28,7 @@ from registry.entities import (
     ModuleFile,
     SearchPage,
     SearchQuery,
+    Signature,
     SyncState,
 )
 from registry.models import (
@@ -35,6 +36,7 @@ from registry.models import (
     ModuleCardRow,
     ModuleFileRow,
     ModuleRow,
+    ModuleSignatureRow,
     ModuleTagRow,
     ModuleTargetRow,
     SyncStateRow,
@@ -79,7 +81,8 @@ _targets = cast(sa.Table, ModuleTargetRow.__table__)
 _files = cast(sa.Table, ModuleFileRow.__table__)
 _lineage = cast(sa.Table, LineageRow.__table__)
 _cards = cast(sa.Table, ModuleCardRow.__table__)
-_CHILD_TABLES = (_tags, _targets, _files, _lineage, _cards)
+_signatures = cast(sa.Table, ModuleSignatureRow.__table__)
+_CHILD_TABLES = (_tags, _targets, _files, _lineage, _cards, _signatures)
 # SQLite page cache and memory map per connection: the filter columns of 100k modules fit.
 _SQLITE_TUNING = ("PRAGMA cache_size = -65536", "PRAGMA mmap_size = 268435456",
                   "PRAGMA temp_store = MEMORY")
@@ -104,6 +107,22 @@ _CHILD_QUERIES: dict[str, sa.Select[Any]] = {
     "cards": _by_module_ids(_cards, "card_text"),
 }
 _MODULES_BY_ID = sa.select(_modules).where(_modules.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
+def _signature_row(module_id: int, sig: Signature) -> dict[str, Any]:
+    return {"module_id": module_id, "kind": sig.kind, "embedder": sig.embedder, "dim": sig.dim,
+            "count": sig.count, "vectors": sig.vectors,
+            "centroid": sig.centroid().astype("<f2").tobytes()}
+
+
+@dataclass(frozen=True)
+class SignatureRows:
+    """The centroids of every signature one embedder made: what the retrieval index loads."""
+
+    keys: list[tuple[str, str]]
+    kinds: list[str]
+    dim: int
+    centroids: bytes
 
 
 def search_tokens(text: str | None) -> list[str]:
@@ -246,7 +265,7 @@ class RegistryStore:
         now = datetime.now(UTC)
         rows = [self._module_row(m, now) for m in modules]
         ids = self._insert_modules(conn, rows)
-        tags, targets, files, lineage, cards, fts = [], [], [], [], [], []
+        tags, targets, files, lineage, cards, fts, sigs = [], [], [], [], [], [], []
         for module_id, module, row in zip(ids, modules, rows, strict=True):
             tags += [{"module_id": module_id, "tag": t} for t in normalize_tags(module.tags)]
             targets += [
@@ -265,9 +284,11 @@ class RegistryStore:
             ]
             if module.card_text:
                 cards.append({"module_id": module_id, "card_text": module.card_text})
+            sigs += [_signature_row(module_id, sig)
+                     for sig in {(x.kind, x.embedder): x for x in module.signatures}.values()]
             fts.append(self._fts_row(module_id, module, row))
         for table, values in ((_tags, tags), (_targets, targets), (_files, files),
-                              (_lineage, lineage), (_cards, cards)):
+                              (_lineage, lineage), (_cards, cards), (_signatures, sigs)):
             self._insert_rows(conn, table, values)
         if self._sqlite:
             conn.execute(
@@ -720,6 +741,78 @@ class RegistryStore:
         return [m.downloads.desc(), m.id]
 
     # ------------------------------------------------------------------ sync state
+
+    # ------------------------------------------------------------------ signatures
+
+    def signatures(self, repo_id: str, source: str | None = None) -> list[Signature]:
+        """Every signature stored for one module (all kinds and embedders)."""
+        with self.engine.connect() as conn:
+            module_id = self._resolve_id(conn, repo_id, source)
+            rows = conn.execute(
+                sa.select(_signatures).where(_signatures.c.module_id == module_id)
+                .order_by(_signatures.c.kind, _signatures.c.embedder)
+            ).mappings().all()
+        return [Signature(kind=r["kind"], embedder=r["embedder"], dim=r["dim"],
+                          count=r["count"], vectors=bytes(r["vectors"])) for r in rows]
+
+    def signature_embedders(self) -> dict[str, int]:
+        """How many modules each embedder has signed (any kind)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_signatures.c.embedder,
+                          sa.func.count(sa.distinct(_signatures.c.module_id)))
+                .group_by(_signatures.c.embedder)
+            ).all()
+        return {name: int(n) for name, n in rows}
+
+    def signature_rows(self, embedder: str) -> SignatureRows:
+        """The centroid of each module's signatures made by ``embedder``, data before card."""
+        m, g = _modules.c, _signatures.c
+        stmt = (sa.select(m.source, m.repo_id, g.kind, g.dim, g.centroid)
+                .join(_modules, m.id == g.module_id)
+                .where(g.embedder == embedder).order_by(g.module_id, g.kind.desc()))
+        keys: list[tuple[str, str]] = []
+        kinds: list[str] = []
+        chunks: list[bytes] = []
+        dim = 0
+        with self.engine.connect() as conn:
+            for source, repo_id, kind, width, centroid in conn.execute(stmt):
+                # 'data' sorts after 'card': descending puts a module's data signature first.
+                if keys and keys[-1] == (source, repo_id):
+                    continue
+                if dim and width != dim:
+                    continue
+                dim = width
+                keys.append((source, repo_id))
+                kinds.append(kind)
+                chunks.append(bytes(centroid))
+        return SignatureRows(keys=keys, kinds=kinds, dim=dim, centroids=b"".join(chunks))
+
+    def put_signatures(self, repo_id: str, source: str | None,
+                       signatures: Sequence[Signature]) -> None:
+        """Store signatures for an indexed module, replacing those of the same kind and embedder."""
+        with self.engine.begin() as conn:
+            module_id = self._resolve_id(conn, repo_id, source)
+            for sig in signatures:
+                conn.execute(sa.delete(_signatures).where(
+                    _signatures.c.module_id == module_id, _signatures.c.kind == sig.kind,
+                    _signatures.c.embedder == sig.embedder))
+            self._insert_rows(conn, _signatures, [_signature_row(module_id, s) for s in signatures])
+
+    def modules_without_signature(self, embedder: str, query: SearchQuery | None = None,
+                                  ) -> list[Module]:
+        """Modules (matching ``query``) with no signature of any kind from ``embedder``."""
+        from dataclasses import replace
+
+        query = query or SearchQuery()
+        with self.engine.connect() as conn:
+            signed = {tuple(k) for k in conn.execute(
+                sa.select(_modules.c.source, _modules.c.repo_id)
+                .join(_signatures, _signatures.c.module_id == _modules.c.id)
+                .where(_signatures.c.embedder == embedder)).all()}
+        total = self.count(query)
+        modules = self.search(replace(query, limit=max(total, 1), offset=0))
+        return [m for m in modules if (m.source, m.repo_id) not in signed]
 
     def get_sync_state(self, endpoint: str, repo_id: str) -> SyncState | None:
         """What the last sync of ``repo_id`` from ``endpoint`` recorded, or None."""
