@@ -22,7 +22,7 @@ import torch
 
 from composer.adapter_io import lora_config_dict, write_adapter_folder
 from composer.candidates import Candidate, load_layers
-from composer.cards import render_card, settings_table
+from composer.cards import hub_front_matter, render_card, settings_table
 from composer.data import Example
 from composer.lora_runtime import attached
 from composer.methods import CompositionMethod, ExportedLora, build_bank, get_method
@@ -536,14 +536,11 @@ def write_composition(
         result, loaded, examples_file=examples_file, examples_sha256=examples_sha256,
         n_examples=n_examples,
     )
-    front: dict[str, Any] = {
-        "base_model": loaded.name,
-        "library_name": "peft",
-        "license": license or loaded.module_license,
-        "tags": ["loradex", "lora", "peft", "composed", result.config.method],
-        "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
-        "loradex": block,
-    }
+    front = hub_front_matter(
+        loaded, library_name="peft", license=license or loaded.module_license,
+        tags=["loradex", "lora", "peft", "composed", result.config.method],
+    )
+    front["loradex"] = block
     card = render_card(front, name or out.name, _card_body(result, block))
     extras = {
         "loradex_provenance.json": (json.dumps(block, indent=2) + "\n").encode(),

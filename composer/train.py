@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ from composer.adapter_io import (
     write_adapter_folder,
 )
 from composer.batching import make_batch, mean_target_loss
-from composer.cards import render_card, settings_table
+from composer.cards import (
+    heldout_record,
+    heldout_section,
+    hub_front_matter,
+    render_card,
+    settings_table,
+    tail_mean,
+    task_tags,
+    training_table,
+)
 from composer.data import Example, encode_examples
 from composer.models import LoadedModel
 from loradex import __version__
@@ -267,7 +276,7 @@ def train_lora(
 
     front_matter = training_front_matter(
         loaded, config, task, n_examples=len(examples), steps=n_steps,
-        final_loss=_tail_mean(losses), heldout=(before, after, len(heldout)),
+        final_loss=tail_mean(losses), heldout=(before, after, len(heldout)),
     )
     card = render_card(front_matter, task.name or out.name, _card_body(front_matter, losses))
     write_adapter_folder(
@@ -301,11 +310,6 @@ def _check_targets(model: torch.nn.Module, targets: Sequence[str]) -> None:
         )
 
 
-def _tail_mean(losses: Sequence[float], n: int = 10) -> float | None:
-    tail = list(losses[-n:])
-    return round(sum(tail) / len(tail), 4) if tail else None
-
-
 def training_front_matter(
     loaded: LoadedModel,
     config: TrainConfig,
@@ -317,24 +321,11 @@ def training_front_matter(
     heldout: tuple[float | None, float | None, int],
 ) -> dict[str, Any]:
     """The YAML front matter of a trained module's card."""
-    tags = ["loradex", "lora", "peft", *task.tags]
-    if task.category:
-        tags.append(task.category)
-    training = {k: v for k, v in asdict(config).items() if k != "alpha"}
-    training["alpha"] = config.lora_alpha
-    training["targets"] = list(config.targets)
-    training["n_examples"] = n_examples
-    training["total_steps"] = steps
-    training["final_train_loss"] = final_loss
-    fm: dict[str, Any] = {
-        "base_model": loaded.name,
-        "library_name": "peft",
-        "license": task.license or loaded.module_license,
-        "tags": tags,
-        "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
-    }
-    if task.dataset:
-        fm["datasets"] = [task.dataset]
+    training = training_table(config, n_examples=n_examples, steps=steps, final_loss=final_loss)
+    fm = hub_front_matter(
+        loaded, library_name="peft", license=task.license or loaded.module_license,
+        tags=task_tags(("loradex", "lora", "peft"), task), dataset=task.dataset,
+    )
     # Flat task keys: the registry reads loradex.task_name, task_category, dataset, description.
     loradex_block: dict[str, Any] = {
         "kind": "lora",
@@ -354,13 +345,9 @@ def training_front_matter(
     }
     if loaded.gguf_file:
         loradex_block["base_model_file"] = Path(loaded.gguf_file).name
-    before, after, n_held = heldout
-    if after is not None:
-        loradex_block["heldout"] = {
-            "n_examples": n_held,
-            "loss_base": round(before, 4) if before is not None else None,
-            "loss": round(after, 4),
-        }
+    held = heldout_record(*heldout)
+    if held is not None:
+        loradex_block["heldout"] = held
     fm["loradex"] = loradex_block
     return fm
 
@@ -382,14 +369,7 @@ def _card_body(fm: dict[str, Any], losses: Sequence[float]) -> str:
         settings_table(block["training"]),
     ]
     if "heldout" in block:
-        h = block["heldout"]
-        lines += [
-            "",
-            "## Held-out",
-            "",
-            f"Mean target-token loss on {h['n_examples']} held-out examples: "
-            f"{h['loss']} (base model without the module: {h['loss_base']}).",
-        ]
+        lines += heldout_section(block["heldout"])
     if losses:
         lines += ["", f"Training loss: first {losses[0]:.4f}, last {losses[-1]:.4f}."]
     return "\n".join(lines)

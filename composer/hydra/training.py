@@ -20,7 +20,16 @@ import torch
 
 from composer.adapter_io import SAVE_DTYPES, check_output_dir
 from composer.batching import TargetBatch, make_batch, mean_target_loss
-from composer.cards import render_card, settings_table
+from composer.cards import (
+    heldout_record,
+    heldout_section,
+    hub_front_matter,
+    render_card,
+    settings_table,
+    tail_mean,
+    task_tags,
+    training_table,
+)
 from composer.data import EncodedExample, Example, encode_examples, file_sha256, load_examples
 from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
@@ -217,7 +226,7 @@ def train_hydra(
         steps=n_steps,
         n_examples=len(examples),
         usage=usage,
-        final_loss=_tail_mean(losses),
+        final_loss=tail_mean(losses),
         heldout=(before, after, len(heldout)),
     )
     if out is not None:
@@ -289,12 +298,6 @@ def _encoder(
     return encode
 
 
-
-def _tail_mean(values: Sequence[float], n: int = 10) -> float | None:
-    tail = list(values[-n:])
-    return round(sum(tail) / len(tail), 4) if tail else None
-
-
 def hydra_front_matter(
     loaded: LoadedModel,
     hydra_config: HydraConfig,
@@ -312,29 +315,14 @@ def hydra_front_matter(
     ``library_name: loradex`` because stock PEFT cannot load a router; the registry reads
     ``loradex.kind: hydra`` and ``loradex.num_heads``.
     """
-    tags = ["loradex", "hydra-lora", "lora", *task.tags]
-    if task.category:
-        tags.append(task.category)
-    training = {k: v for k, v in asdict(config).items() if k not in ("alpha", "heads")}
-    training.update(
-        heads=config.heads,
-        alpha=config.lora_alpha,
-        targets=list(config.targets),
-        n_examples=n_examples,
-        total_steps=steps,
-        final_train_loss=final_loss,
-    )
-    front: dict[str, Any] = {
-        "base_model": loaded.name,
-        "library_name": "loradex",
-        "license": task.license or "apache-2.0",
-        "tags": tags,
-        "pipeline_tag": "text2text-generation" if loaded.is_seq2seq else "text-generation",
-    }
+    training = training_table(config, n_examples=n_examples, steps=steps,
+                              final_loss=final_loss, listed_last=("heads",))
     # The card's `datasets` are Hub dataset ids; local training files are listed in the loradex
     # block (task.datasets, with their sha256) instead.
-    if task.dataset:
-        front["datasets"] = [task.dataset]
+    front = hub_front_matter(
+        loaded, library_name="loradex", license=task.license or "apache-2.0",
+        tags=task_tags(("loradex", "hydra-lora", "lora"), task), dataset=task.dataset,
+    )
     block: dict[str, Any] = {
         "kind": "hydra",
         "num_heads": hydra_config.num_heads,
@@ -345,13 +333,9 @@ def hydra_front_matter(
         "head_selection": dict(hydra_config.head_selection),
         "head_usage": usage.to_json_dict(),
     }
-    before, after, n_held = heldout
-    if after is not None:
-        block["heldout"] = {
-            "n_examples": n_held,
-            "loss_base": round(before, 4) if before is not None else None,
-            "loss": round(after, 4),
-        }
+    held = heldout_record(*heldout)
+    if held is not None:
+        block["heldout"] = held
     front["loradex"] = block
     return front
 
@@ -415,12 +399,5 @@ def _card_body(
     ]
     lines.append(f"\nNormalised entropy of the top-1 shares: {usage.normalized_entropy:.3f}.")
     if "heldout" in block:
-        h = block["heldout"]
-        lines += [
-            "",
-            "## Held-out",
-            "",
-            f"Mean target-token loss on {h['n_examples']} held-out examples: {h['loss']} "
-            f"(base model without the module: {h['loss_base']}).",
-        ]
+        lines += heldout_section(block["heldout"])
     return "\n".join(lines)
