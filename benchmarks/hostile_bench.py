@@ -36,13 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from registry.server.service import (  # noqa: E402
-    CommitOp,
-    TreeFile,
-    _tree_oid,
-    apply_commit_ops,
-    paths_info_entries,
-)
+from registry.server.commits import apply_commit_ops  # noqa: E402
+from registry.server.reads import paths_info_entries  # noqa: E402
+from registry.server.types import CommitOp, TreeFile, tree_oid  # noqa: E402
 
 # ----------------------------------------------------------------- the plain versions
 
@@ -78,7 +74,7 @@ def plain_paths_info(files: Sequence[TreeFile], wanted: Sequence[str]) -> list[d
         children = [f for f in files if f.path.startswith(path + "/")]
         if children:
             result.append(
-                {"type": "directory", "oid": _tree_oid(children), "size": 0, "path": path}
+                {"type": "directory", "oid": tree_oid(children), "size": 0, "path": path}
             )
     return result
 

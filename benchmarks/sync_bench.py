@@ -39,12 +39,9 @@ from registry.db import make_engine
 from registry.schema import ensure_schema
 from registry.server.app import load_or_create_secret
 from registry.server.blobstore import BlobStore
-from registry.server.service import (
-    CommitOp,
-    HubService,
-    ServerConfig,
-    create_token,
-)
+from registry.server.service import HubService
+from registry.server.tokens import create_token
+from registry.server.types import CommitOp, ServerConfig
 
 
 def adapter_files(i: int, rank: int = 4, hidden: int = 64) -> dict[str, bytes]:

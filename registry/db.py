@@ -1,4 +1,4 @@
-"""Engine, declarative base and the one session helper that owns commit/rollback.
+"""Engine and declarative base; sessions are SQLAlchemy's own ``sessionmaker(engine).begin()``.
 
 Every SQL table of loradex (the module index and the built-in Hub server's repos, commits and
 files) hangs off ``Base.metadata`` so that one Alembic history describes the whole schema.
@@ -6,14 +6,12 @@ files) hangs off ``Base.metadata`` so that one Alembic history describes the who
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase
 
 from loradex.errors import ConfigError
 
@@ -65,22 +63,3 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def is_sqlite(engine: Engine) -> bool:
     """True when ``engine`` talks to SQLite."""
     return engine.dialect.name == "sqlite"
-
-
-@contextmanager
-def session_scope(engine_or_factory: Engine | sessionmaker[Session]) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any exception (then re-raises)."""
-    factory = (
-        engine_or_factory
-        if isinstance(engine_or_factory, sessionmaker)
-        else sessionmaker(bind=engine_or_factory, expire_on_commit=False)
-    )
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

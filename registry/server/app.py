@@ -25,15 +25,12 @@ from starlette.types import Receive, Scope, Send
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import LoradexError
 from registry.server.blobstore import BlobMismatch, BlobStore, BlobTooLarge, is_sha256
+from registry.server.card_data import parse_front_matter
+from registry.server.commit_request import parse_commit_body
 from registry.server.errors import HubHTTPError, bad_request
-from registry.server.service import (
-    DEFAULT_BRANCH,
-    HubService,
-    Identity,
-    ServerConfig,
-    parse_commit_body,
-    parse_front_matter,
-)
+from registry.server.repos import DEFAULT_BRANCH
+from registry.server.service import HubService
+from registry.server.types import Identity, ServerConfig
 from registry.server.validation import check_name, parse_range, reject_nul
 
 log = logging.getLogger("loradex.server")

@@ -30,7 +30,7 @@ from registry.entities import Module, ModuleFile
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import hydra_module_from_metadata
-from registry.server.service import HostedCommit, Indexer, ServerConfig
+from registry.server.types import HostedCommit, Indexer, ServerConfig
 from registry.store import RegistryStore
 
 log = logging.getLogger("loradex.server")

@@ -15,7 +15,9 @@ from registry.schema import ensure_schema
 from registry.server.app import load_or_create_secret
 from registry.server.blobstore import BlobStore
 from registry.server.errors import HubHTTPError
-from registry.server.service import CommitOp, HubService, ServerConfig, create_token
+from registry.server.service import HubService
+from registry.server.tokens import create_token
+from registry.server.types import CommitOp, ServerConfig
 
 
 def test_unreferenced_blobs_are_collected_after_the_grace_period(

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from registry.server.commits import apply_commit_ops
 from registry.server.errors import HubHTTPError
-from registry.server.service import CommitOp, TreeFile, apply_commit_ops
+from registry.server.types import CommitOp, TreeFile
 
 
 def _load_bench():

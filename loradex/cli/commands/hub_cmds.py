@@ -157,7 +157,8 @@ def serve(
     from registry.schema import ensure_schema
     from registry.server.app import CONFIG_ENV, config_to_env, create_app, load_or_create_secret
     from registry.server.blobstore import BlobStore
-    from registry.server.service import HubService, ServerConfig
+    from registry.server.service import HubService
+    from registry.server.types import ServerConfig
 
     _check_port_free(host, port)
     settings = _settings(ctx, db=db)
@@ -241,7 +242,7 @@ def token_create(
     from registry.db import make_engine
     from registry.schema import ensure_schema
     from registry.server.errors import HubHTTPError
-    from registry.server.service import create_token
+    from registry.server.tokens import create_token
 
     settings = _settings(ctx, db=db)
     ensure_schema(settings.db_url)
@@ -269,7 +270,7 @@ def token_list(ctx: click.Context, db: str | None) -> None:
     """
     from registry.db import make_engine
     from registry.schema import ensure_schema
-    from registry.server.service import list_tokens
+    from registry.server.tokens import list_tokens
 
     settings = _settings(ctx, db=db)
     ensure_schema(settings.db_url)
@@ -295,7 +296,7 @@ def token_revoke(ctx: click.Context, token_id: int, db: str | None) -> None:
       loradex token revoke 3
     """
     from registry.db import make_engine
-    from registry.server.service import revoke_token
+    from registry.server.tokens import revoke_token
 
     settings = _settings(ctx, db=db)
     engine = make_engine(settings.db_url)

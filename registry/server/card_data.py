@@ -1,0 +1,83 @@
+"""What a repo's README.md says to the Hub: its ``cardData`` and the tags derived from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from loradex.documents import MalformedDocument, parse_yaml
+from registry.server.blobstore import BlobStore
+from registry.server.types import TreeFile
+
+log = logging.getLogger("loradex.server")
+
+README = "README.md"
+
+
+def parse_front_matter(text: str) -> dict[str, Any]:
+    """The YAML front matter of a README as a dict ({} when absent); ValueError when invalid."""
+    if not text.startswith("---"):
+        return {}
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    for i, line in enumerate(lines[1:], start=1):
+        if line.strip() == "---":
+            try:
+                data = parse_yaml("\n".join(lines[1:i])) or {}
+            except MalformedDocument as exc:
+                raise ValueError(f"invalid YAML front matter: {exc}") from None
+            if not isinstance(data, dict):
+                raise ValueError("YAML front matter must be a mapping")
+            return data
+    raise ValueError("YAML front matter is not closed by a '---' line")
+
+
+def card_data(blobs: BlobStore, files: Sequence[TreeFile], repo_id: str) -> dict[str, Any]:
+    """The README's front matter as plain JSON; {} without a README or with unreadable metadata.
+
+    A bad card never fails a commit (this is a Hub: the files are stored); it is logged.
+    """
+    card: dict[str, Any] = {}
+    readme = next((f for f in files if f.path == README), None)
+    if readme is not None:
+        try:
+            text = blobs.path_for(readme.sha256).read_text(encoding="utf-8")
+            card = parse_front_matter(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.info("README.md of %s has unreadable metadata: %s", repo_id, exc)
+    result: dict[str, Any] = json.loads(json.dumps(card, default=str))  # dates etc. -> plain JSON
+    return result
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v is not None]
+    return [str(value)]
+
+
+def repo_tags(card: dict[str, Any], paths: Iterable[str]) -> list[str]:
+    """Tags of a repo as the Hub derives them: card tags, library, base models, licence, formats."""
+    tags: list[str] = []
+    tags += _as_list(card.get("tags"))
+    library = card.get("library_name")
+    if isinstance(library, str) and library:
+        tags.append(library)
+    for base in _as_list(card.get("base_model")):
+        tags.append(f"base_model:{base}")
+        if library == "peft":
+            tags.append(f"base_model:adapter:{base}")
+    for lic in _as_list(card.get("license")):
+        tags.append(f"license:{lic}")
+    if any(p.endswith(".safetensors") for p in paths):
+        tags.append("safetensors")
+    seen: dict[str, None] = {}
+    for tag in tags:
+        seen.setdefault(tag, None)
+    return list(seen)
