@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,6 @@ if TYPE_CHECKING:
     import torch
 
     from registry.entities import Module, SearchQuery
-
-_LORA_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
-)
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -197,16 +191,19 @@ def load_layers(candidate: Candidate) -> dict[str, LayerTensors]:
     """The candidate's LoRA tensors by layer path (e.g. ``model.layers.0.self_attn.q_proj``)."""
     from safetensors import safe_open
 
+    from registry.lora_tensors import LORA_KEY, strip_peft_prefix
+
     weights = candidate.folder / "adapter_model.safetensors"
     a_parts: dict[str, torch.Tensor] = {}
     b_parts: dict[str, torch.Tensor] = {}
     with safe_open(str(weights), framework="pt") as fh:
         for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-            match = _LORA_KEY.match(key)
-            if not match:
+            match = LORA_KEY.match(key)
+            # Composed are the linear layers' `.weight` pairs; embedding LoRA is left as it is.
+            if not match or match["embedding"] or not key.endswith(".weight"):
                 continue
-            target = a_parts if match["ab"] == "A" else b_parts
-            target[match["path"]] = fh.get_tensor(key).float()
+            target = a_parts if match["side"] == "A" else b_parts
+            target[strip_peft_prefix(match["module"])] = fh.get_tensor(key).float()
     if not a_parts or set(a_parts) != set(b_parts):
         raise InvalidAdapter(f"{weights}: lora_A/lora_B tensors do not pair up")
     return {p: LayerTensors(a=a_parts[p], b=b_parts[p]) for p in sorted(a_parts)}

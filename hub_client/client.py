@@ -184,7 +184,7 @@ class HubClient:
         self, repo_id: str, filename: str, revision: str, file_size: int | None = None
     ) -> dict[str, Any]:
         """A safetensors header via range requests (never the tensors), checked by the registry."""
-        from registry.adapter_files import MAX_HEADER_BYTES, read_safetensors_header
+        from registry.safetensors_header import MAX_HEADER_BYTES, read_safetensors_header
 
         label = f"{repo_id}/{filename}"
         with self.errors(label):

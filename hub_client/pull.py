@@ -17,18 +17,14 @@ from typing import TYPE_CHECKING
 
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
 from loradex.files import atomic_write, file_sha256
-from registry.adapter_files import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    CARD,
-    PICKLE_WEIGHTS,
-    module_from_metadata,
-    read_json_object,
-    read_safetensors_header,
-)
+from registry.adapter_files import PICKLE_WEIGHTS, read_json_object
+from registry.adapter_metadata import module_from_metadata
+from registry.cards import CARD
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import describe_hydra
+from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from registry.safetensors_header import read_safetensors_header
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient

@@ -20,18 +20,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexError
-from registry.adapter_files import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    CARD,
-    PICKLE_WEIGHTS,
-    module_from_metadata,
-    parse_json_object,
-)
+from registry.adapter_files import PICKLE_WEIGHTS, parse_json_object
+from registry.adapter_metadata import module_from_metadata
+from registry.cards import CARD
 from registry.entities import Module, ModuleFile, SyncState
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import hydra_module_from_metadata
+from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo

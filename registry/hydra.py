@@ -2,7 +2,7 @@
 
 A Hydra module folder holds ``hydra_config.json`` + ``hydra_model.safetensors`` (+ README.md);
 the format is described in ``docs/hydra-format.md``. Everything here reads only the config and
-the safetensors header (through :func:`registry.adapter_files.read_safetensors_header`), so
+the safetensors header (through :func:`registry.safetensors_header.read_safetensors_header`), so
 ``loradex add``, the Hub server's indexer and ``loradex sync`` describe a Hydra module without
 torch and without loading tensors. ``composer.hydra.format`` builds on this module to load and
 save the tensors themselves.
@@ -19,11 +19,7 @@ from typing import Any
 
 from loradex.documents import as_list
 from loradex.errors import InvalidAdapter
-from registry.adapter_files import (
-    list_folder_files,
-    read_json_object,
-    read_safetensors_header,
-)
+from registry.adapter_files import list_folder_files, read_json_object
 from registry.cards import parse_card
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.normalize import (
@@ -32,6 +28,7 @@ from registry.normalize import (
     normalize_tags,
     normalize_targets,
 )
+from registry.safetensors_header import DTYPE_NAMES, read_safetensors_header
 
 FORMAT_NAME = "loradex-hydra"
 FORMAT_VERSION = 1
@@ -322,7 +319,7 @@ def describe_hydra(
     """Validate metadata fetched elsewhere (a Hub): the config JSON and a raw safetensors header.
 
     ``header_raw`` is the header's JSON object (tensor name -> ``{"dtype", "shape", ...}``), as
-    ``registry.adapter_files.read_safetensors_header`` returns it.
+    ``registry.safetensors_header.read_safetensors_header`` returns it.
     """
     config = HydraConfig.from_json_dict(config_raw, source=f"{label}: {CONFIG_NAME}")
     tensors = tensor_table(header_raw, f"{label}: {WEIGHTS_NAME}")
@@ -358,7 +355,6 @@ def _is_number(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- registry
 
-_DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
 def hydra_module_entity(
@@ -469,7 +465,7 @@ def _module(
         target_modules=normalize_targets(config.target_modules),
         bias="none",
         num_parameters=header.num_parameters,
-        dtype=_DTYPE_NAMES.get(header.dtype, header.dtype.lower()),
+        dtype=DTYPE_NAMES.get(header.dtype, header.dtype.lower()),
         total_size=sum(f.size for f in file_list) if file_list else None,
         author=author or _text(front.get("author")) or namespace,
         license=normalize_license(_text(front.get("license"))),

@@ -12,7 +12,6 @@ import pytest
 
 from composer.hydra.format import save_hydra
 from loradex.errors import InvalidAdapter
-from registry.adapter_files import read_safetensors_header
 from registry.entities import SearchQuery
 from registry.hydra import (
     CONFIG_NAME,
@@ -21,6 +20,7 @@ from registry.hydra import (
     hydra_module_from_metadata,
     index_hydra_folder,
 )
+from registry.safetensors_header import read_safetensors_header
 from registry.store import RegistryStore
 
 from .conftest import random_hydra
