@@ -18,18 +18,15 @@ from datetime import UTC
 from sqlalchemy import Engine
 
 from loradex.errors import InvalidAdapter, ModuleNotFound
-from registry.adapter_files import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    CARD,
-    module_from_metadata,
-    read_json_object,
-    read_safetensors_header,
-)
+from registry.adapter_files import read_json_object
+from registry.adapter_metadata import module_from_metadata
+from registry.cards import CARD
 from registry.entities import Module, ModuleFile
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import hydra_module_from_metadata
+from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from registry.safetensors_header import read_safetensors_header
 from registry.server.types import HostedCommit, Indexer, ServerConfig
 from registry.store import RegistryStore
 
