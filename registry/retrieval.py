@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from registry.embedders import Embedder
-    from registry.entities import Module
     from registry.store import RegistryStore
 
 # Modules without a stored signature embedded per query, at most (about 20 ms each).
@@ -121,20 +120,20 @@ def _query_vector(query: np.ndarray) -> np.ndarray:
 
 
 def retrieve(store: RegistryStore, embedder: Embedder, examples: Sequence[str],
-             pool: Sequence[Module], *, limit: int | None = None,
+             pool: Sequence[ModuleKey], *, limit: int | None = None,
              index: SignatureIndex | None = None) -> list[RetrievalHit]:
-    """The modules of ``pool`` ranked by fit to the example inputs (best first).
+    """The modules of ``pool`` ((source, repo_id) keys) ranked by fit to the example inputs.
 
     Pool modules without a signature from ``embedder`` are scored on a card signature made
     now (at most ``ON_THE_FLY_LIMIT``; more is a ConfigError asking for ``loradex db sign``).
     """
-    if not examples:
-        raise ConfigError("no examples to retrieve modules for")
+    texts = [t for t in examples if t.strip()]
+    if not texts:
+        raise ConfigError("no example inputs to retrieve modules for")
     index = index if index is not None else SignatureIndex.from_store(store, embedder.name)
-    query = embedder.embed(list(examples))
-    keys = [(m.source, m.repo_id) for m in pool]
-    hits = index.rank(query, among=keys)
-    unsigned = [m for m in pool if (m.source, m.repo_id) not in index]
+    query = embedder.embed(texts)
+    hits = index.rank(query, among=pool)
+    unsigned = [key for key in pool if key not in index]
     if len(unsigned) > ON_THE_FLY_LIMIT:
         raise ConfigError(
             f"{len(unsigned)} modules have no signature from {embedder.name}; "
@@ -142,9 +141,10 @@ def retrieve(store: RegistryStore, embedder: Embedder, examples: Sequence[str],
     if unsigned:
         import numpy as np
 
-        signatures = card_signatures(embedder, unsigned)
-        extra = SignatureIndex(embedder.name, [(m.source, m.repo_id) for m in unsigned],
-                               [f"{CARD} (computed now)"] * len(unsigned),
+        modules = store.modules_by_keys(unsigned)
+        signatures = card_signatures(embedder, modules)
+        extra = SignatureIndex(embedder.name, [(m.source, m.repo_id) for m in modules],
+                               [f"{CARD} (computed now)"] * len(modules),
                                np.stack([s.centroid() for s in signatures]))
         hits += extra.rank(query)
         hits.sort(key=lambda h: (-h.score, h.source, h.repo_id))

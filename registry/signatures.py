@@ -199,3 +199,30 @@ def _header(data: bytes, name: str) -> tuple[dict[str, Any], int]:
     if not isinstance(header, dict):
         raise InvalidSignature(f"{name}: safetensors header is not a JSON object")
     return header, 8 + length
+
+
+def folder_signature(folder: Path) -> Signature | None:
+    """The data signature a module folder carries, None when it has none; InvalidSignature
+    naming the file when it is bad."""
+    path = Path(folder) / SIGNATURE_FILE
+    if not path.exists():
+        return None
+    signature = read_signature_file(path)
+    if signature.kind != DATA:
+        raise InvalidSignature(f"{path}: a {signature.kind!r} signature; a module folder "
+                               "carries a 'data' one")
+    return signature
+
+
+def sign_modules(modules: Sequence[Module], embedder: Embedder | None,
+                 data: Sequence[Signature | None] | None = None) -> list[Module]:
+    """``modules`` with their signatures attached: the data signature given for each (if
+    any), and a card signature from ``embedder`` (if any), embedded in one batch."""
+    from dataclasses import replace
+
+    data = list(data) if data is not None else [None] * len(modules)
+    cards: list[Signature | None] = (list(card_signatures(embedder, modules))
+                                     if embedder is not None and modules
+                                     else [None] * len(modules))
+    return [replace(m, signatures=tuple(s for s in (d, c) if s is not None))
+            for m, d, c in zip(modules, data, cards, strict=True)]

@@ -788,6 +788,23 @@ class RegistryStore:
                 chunks.append(bytes(centroid))
         return SignatureRows(keys=keys, kinds=kinds, dim=dim, centroids=b"".join(chunks))
 
+    def matching_keys(self, query: SearchQuery) -> list[tuple[str, str]]:
+        """(source, repo_id) of every module matching ``query``'s filters, unordered and
+        unpaged: the pool a retrieval ranks, without loading a module."""
+        m = _modules.c
+        with self.engine.connect() as conn:
+            stmt, terms = self._filtered(conn, query)
+            ids = self._counted(stmt, terms).subquery()
+            rows = conn.execute(sa.select(m.source, m.repo_id)
+                                .where(m.id.in_(sa.select(ids.c[0])))).all()
+        return [(source, repo_id) for source, repo_id in rows]
+
+    def modules_by_keys(self, keys: Sequence[tuple[str, str]]) -> list[Module]:
+        """Full modules for (source, repo_id) keys, in that order (unknown keys skipped)."""
+        with self.engine.connect() as conn:
+            found = dict(self._existing_keys(conn, keys))
+            return self._load(conn, [found[k] for k in keys if k in found])
+
     def put_signatures(self, repo_id: str, source: str | None,
                        signatures: Sequence[Signature]) -> None:
         """Store signatures for an indexed module, replacing those of the same kind and embedder."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loradex.errors import ConfigError
 from registry.embedders import load_embedder
 from registry.entities import Module, SearchQuery, Signature
 from registry.retrieval import SignatureIndex, retrieve
@@ -167,7 +168,7 @@ def test_a_module_trained_on_the_task_ranks_first(store: RegistryStore, module_f
         store.upsert_module(dataclasses.replace(
             module_factory(f"lab/{name}", task_name="misc", description="A LoRA module."),
             signatures=(sig,)))
-    pool = store.search(SearchQuery(limit=10))
+    pool = store.matching_keys(SearchQuery())
     query = ["Rewrite in the past tense: He runs fast.", "Rewrite in the past tense: We sing."]
     hits = retrieve(store, embedder, query, pool)
     assert hits[0].repo_id == "lab/past-tense" and hits[0].signature == DATA
@@ -183,16 +184,22 @@ def test_unsigned_modules_fall_back_to_card_text(store: RegistryStore, module_fa
     store.upsert_module(module_factory("lab/math", task_name="arithmetic",
                                        description="Adds and multiplies numbers.",
                                        tags=("math",)))
-    pool = store.search(SearchQuery(limit=10))
+    pool = store.matching_keys(SearchQuery())
     hits = retrieve(store, embedder, ["What is 12 times 7?", "Compute 5 plus 9."], pool)
     assert [h.repo_id for h in hits] == ["lab/math", "lab/tense"]
     assert hits[0].signature == "card (computed now)"
     # Stored card signatures are used as they are.
-    signed = card_signatures(embedder, pool)
-    for module, sig in zip(pool, signed, strict=True):
+    modules = store.modules_by_keys(pool)
+    signed = card_signatures(embedder, modules)
+    for module, sig in zip(modules, signed, strict=True):
         store.put_signatures(module.repo_id, module.source, [sig])
     hits = retrieve(store, embedder, ["What is 12 times 7?"], pool)
     assert hits[0].repo_id == "lab/math" and hits[0].signature == CARD
+    assert store.matching_keys(SearchQuery(task="arithmetic")) == [("local", "lab/math")]
+    assert retrieve(store, embedder, ["Compute 5 plus 9."], [("local", "lab/tense")],
+                    )[0].repo_id == "lab/tense"
+    with pytest.raises(ConfigError, match="no example inputs"):
+        retrieve(store, embedder, ["  "], pool)
 
 
 def test_card_text_says_what_the_module_does(module_factory: Factory) -> None:

@@ -7,6 +7,7 @@ and torch never is. Output formats are documented in docs/registry.md.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -91,6 +92,7 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
         except ConfigError as exc:
             raise ConfigError(f"--id {exc}") from None
     module = inspect_adapter_folder(path, repo_id=repo_id, revision=revision)
+    module = _with_signatures(module, Path(path))
     store = open_store(ctx)
     try:
         store.get_module(module.repo_id, source=module.source)
@@ -113,6 +115,25 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
         f"targets {','.join(stored.target_modules)}, {len(stored.files)} files "
         f"({_human_size(stored.total_size)})"
     )
+
+
+def _with_signatures(module: Module, folder: Path) -> Module:
+    """``module`` with its folder's data signature and a card signature, when they can be
+    made; a bad signature file or a missing embedder is one warning line, not a refusal."""
+    from registry.embedders import load_embedder
+    from registry.signatures import InvalidSignature, folder_signature, sign_modules
+
+    try:
+        data = folder_signature(folder)
+    except InvalidSignature as exc:
+        click.echo(f"warning: {exc}; indexed without its data signature", err=True)
+        data = None
+    try:
+        embedder = load_embedder()
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}; indexed without a card signature", err=True)
+        embedder = None
+    return sign_modules([module], embedder, [data])[0]
 
 
 # --------------------------------------------------------------------------- search
@@ -202,13 +223,18 @@ def _print_table(modules: list[Module], compat: dict[str, bool] | None) -> None:
               help="Results per page.")
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
               help="Results to skip (the next page: --offset 20).")
+@click.option("--like", "like", metavar="FEW.jsonl",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Rank the modules that pass the filters by fit to these task examples "
+                   "(their task signatures; see docs/registry.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 @click.pass_context
 def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, rank: int | None,
            min_rank: int | None, max_rank: int | None, targets: tuple[str, ...],
            task: str | None, tags: tuple[str, ...], author: str | None, license_: str | None,
            peft_type: str | None, kind: str | None, compatible_with: str | None,
-           sort: str | None, limit: int, offset: int, as_json: bool) -> None:
+           sort: str | None, limit: int, offset: int, like: Path | None,
+           as_json: bool) -> None:
     """Search the registry: free text (full-text, ranked) plus filters.
 
     Column R is the rank; for a Hydra module it reads RANKxHEADS (4x3: r=4, 3 heads).
@@ -219,6 +245,8 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
       loradex search --base-model HuggingFaceTB/SmolLM2-135M-Instruct --rank 8 --tag grammar
       loradex search --compatible-with alice/past-tense --sort rank --json
       loradex search --kind hydra
+      loradex search --like examples/boolean_expressions/few_shot.jsonl --base-model \
+        HuggingFaceTB/SmolLM2-135M-Instruct --limit 5
     """
     from registry.entities import SearchQuery
 
@@ -238,6 +266,12 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
         limit=limit, offset=offset,
     )
     store = open_store(ctx)
+    if like is not None:
+        if joined or sort:
+            raise click.BadParameter("--like ranks by fit to the examples; it takes no TEXT "
+                                     "or --sort", param_hint="--like")
+        _search_like(store, query, like, as_json)
+        return
     page = store.search_page(query, count_limit=COUNT_LIMIT)
     modules, total = list(page.modules), page.total
     compat = None
@@ -255,6 +289,45 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
     shown = f"{offset + 1}-{offset + len(modules)}"
     of = f"{total}" if page.total_is_exact else f"{total}+"
     click.echo(f"{shown} of {of} (sorted by {query.effective_sort})")
+
+
+def _search_like(store: RegistryStore, query: Any, like: Path, as_json: bool) -> None:
+    """``search --like``: the filtered modules ranked by their signatures' fit to examples."""
+    from composer.data import load_examples
+    from registry.embedders import load_embedder
+    from registry.entities import module_to_dict
+    from registry.retrieval import retrieve
+
+    examples = load_examples(like)
+    embedder = load_embedder()
+    pool = store.matching_keys(query)
+    hits = retrieve(store, embedder, [e.input for e in examples], pool)
+    page = hits[query.offset:query.offset + query.limit]
+    modules = {(m.source, m.repo_id): m for m in store.modules_by_keys([h.key for h in page])}
+    if as_json:
+        results = []
+        for hit in page:
+            item = module_to_dict(modules[hit.key], include_card=False)
+            item["similarity"] = round(hit.score, 6)
+            item["signature"] = hit.signature
+            results.append(item)
+        click.echo(json.dumps({
+            "version": SEARCH_JSON_VERSION, "total": len(hits), "total_is_exact": True,
+            "offset": query.offset, "limit": query.limit, "sort": "similarity",
+            "embedder": embedder.name, "examples": len(examples), "results": results,
+        }, indent=2))
+        return
+    if not page:
+        click.echo("no modules match" if not hits else f"no results past {query.offset}")
+        return
+    width = max(len("REPO ID"), *(len(h.repo_id) for h in page))
+    click.echo(f"{'REPO ID':<{width}}  SCORE   SIGNATURE            TASK")
+    for hit in page:
+        task = modules[hit.key].task_name or modules[hit.key].task_category or "-"
+        click.echo(f"{hit.repo_id:<{width}}  {hit.score:+.3f}  {hit.signature:<19}  "
+                   f"{_clip(task, 30)}")
+    click.echo(f"{query.offset + 1}-{query.offset + len(page)} of {len(hits)} "
+               f"(by similarity to {len(examples)} examples; {embedder.name})")
 
 
 # --------------------------------------------------------------------------- show
