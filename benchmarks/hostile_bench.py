@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from registry.server.commits import apply_commit_ops  # noqa: E402
+from registry.server.launch import LaunchedServer, start_server  # noqa: E402
 from registry.server.reads import paths_info_entries  # noqa: E402
 from registry.server.types import CommitOp, TreeFile, tree_oid  # noqa: E402
 
@@ -115,31 +116,19 @@ def in_process(args: argparse.Namespace) -> list[str]:
 # ----------------------------------------------------------------- over HTTP
 
 
-def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_hub(work: Path) -> tuple[LaunchedServer, str]:
+    """``loradex serve`` on a fresh SQLite database, and a write token of alice's."""
     db = f"sqlite:///{work / 'hub.db'}"
-    loradex = [sys.executable, "-m", "loradex", "--db", db]
     token = subprocess.run(
-        [*loradex, "token", "create", "alice"], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "loradex", "--db", db, "token", "create", "alice"],
+        check=True, capture_output=True, text=True,
     ).stdout.strip()
-    with httpx.Client() as probe:
-        port = 18000 + os.getpid() % 1000
-        server = subprocess.Popen(
-            [*loradex, "serve", "--port", str(port), "--data", str(work / "data")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if probe.get(f"{url}/api/models", timeout=2).status_code == 200:
-                    return server, url, token
-            except httpx.TransportError:
-                time.sleep(0.2)
-    server.kill()
-    raise SystemExit("server did not start")
+    return start_server(db, work / "data"), token
 
 
 def over_http(args: argparse.Namespace, work: Path) -> list[str]:
-    server, url, token = start_server(work)
+    server, token = start_hub(work)
+    url = server.url
     auth = {"authorization": f"Bearer {token}"}
     rows = ["| request | status | time | response |", "|---|---|---|---|"]
     client = httpx.Client(base_url=url, timeout=900)
@@ -192,8 +181,7 @@ def over_http(args: argparse.Namespace, work: Path) -> list[str]:
             lambda: client.get("/api/models?" + "&".join(["filter=x"] * 5000)))
     finally:
         client.close()
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout=30)
     return rows
 
 

@@ -20,8 +20,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,7 +29,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 
-import httpx
 import numpy as np
 from safetensors.numpy import save
 
@@ -39,6 +36,7 @@ from registry.db import make_engine
 from registry.schema import ensure_schema
 from registry.server.app import load_or_create_secret
 from registry.server.blobstore import BlobStore
+from registry.server.launch import start_server
 from registry.server.service import HubService
 from registry.server.tokens import create_token
 from registry.server.types import CommitOp, ServerConfig
@@ -97,38 +95,6 @@ def seed_downloads(service: HubService, token: str, files: int) -> None:
     service.commit(
         identity, "bench/downloads", "main", {"summary": "1 MB files"}, ops, "http://bench"
     )
-
-
-def start_server(db_url: str, data: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loradex",
-            "--db",
-            db_url,
-            "serve",
-            "--port",
-            str(port),
-            "--data",
-            str(data),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            if (
-                httpx.get(f"http://127.0.0.1:{port}/api/models?limit=1", timeout=2).status_code
-                == 200
-            ):
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not start")
 
 
 def timed_sync(url: str, db_url: str, jobs: int, limit: int | None = None) -> tuple[float, str]:
@@ -222,7 +188,6 @@ def main() -> None:
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="loradex-sync-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    port = 18000 + os.getpid() % 1000
     server_db = f"sqlite:///{root / 'server.db'}"
     print(
         f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -251,8 +216,8 @@ def main() -> None:
     for name in ("serial.db", "par.db", "client.db"):
         (root / name).unlink(missing_ok=True)
 
-    server = start_server(server_db, root / "data", port, args.workers)
-    url = f"http://127.0.0.1:{port}"
+    server = start_server(server_db, root / "data", workers=args.workers)
+    url = server.url
     try:
         subset_s, subset_summary = timed_sync(
             url, f"sqlite:///{root / 'serial.db'}", 1, args.serial_subset
@@ -268,10 +233,10 @@ def main() -> None:
             f"sync, jobs={args.jobs}, first {args.serial_subset} repos: {subset_p:.1f} s "
             f"({args.serial_subset / subset_p:.0f} repos/s)  [{subset_summary}]"
         )
-        client_cpu, server_cpu = own_cpu_seconds(), process_cpu_seconds(server.pid)
+        client_cpu, server_cpu = own_cpu_seconds(), process_cpu_seconds(server.process.pid)
         full, summary = timed_sync(url, f"sqlite:///{root / 'client.db'}", args.jobs)
         client_cpu = own_cpu_seconds() - client_cpu
-        server_cpu = process_cpu_seconds(server.pid) - server_cpu
+        server_cpu = process_cpu_seconds(server.process.pid) - server_cpu
         print(
             f"full sync, jobs={args.jobs}: {args.repos} repos in {full:.1f} s "
             f"({args.repos / full:.0f} repos/s; target >= 200)  [{summary}]"
@@ -290,8 +255,7 @@ def main() -> None:
                 f"{n / elapsed:.0f} files/s ({n / elapsed:.0f} MB/s)"
             )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout=30)
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

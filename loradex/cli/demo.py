@@ -12,16 +12,18 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loradex.errors import ConfigError, HubUnavailable, LoradexError
+from loradex.errors import ConfigError, LoradexError
+
+if TYPE_CHECKING:
+    from registry.server.launch import LaunchedServer
 
 Echo = Callable[[str], None]
 
@@ -62,12 +64,6 @@ class DemoResult:
     seconds: float
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def repo_name_for(folder_name: str) -> str:
     """A Hub repo name for a library folder: ``a_b__c`` -> ``a-b-c``."""
     return "-".join(part for part in folder_name.replace("_", "-").split("-") if part)
@@ -91,14 +87,16 @@ class DemoRun:
     """One demo run: a work folder, a server subprocess, and the environment of every step."""
 
     def __init__(self, config: DemoConfig, echo: Echo = print) -> None:
+        from registry.server.launch import free_port
+
         self.config = config
         self.echo = echo
         self.work = config.workdir.resolve()
         self.hub_db = f"sqlite:///{self.work / 'hub.db'}"
         self.registry_db = f"sqlite:///{self.work / 'registry.db'}"
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: LaunchedServer | None = None
         self.env = dict(os.environ)
         self.env.update(
             LORADEX_HOME=str(self.work / "home"),
@@ -144,30 +142,13 @@ class DemoRun:
 
     def start_server(self) -> str:
         """Start ``loradex serve`` on a free loopback port; return a write token for the demo."""
-        import httpx
+        from registry.server.launch import serve_args, start_server
 
         data = self.work / "hub-data"
-        cmd = ["--db", self.hub_db, "serve", "--port", str(self.port), "--data", str(data)]
-        self.echo(f"$ loradex {' '.join(shlex.quote(c) for c in cmd)} &")
-        log = open(self.work / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "loradex", *cmd], env=self.env, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            if self.server.poll() is not None:
-                raise HubUnavailable(
-                    f"loradex serve exited with code {self.server.returncode}; "
-                    f"see {self.work / 'server.log'}"
-                )
-            try:
-                if httpx.get(f"{self.endpoint}/api/models?limit=1", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise HubUnavailable(f"loradex serve did not answer at {self.endpoint} in 90 s")
-            time.sleep(0.3)
+        args = serve_args(self.hub_db, data, port=self.port)
+        self.echo(f"$ loradex {' '.join(shlex.quote(c) for c in args)} &")
+        self.server = start_server(self.hub_db, data, port=self.port, env=self.env,
+                                   log_path=self.work / "server.log", timeout=90)
         self.echo(f"   server up at {self.endpoint}")
         token = self.loradex("--db", self.hub_db, "token", "create", self.config.namespace,
                              capture=True).strip().splitlines()[-1]
@@ -177,14 +158,8 @@ class DemoRun:
 
     def stop_server(self) -> None:
         """Stop the server subprocess (gracefully, then forcefully)."""
-        if self.server is None or self.server.poll() is not None:
-            return
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
+        if self.server is not None:
+            self.server.stop(timeout=20)
 
     # -- the steps ------------------------------------------------------------------------
 
