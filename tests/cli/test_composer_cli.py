@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composer"))
-from cli_support import run
-from composer_testing import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
+from tests.support.cli import run
+from tests.support.tiny_models import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
 
 TRAIN_ROWS = [{"input": f"count {i}", "target": ["one", "two", "three"][i % 3]} for i in range(12)]
 

@@ -7,18 +7,15 @@ slow one runs the real demo path (embedded SmolLM2, the shipped library) on a sm
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "composer"))
-from composer_testing import save_tiny_causal
-
 from loradex.cli import cli
 from loradex.cli.demo import DemoConfig, format_scores, repo_name_for, run_demo
 from loradex.errors import ConfigError
+from tests.support.tiny_models import save_tiny_causal
 
 REPO = Path(__file__).parents[2]
 

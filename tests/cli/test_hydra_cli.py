@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composer"))
-from cli_support import run
-from composer_testing import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
-
-from registry.testing import write_hydra_module
+from tests.support.adapters import write_hydra_module
+from tests.support.cli import run
+from tests.support.tiny_models import FEW_SHOT, save_lora, save_tiny_causal, write_jsonl
 
 COUNT = [{"input": f"count {i}", "target": ["one", "two", "three"][i % 3]} for i in range(8)]
 COLOURS = [{"input": f"colour of thing {i}", "target": ["red", "blue"][i % 2]} for i in range(8)]

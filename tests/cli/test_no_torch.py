@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry.testing import write_lora_adapter
+from tests.support.adapters import write_lora_adapter
 
 # Runs the real entry point, then reports which heavy modules got imported.
 _PROBE = """

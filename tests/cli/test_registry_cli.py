@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from loradex.cli import main
-from registry.testing import write_lora_adapter
+from tests.support.adapters import write_lora_adapter
 
 
 class Run:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from composer_testing import (
+
+from tests.support.tiny_models import (
     FEW_SHOT,
     save_lora,
     save_tiny_causal,

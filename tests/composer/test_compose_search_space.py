@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from composer_testing import FEW_SHOT
 
 from composer.candidates import load_layers, read_candidate
 from composer.compose import ComposeConfig, ComposeSession, compose, cv_folds, write_composition
@@ -16,6 +15,7 @@ from composer.methods import get_method, layer_blocks
 from composer.objectives import get_objective
 from composer.search import SearchConfig
 from loradex.errors import ConfigError
+from tests.support.tiny_models import FEW_SHOT
 
 EXAMPLES = [Example(r["input"], r["target"], tuple(r["choices"]) if "choices" in r else None)
             for r in FEW_SHOT]

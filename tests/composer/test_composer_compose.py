@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from composer_testing import FEW_SHOT, save_lora, write_jsonl
 
 from composer.batching import make_batch, mean_target_loss
 from composer.candidates import check_compatible, load_layers, read_candidate, resolve_candidate
@@ -22,6 +21,7 @@ from composer.methods import get_method
 from composer.objectives import get_objective
 from composer.search import SearchConfig, nevergrad_name, search_weights
 from loradex.errors import ConfigError, IncompatibleModules, InvalidDataFile, ModuleNotFound
+from tests.support.tiny_models import FEW_SHOT, save_lora, write_jsonl
 
 EXAMPLES = [Example(r["input"], r["target"], tuple(r["choices"]) if "choices" in r else None)
             for r in FEW_SHOT]

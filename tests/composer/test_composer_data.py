@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from composer_testing import CHAT_TEMPLATE, make_tokenizer
 
 from composer.data import (
     Example,
@@ -17,6 +16,7 @@ from composer.data import (
     write_examples,
 )
 from loradex.errors import InvalidDataFile
+from tests.support.tiny_models import CHAT_TEMPLATE, make_tokenizer
 
 
 def test_load_examples_reads_inputs_targets_and_choices(tmp_path: Path) -> None:

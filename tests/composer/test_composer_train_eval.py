@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from composer_testing import FEW_SHOT, direct_logprobs
 from safetensors.torch import load_file
 
 from composer.data import Example
@@ -27,6 +26,7 @@ from composer.models import (
 )
 from composer.train import TaskInfo, TrainConfig, train_lora
 from loradex.errors import ConfigError, ModelLoadError
+from tests.support.tiny_models import FEW_SHOT, direct_logprobs
 
 TRAIN = [Example(f"count {i}", ["one", "two", "three"][i % 3]) for i in range(12)]
 

@@ -195,8 +195,9 @@ def test_eval_report_comes_from_the_one_read(
 
 def _tiny_sliding(folder: Path, window: int) -> Path:
     """A random 2-layer Gemma 3 whose first layer attends to a window of ``window`` tokens."""
-    from composer_testing import make_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.support.tiny_models import make_tokenizer
 
     tok = make_tokenizer(None)
     torch.manual_seed(0)

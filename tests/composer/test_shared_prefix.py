@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from composer_testing import direct_logprobs
 
 from composer.batching import pack_causal, packed_length, prefix_groups, target_token_losses
 from composer.data import EncodedExample
 from composer.inference import sequence_logprobs
+from tests.support.tiny_models import direct_logprobs
 
 # Three questions (2, 3 and 1 choices), a prompt-less sequence, then a question again.
 OPTIONS = [

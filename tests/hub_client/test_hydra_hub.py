@@ -1,6 +1,6 @@
 """Hydra modules on a real ``loradex serve``: commit-time index, publish, sync, pull (torch-free).
 
-Hydra folders are written with ``registry.testing.write_hydra_module`` (safetensors.numpy), so
+Hydra folders are written with ``tests.support.adapters.write_hydra_module`` (safetensors.numpy), so
 this file never imports torch; the format itself is tested in tests/composer/hydra.
 """
 
@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubtest_support import HubServer, loradex, make_adapter
 
 from hub_client import HubClient, SyncOptions, publish_folder, pull_module, sync_hub
 from loradex.errors import InvalidAdapter, ModuleNotFound
 from registry.db import make_engine
 from registry.schema import ensure_schema
 from registry.store import RegistryStore
-from registry.testing import write_hydra_module
+from tests.support.adapters import write_hydra_module
+from tests.support.hub import HubServer, loradex, make_adapter
 
 LINEAGE = [
     {"repo_id": "alice/parent-a", "revision": "a" * 40, "weight": 0.6, "role": "parent"},

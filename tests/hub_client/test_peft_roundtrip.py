@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hubtest_support import HubServer, make_adapter
 
 from hub_client import HubClient, publish_folder, pull_module
 from registry.db import make_engine
 from registry.store import RegistryStore
+from tests.support.hub import HubServer, make_adapter
 
 
 @pytest.mark.slow

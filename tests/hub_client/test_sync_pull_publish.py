@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from hubtest_support import HubServer, free_port, loradex, make_adapter
 
 from hub_client import HubClient, SyncOptions, publish_folder, pull_module, sync_hub
 from loradex.errors import HubUnavailable, InvalidAdapter, ModuleNotFound
 from loradex.files import current_umask
 from registry.db import make_engine
+from registry.server.launch import free_port
 from registry.store import RegistryStore
+from tests.support.hub import HubServer, loradex, make_adapter
 
 
 @pytest.fixture

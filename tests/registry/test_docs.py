@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loradex.cli import main
-from registry.testing import write_example_adapters
+from tests.support.adapters import write_example_adapters
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "registry.md"
 DOC_HOME = "/tmp/demo/home"

@@ -1,4 +1,4 @@
-"""``inspect_adapter_folder`` on Hydra folders (written torch-free by registry.testing)."""
+"""``inspect_adapter_folder`` on Hydra folders (written torch-free by tests.support.adapters)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from loradex.errors import InvalidAdapter
 from registry.adapter_files import inspect_adapter_folder
 from registry.entities import SearchQuery
 from registry.store import RegistryStore
-from registry.testing import write_hydra_module, write_lora_adapter
+from tests.support.adapters import write_hydra_module, write_lora_adapter
 
 
 def test_hydra_folder_is_indexed_as_kind_hydra(tmp_path: Path, db_url: str) -> None:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from hubtest_support import loradex
 
 from registry.db import make_engine
 from registry.schema import ensure_schema
@@ -18,6 +17,7 @@ from registry.server.errors import HubHTTPError
 from registry.server.service import HubService
 from registry.server.tokens import create_token
 from registry.server.types import CommitOp, ServerConfig
+from tests.support.hub import loradex
 
 
 def test_unreferenced_blobs_are_collected_after_the_grace_period(

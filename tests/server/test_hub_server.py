@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 import sqlalchemy as sa
-from hubtest_support import MAX_UPLOAD, HubServer, loradex, make_adapter
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -26,6 +25,7 @@ from huggingface_hub import errors as hf_errors
 
 from registry.db import make_engine
 from registry.store import RegistryStore
+from tests.support.hub import MAX_UPLOAD, HubServer, loradex, make_adapter
 
 
 def sha256(data: bytes) -> str:

@@ -6,15 +6,11 @@ registry -> pull -> ``load_hydra`` gives the same tensors, and the runtime the s
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "server"))
-from hubtest_support import HubServer, hub  # noqa: F401  (the module-scoped server fixture)
 
 from composer.hydra.format import load_hydra, save_hydra
 from composer.hydra.runtime import attach_hydra
@@ -22,19 +18,20 @@ from hub_client import HubClient, SyncOptions, publish_folder, pull_module, sync
 from registry.db import make_engine
 from registry.schema import ensure_schema
 from registry.store import RegistryStore
+from tests.support.hub import HubServer
 
 from .conftest import random_hydra
 
 
 @pytest.fixture
-def store(hub: HubServer) -> Iterator[RegistryStore]:  # noqa: F811
+def store(hub: HubServer) -> Iterator[RegistryStore]:
     engine = make_engine(hub.db_url)
     yield RegistryStore(engine)
     engine.dispose()
 
 
 def test_saved_hydra_round_trips_through_the_hub(
-    hub: HubServer,  # noqa: F811
+    hub: HubServer,
     store: RegistryStore,
     tmp_path: Path,
     tiny_llama,

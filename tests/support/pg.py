@@ -1,8 +1,7 @@
 """PostgreSQL test isolation: a fresh schema per test or server, named in the URL.
 
 ``search_path`` travels in the URL, so subprocesses and servers started from a test see the
-same schema. Importable from every test folder (``tests/`` is on ``sys.path`` through the
-root conftest).
+same schema. The ``db_url`` and ``hub`` fixtures of ``tests/conftest.py`` are built on it.
 """
 
 from __future__ import annotations
