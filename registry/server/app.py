@@ -24,8 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import LoradexError
+from registry.cards import parse_front_matter
 from registry.server.blobstore import BlobMismatch, BlobStore, BlobTooLarge, is_sha256
-from registry.server.card_data import parse_front_matter
 from registry.server.commit_request import parse_commit_body
 from registry.server.errors import HubHTTPError, bad_request
 from registry.server.repos import DEFAULT_BRANCH

@@ -7,32 +7,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from loradex.documents import MalformedDocument, parse_yaml
+from loradex.documents import as_list
+from registry.cards import CARD, parse_front_matter
 from registry.server.blobstore import BlobStore
 from registry.server.types import TreeFile
 
 log = logging.getLogger("loradex.server")
-
-README = "README.md"
-
-
-def parse_front_matter(text: str) -> dict[str, Any]:
-    """The YAML front matter of a README as a dict ({} when absent); ValueError when invalid."""
-    if not text.startswith("---"):
-        return {}
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        return {}
-    for i, line in enumerate(lines[1:], start=1):
-        if line.strip() == "---":
-            try:
-                data = parse_yaml("\n".join(lines[1:i])) or {}
-            except MalformedDocument as exc:
-                raise ValueError(f"invalid YAML front matter: {exc}") from None
-            if not isinstance(data, dict):
-                raise ValueError("YAML front matter must be a mapping")
-            return data
-    raise ValueError("YAML front matter is not closed by a '---' line")
 
 
 def card_data(blobs: BlobStore, files: Sequence[TreeFile], repo_id: str) -> dict[str, Any]:
@@ -41,7 +21,7 @@ def card_data(blobs: BlobStore, files: Sequence[TreeFile], repo_id: str) -> dict
     A bad card never fails a commit (this is a Hub: the files are stored); it is logged.
     """
     card: dict[str, Any] = {}
-    readme = next((f for f in files if f.path == README), None)
+    readme = next((f for f in files if f.path == CARD), None)
     if readme is not None:
         try:
             text = blobs.path_for(readme.sha256).read_text(encoding="utf-8")
@@ -52,28 +32,18 @@ def card_data(blobs: BlobStore, files: Sequence[TreeFile], repo_id: str) -> dict
     return result
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value if v is not None]
-    return [str(value)]
-
-
 def repo_tags(card: dict[str, Any], paths: Iterable[str]) -> list[str]:
     """Tags of a repo as the Hub derives them: card tags, library, base models, licence, formats."""
     tags: list[str] = []
-    tags += _as_list(card.get("tags"))
+    tags += as_list(card.get("tags"))
     library = card.get("library_name")
     if isinstance(library, str) and library:
         tags.append(library)
-    for base in _as_list(card.get("base_model")):
+    for base in as_list(card.get("base_model")):
         tags.append(f"base_model:{base}")
         if library == "peft":
             tags.append(f"base_model:adapter:{base}")
-    for lic in _as_list(card.get("license")):
+    for lic in as_list(card.get("license")):
         tags.append(f"license:{lic}")
     if any(p.endswith(".safetensors") for p in paths):
         tags.append("safetensors")

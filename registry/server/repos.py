@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.hub_models import SqlHubCommit, SqlHubRef, SqlHubRepo, SqlHubTreeEntry
+from registry.lfs import LFS_PATTERNS
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, git_blob_sha1
 from registry.server.commits import add_commit, notify_indexer
@@ -17,7 +18,6 @@ from registry.server.errors import HubHTTPError, unauthorized
 from registry.server.queries import begin_write, visible_repo
 from registry.server.timestamps import utcnow
 from registry.server.types import HostedCommit, Identity, Indexer, TreeFile
-from registry.server.uploads import LFS_PATTERNS
 from registry.server.validation import check_repo_id
 
 DEFAULT_BRANCH = "main"

@@ -6,7 +6,6 @@ secret, valid for ``UPLOAD_URL_TTL`` seconds.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.lfs import is_lfs_path
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, is_sha256
 from registry.server.errors import HubHTTPError, bad_request, forbidden
@@ -22,42 +22,6 @@ from registry.server.types import Identity, ServerConfig
 from registry.server.validation import check_path
 
 UPLOAD_URL_TTL = 3600
-LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-LFS_PATTERNS: tuple[str, ...] = (
-    "*.safetensors",
-    "*.bin",
-    "*.pt",
-    "*.pth",
-    "*.ckpt",
-    "*.gguf",
-    "*.onnx",
-    "*.h5",
-    "*.msgpack",
-    "*.npy",
-    "*.npz",
-    "*.zip",
-    "*.tar",
-    "*.gz",
-    "*.tgz",
-    "*.xz",
-    "*.zst",
-    "*.pkl",
-    "*.pickle",
-    "*.joblib",
-    "*.arrow",
-    "*.parquet",
-    "*.tflite",
-    "*.ot",
-    "*.model",
-)
-
-
-def is_lfs_path(path: str, size: int) -> bool:
-    """The server's choice of upload mode: big files and binary formats go through LFS."""
-    if size >= LFS_SIZE_THRESHOLD:
-        return True
-    name = path.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in LFS_PATTERNS)
 
 
 class Uploads:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from loradex.errors import ConfigError
+from registry import repo_ids
 from registry.server.errors import HubHTTPError, bad_request
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
-MAX_NAME_LENGTH = 96
 MAX_PATH_LENGTH = 1000
 # Folder work (tree listings, folder oids, the file/folder clash check) grows with depth for
 # every file; 500 levels of "a/a/..." made one recursive listing of 5,000 files take 14 s.
@@ -17,29 +17,19 @@ MAX_PATH_DEPTH = 64
 
 
 def check_name(name: object, what: str = "repo name") -> str:
-    """A namespace or repo name: ``[A-Za-z0-9][A-Za-z0-9._-]*``, no ``--``/``..``/``.git`` end."""
-    if not isinstance(name, str) or not name:
-        raise bad_request(f"invalid {what}: must be a non-empty string")
-    if (
-        len(name) > MAX_NAME_LENGTH
-        or not _NAME_RE.match(name)
-        or "--" in name
-        or ".." in name
-        or name.endswith(".git")
-        or name.endswith(".")
-    ):
-        raise bad_request(
-            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
-            f"(no '--' or '..', not ending in '.git', at most {MAX_NAME_LENGTH} characters)"
-        )
-    return name
+    """A namespace, repo or user name by the one rule of :mod:`registry.repo_ids`; else a 400."""
+    try:
+        return repo_ids.check_repo_name(name, what)
+    except ConfigError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def check_repo_id(namespace: str, name: str) -> str:
-    """Validate both halves of ``namespace/name`` and return the joined id."""
-    check_name(namespace, "namespace")
-    check_name(name, "repo name")
-    return f"{namespace}/{name}"
+    """``namespace/name`` by the one rule of :mod:`registry.repo_ids`; else a 400."""
+    try:
+        return repo_ids.check_repo_id(f"{namespace}/{name}")
+    except ConfigError as exc:
+        raise bad_request(str(exc)) from None
 
 
 MAX_FILTERS = 32
