@@ -12,14 +12,12 @@ from safetensors import safe_open
 from safetensors.numpy import save, save_file
 
 from loradex.errors import InvalidAdapter
-from registry.adapter_files import (
-    inspect_adapter_folder,
-    module_from_metadata,
-    read_safetensors_header,
-)
+from registry.adapter_files import inspect_adapter_folder
+from registry.adapter_metadata import module_from_metadata
 from registry.cards import parse_card
 from registry.entities import LineageEdge
-from registry.testing import lora_tensors, write_lora_adapter
+from registry.safetensors_header import read_safetensors_header
+from tests.support.adapters import lora_tensors, write_lora_adapter
 
 
 def _raw_file(header: dict, data: bytes) -> bytes:
