@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from loradex.documents import MalformedDocument, parse_json
 from loradex.errors import InvalidDataFile
 from loradex.files import atomic_write
-from loradex.files import file_sha256 as file_sha256  # still imported from here by two callers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

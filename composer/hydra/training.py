@@ -30,7 +30,7 @@ from composer.cards import (
     task_tags,
     training_table,
 )
-from composer.data import EncodedExample, Example, encode_examples, file_sha256, load_examples
+from composer.data import EncodedExample, Example, encode_examples, load_examples
 from composer.hydra.format import write_hydra_folder
 from composer.hydra.heads import HeadCountChoice, choose_num_heads
 from composer.hydra.runtime import HeadUsage, HydraHandle, attach_hydra, init_hydra_module
@@ -46,6 +46,7 @@ from composer.train import (
 )
 from loradex import __version__
 from loradex.errors import ConfigError, InvalidDataFile
+from loradex.files import file_sha256
 from registry.hydra import HydraConfig
 
 BALANCE_KINDS = ("switch", "kl", "none")
