@@ -3,17 +3,25 @@ on a tiny model, two tiny LoRA modules and a tiny task folder (resumable results
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
-from composer_testing import save_lora, write_jsonl
 
-from composer.study import (
+from benchmarks.study import (
+    ComposeSpec,
+    StudySettings,
+    applies,
+    format_p_values,
+    main,
+    own_share,
+    pick_candidates,
+    row_seconds,
+    score_test,
+)
+from benchmarks.study.stats import (
     format_distribution,
     label_distribution,
     majority_correct,
@@ -24,9 +32,7 @@ from composer.study import (
     summarize,
 )
 from loradex.errors import ConfigError, InvalidDataFile
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.support.tiny_models import save_lora, write_jsonl
 
 # --------------------------------------------------------------------------- statistics
 
@@ -101,20 +107,6 @@ def test_summarize_and_table():
 # --------------------------------------------------------------------------- the study script
 
 
-def _load_study_module():
-    spec = importlib.util.spec_from_file_location("bbh_study", ROOT / "benchmarks" / "bbh_study.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bbh_study"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def study_module():
-    return _load_study_module()
-
-
 def _task_rows(labels: tuple[str, str], n: int, skew: int) -> list[dict]:
     # ``skew`` of every 3 targets are labels[0], so the majority rate is not 1/2.
     return [
@@ -154,9 +146,9 @@ def tiny_study(tmp_path, tiny_causal_dir):
     return argv, out
 
 
-def test_study_runs_end_to_end_and_resumes(study_module, tiny_study, capsys):
+def test_study_runs_end_to_end_and_resumes(tiny_study, capsys):
     argv, out = tiny_study
-    study = study_module.main(argv("--markdown"))
+    study = main(argv("--markdown"))
     systems = study.systems()
     assert systems[:3] == ["zero-shot", "single (by few-shot loss)", "uniform 1/k"]
     assert systems[-1] == "in-context"
@@ -187,35 +179,35 @@ def test_study_runs_end_to_end_and_resumes(study_module, tiny_study, capsys):
     assert "p vs zero-shot" in table
 
     # A second run recomputes nothing; losing one system recomputes only that system.
-    again = study_module.main(argv())
+    again = main(argv())
     assert again.computed == []
     del results["tasks"]["truth"]["0"]["systems"]["uniform 1/k"]
     out.write_text(json.dumps(results))
-    third = study_module.main(argv())
+    third = main(argv())
     assert third.computed == [("truth", 0, "uniform 1/k")]
     assert json.loads(out.read_text())["tasks"]["yesno"] == results["tasks"]["yesno"]
     capsys.readouterr()
-    assert study_module.main(argv("--report-only")).computed == []
+    assert main(argv("--report-only")).computed == []
     # The same tables (the settings line's wall time has grown with the third run).
     assert capsys.readouterr().out.strip().split("\n\n")[1:] == table.strip().split("\n\n")[1:]
 
 
-def test_study_refuses_to_resume_with_other_settings(study_module, tiny_study):
+def test_study_refuses_to_resume_with_other_settings(tiny_study):
     argv, _ = tiny_study
-    study_module.main(argv("--tasks", "truth", "--methods", "lorahub"))
+    main(argv("--tasks", "truth", "--methods", "lorahub"))
     with pytest.raises(ConfigError, match="budget 3 -> 4"):
-        study_module.main(argv("--budget", "4"))
+        main(argv("--budget", "4"))
     with pytest.raises(InvalidDataFile, match="--tasks nope"):
-        study_module.main(argv("--tasks", "nope"))
+        main(argv("--tasks", "nope"))
 
 
-def test_prompts_over_the_length_limit_are_counted(study_module, tiny_study, tmp_path, capsys):
+def test_prompts_over_the_length_limit_are_counted(tiny_study, tmp_path, capsys):
     argv, out = tiny_study
     # Five demonstrations make every in-context prompt longer than 40 tokens; questions alone
     # are not.
     short = tmp_path / "short.json"
-    study_module.main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm",
-                           "--max-length", "40", "--out", str(short), "--markdown"))
+    main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm",
+              "--max-length", "40", "--out", str(short), "--markdown"))
     cell = json.loads(short.read_text())["tasks"]["truth"]["0"]
     assert cell["systems"]["in-context"]["prompts_cut"] == cell["n_test"] == 7
     assert "prompts_cut" not in cell["systems"]["zero-shot"]
@@ -225,24 +217,24 @@ def test_prompts_over_the_length_limit_are_counted(study_module, tiny_study, tmp
            "in-context 7." in table
     # The limit is a setting of the study; a file from before it existed was made at 1024.
     with pytest.raises(ConfigError, match="max_length 40 -> 1024"):
-        study_module.main(argv("--tasks", "truth", "--out", str(short)))
-    study_module.main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm"))
+        main(argv("--tasks", "truth", "--out", str(short)))
+    main(argv("--tasks", "truth", "--methods", "lorahub", "--objectives", "lm"))
     results = json.loads(out.read_text())
     del results["settings"]["fingerprint"]["max_length"]
     out.write_text(json.dumps(results))
-    assert study_module.main(argv("--tasks", "truth", "--methods", "lorahub",
-                                  "--objectives", "lm")).computed == []
+    assert main(argv("--tasks", "truth", "--methods", "lorahub",
+                     "--objectives", "lm")).computed == []
 
 
-def test_choice_picks_agree_with_loradex_eval(study_module, tiny_causal_dir, load_tiny):
+def test_choice_picks_agree_with_loradex_eval(tiny_causal_dir, load_tiny):
     from composer.data import Example
-    from composer.evaluate import evaluate_examples
+    from composer.metrics import evaluate_examples
 
     loaded = load_tiny(tiny_causal_dir)
     rows = _task_rows(("yes", "no"), 9, 2) + _task_rows(("(A)", "(B)"), 3, 1)
     examples = [Example(r["input"], r["target"], tuple(r["choices"])) for r in rows]
     demos = examples[:2]
-    scored = study_module.score_test(loaded, examples[2:], demonstrations=demos)
+    scored = score_test(loaded, examples[2:], demonstrations=demos)
     report = evaluate_examples(loaded, examples[2:], demonstrations=demos, progress=False)
     assert label_distribution(scored["mc_picks"]) == report.label_distribution
     correct = sum(p == ex.target for p, ex in zip(scored["mc_picks"], examples[2:], strict=True))
@@ -250,8 +242,8 @@ def test_choice_picks_agree_with_loradex_eval(study_module, tiny_causal_dir, loa
     assert sum(scored["em_correct"]) / len(examples[2:]) == pytest.approx(report.exact_match)
 
 
-def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study, tmp_path,
-                                                       tiny_causal_dir, load_tiny):
+def test_study_rows_for_layer_groups_restarts_and_hydra(tiny_study, tmp_path, tiny_causal_dir,
+                                                        load_tiny):
     from composer.hydra.format import save_hydra
     from composer.hydra.runtime import init_hydra_module
     from registry.hydra import HydraConfig
@@ -262,9 +254,9 @@ def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study
     # Zero heads: a Hydra module that changes nothing, so its row must equal zero-shot.
     noop = save_hydra(init_hydra_module(loaded.model, config), tmp_path / "noop-hydra")
     argv, out = tiny_study
-    study = study_module.main(argv("--tasks", "yesno", "--compose",
-                                   "lorahub/lm/g2,lorahub/lm/r2,lorahub/lm",
-                                   "--hydra-heads", "2", "--hydra-module", str(noop)))
+    study = main(argv("--tasks", "yesno", "--compose",
+                      "lorahub/lm/g2,lorahub/lm/r2,lorahub/lm",
+                      "--hydra-heads", "2", "--hydra-module", str(noop)))
     systems = study.systems()
     assert systems[3:-1] == ["compose lorahub/lm/g2", "compose lorahub/lm/r2",
                              "compose lorahub/lm", "hydra from lorahub/lm/r2",
@@ -277,12 +269,12 @@ def test_study_rows_for_layer_groups_restarts_and_hydra(study_module, tiny_study
     assert cell["hydra module noop-hydra"]["answers"] == cell["zero-shot"]["answers"]
 
 
-def test_compose_spec_names_round_trip(study_module):
-    spec = study_module.ComposeSpec.parse("lorahub/choice/g3/r2/s")
+def test_compose_spec_names_round_trip():
+    spec = ComposeSpec.parse("lorahub/choice/g3/r2/s")
     assert (spec.layer_groups, spec.restarts, spec.start) == (3, 2, "best-single")
     assert spec.name == "compose lorahub/choice/g3/r2/s"
-    assert study_module.ComposeSpec.parse(spec.name) == spec
-    assert study_module.ComposeSpec.parse("lorahub/lm").start == "zero"
+    assert ComposeSpec.parse(spec.name) == spec
+    assert ComposeSpec.parse("lorahub/lm").start == "zero"
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -292,39 +284,39 @@ def test_compose_spec_names_round_trip(study_module):
     ("lorahub/lm/x3", "'x3' is not gN, rN"),
     ("lorahub/lm/g0", "'g0' is not gN, rN"),
 ])
-def test_bad_compose_specs_are_refused(study_module, spec, message):
+def test_bad_compose_specs_are_refused(spec, message):
     with pytest.raises(ConfigError, match=message):
-        study_module.ComposeSpec.parse(spec)
+        ComposeSpec.parse(spec)
 
 
-def test_choice_rows_are_skipped_on_tasks_without_choices(study_module, tiny_study, tmp_path):
+def test_choice_rows_are_skipped_on_tasks_without_choices(tiny_study, tmp_path):
     argv, out = tiny_study
     tasks = Path(argv()[1])
     rows = [{"input": f"sort: {i} {i + 2} {i + 1}", "target": f"{i} {i + 1} {i + 2}"}
             for i in range(9)]
     write_jsonl(tasks / "sorting.jsonl", rows)
-    study_module.main(argv("--tasks", "sorting,yesno", "--compose", "lorahub/lm,lorahub/choice",
-                           "--hydra-heads", "2"))
+    main(argv("--tasks", "sorting,yesno", "--compose", "lorahub/lm,lorahub/choice",
+              "--hydra-heads", "2"))
     cells = json.loads(out.read_text())["tasks"]
     sorting = cells["sorting"]["0"]["systems"]
     assert "compose lorahub/lm" in sorting and "hydra from lorahub/lm" in sorting
     assert "compose lorahub/choice" not in sorting
     assert set(sorting["zero-shot"]["mc_picks"]) == {None}  # nothing to pick from
     assert "compose lorahub/choice" in cells["yesno"]["0"]["systems"]
-    assert study_module.applies("compose mixed-rank/choice-normalized/g2", False) is False
-    assert study_module.applies("compose mixed-rank/choice/g2", True) is True
+    assert applies("compose mixed-rank/choice-normalized/g2", False) is False
+    assert applies("compose mixed-rank/choice/g2", True) is True
 
 
-def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path, capsys):
+def test_two_processes_results_merge_into_one(tiny_study, tmp_path, capsys):
     argv, out = tiny_study
     other = tmp_path / "other.json"
-    study_module.main(argv("--tasks", "yesno", "--methods", "lorahub"))
+    main(argv("--tasks", "yesno", "--methods", "lorahub"))
     second = argv("--tasks", "truth", "--methods", "lorahub")
     second[second.index("--out") + 1] = str(other)
-    split = study_module.main(second)
+    split = main(second)
     assert split.computed and all(task == "truth" for task, _, _ in split.computed)
 
-    merged = study_module.main(argv("--methods", "lorahub", "--merge", str(other)))
+    merged = main(argv("--methods", "lorahub", "--merge", str(other)))
     assert merged.computed == []  # every row of both tasks is there now
     results = json.loads(out.read_text())
     theirs = json.loads(other.read_text())
@@ -332,30 +324,30 @@ def test_two_processes_results_merge_into_one(study_module, tiny_study, tmp_path
     assert results["per_example"]["truth"] == theirs["per_example"]["truth"]
     assert results["merged"] == {str(other.resolve()): len(split.computed)}
     capsys.readouterr()
-    study_module.main(argv("--methods", "lorahub", "--merge", str(other), "--report-only"))
+    main(argv("--methods", "lorahub", "--merge", str(other), "--report-only"))
     assert "1 process(es) run side by side merged in" in capsys.readouterr().out
     expected = sum(r["seconds"] for cells in results["tasks"].values() for c in cells.values()
                    for r in c["systems"].values())
-    assert study_module.row_seconds(results) == pytest.approx(expected) and expected > 0
+    assert row_seconds(results) == pytest.approx(expected) and expected > 0
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"version": 1}')
     with pytest.raises(ConfigError, match="made with another fingerprint"):
-        study_module.main(argv("--methods", "lorahub", "--merge", str(broken)))
+        main(argv("--methods", "lorahub", "--merge", str(broken)))
     broken.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="not a results file of this study"):
-        study_module.main(argv("--methods", "lorahub", "--merge", str(broken)))
+        main(argv("--methods", "lorahub", "--merge", str(broken)))
     with pytest.raises(ConfigError, match="not a results file"):
-        study_module.main(argv("--methods", "lorahub", "--merge", str(tmp_path / "missing.json")))
+        main(argv("--methods", "lorahub", "--merge", str(tmp_path / "missing.json")))
     with pytest.raises(ConfigError, match="another fingerprint"):
-        study_module.main(_out_to(argv("--budget", "4", "--merge", str(out)),
-                                  tmp_path / "third.json"))
+        main(_out_to(argv("--budget", "4", "--merge", str(out)),
+                     tmp_path / "third.json"))
 
 
-def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny_study):
+def test_seed_free_rows_score_each_example_once_for_all_seeds(tiny_study):
     argv, out = tiny_study
-    study = study_module.main(argv("--tasks", "yesno", "--seeds", "3", "--methods", "lorahub",
-                                   "--objectives", "lm"))
+    study = main(argv("--tasks", "yesno", "--seeds", "3", "--methods", "lorahub",
+                      "--objectives", "lm"))
     results = json.loads(out.read_text())
     cells = results["tasks"]["yesno"]
     scored = results["per_example"]["yesno"]["zero-shot"]
@@ -371,12 +363,12 @@ def test_seed_free_rows_score_each_example_once_for_all_seeds(study_module, tiny
     for s in "012":
         cell = cells[s]
         test = [examples[i] for i in sorted(set(range(14)) - set(cell["few_shot_indices"]))]
-        direct = study_module.score_test(loaded, test)
+        direct = score_test(loaded, test)
         assert cell["systems"]["zero-shot"]["mc_picks"] == direct["mc_picks"]
         assert cell["systems"]["zero-shot"]["answers"] == direct["answers"]
 
 
-def test_seeds_split_over_processes_merge_into_one_run(study_module, tiny_study, tmp_path):
+def test_seeds_split_over_processes_merge_into_one_run(tiny_study, tmp_path):
     """--first-seed lets a second process take the later seeds; merged, it is one run's file."""
     argv, out = tiny_study
     rows = ("--tasks", "yesno", "--seeds", "2", "--methods", "lorahub", "--objectives", "lm")
@@ -384,12 +376,12 @@ def test_seeds_split_over_processes_merge_into_one_run(study_module, tiny_study,
     def elsewhere(name: str, *extra: str) -> list[str]:
         return _out_to(argv(*rows, *extra), tmp_path / name)
 
-    study_module.main(argv(*rows))  # seeds 0 and 1 in one process
-    later = study_module.main(elsewhere("later.json", "--first-seed", "1"))
+    main(argv(*rows))  # seeds 0 and 1 in one process
+    later = main(elsewhere("later.json", "--first-seed", "1"))
     assert {seed for _, seed, _ in later.computed} == {1}
-    study_module.main(elsewhere("first.json", "--seeds", "1"))
-    joined = study_module.main(elsewhere("first.json", "--merge", str(tmp_path / "later.json"),
-                                         "--report-only"))
+    main(elsewhere("first.json", "--seeds", "1"))
+    joined = main(elsewhere("first.json", "--merge", str(tmp_path / "later.json"),
+                            "--report-only"))
     whole = json.loads(out.read_text())["tasks"]["yesno"]
     assert set(joined.results["tasks"]["yesno"]) == {"0", "1"}
     for seed, cell in joined.results["tasks"]["yesno"].items():
@@ -399,32 +391,31 @@ def test_seeds_split_over_processes_merge_into_one_run(study_module, tiny_study,
             assert row["mc_picks"] == whole[seed]["systems"][name]["mc_picks"]
     for bad in ("2", "-1"):
         with pytest.raises(ConfigError, match=r"--first-seed must be in 0\.\.1"):
-            study_module.main(argv(*rows, "--first-seed", bad))
+            main(argv(*rows, "--first-seed", bad))
 
 
-def test_table_counts_significant_seeds_by_direction(study_module):
+def test_table_counts_significant_seeds_by_direction():
     tests = [
         {"mcnemar_p": 0.01, "only_this": 10, "only_other": 2},  # better
         {"mcnemar_p": 0.2, "only_this": 7, "only_other": 4},  # not significant
         {"mcnemar_p": 0.0004, "only_this": 1, "only_other": 12},  # worse
     ]
-    assert study_module._p_values(tests) == "0.010/0.200/<0.001 (↑1 ↓1)"
-    assert study_module._p_values([]) == ""
+    assert format_p_values(tests) == "0.010/0.200/<0.001 (↑1 ↓1)"
+    assert format_p_values([]) == ""
 
 
-def test_extending_a_limited_study_equals_running_the_full_split(study_module, tiny_study,
-                                                                   tmp_path):
+def test_extending_a_limited_study_equals_running_the_full_split(tiny_study, tmp_path):
     """Rows extended from a 4-example run score like a fresh run on all 9 test examples."""
     argv, out = tiny_study
     rows = ("--tasks", "yesno", "--compose", "lorahub/lm,mixed-rank/lm/g2", "--hydra-heads", "2")
-    limited = study_module.main(argv(*rows, "--test-limit", "4"))
+    limited = main(argv(*rows, "--test-limit", "4"))
     assert len(json.loads(out.read_text())["tasks"]["yesno"]["0"]["test_targets"]) == 4
 
     def elsewhere(name: str, *extra: str) -> list[str]:
         return _out_to(argv(*rows, *extra), tmp_path / name)
 
-    extended = study_module.main(elsewhere("extended.json", "--extend-from", str(out)))
-    study_module.main(elsewhere("fresh.json"))
+    extended = main(elsewhere("extended.json", "--extend-from", str(out)))
+    main(elsewhere("fresh.json"))
     assert {n for _, _, n in extended.computed} == set(limited.systems())
     old = json.loads(out.read_text())["tasks"]["yesno"]["0"]["systems"]
     new = json.loads((tmp_path / "extended.json").read_text())["tasks"]["yesno"]["0"]
@@ -443,14 +434,14 @@ def test_extending_a_limited_study_equals_running_the_full_split(study_module, t
     assert new["systems"]["zero-shot"]["newly_scored"] == 5
 
     with pytest.raises(ConfigError, match="needs a larger --test-limit"):
-        study_module.main(elsewhere("again.json", "--extend-from", str(out), "--test-limit", "4"))
+        main(elsewhere("again.json", "--extend-from", str(out), "--test-limit", "4"))
     with pytest.raises(ConfigError, match="other settings than the test limit"):
-        study_module.main(elsewhere("other.json", "--extend-from", str(out), "--budget", "4"))
+        main(elsewhere("other.json", "--extend-from", str(out), "--budget", "4"))
 
 
-def test_own_module_is_forced_in_or_kept_out_of_the_candidates(study_module):
+def test_own_module_is_forced_in_or_kept_out_of_the_candidates():
     pool = [f"m{i}" for i in range(10)] + ["task"]
-    pick = study_module.pick_candidates
+    pick = pick_candidates
     # "any" draws as before the option existed.
     assert pick(pool, 4, 3) == sorted(random.Random(3).sample(sorted(pool), 4))
     assert pick(pool, 4, 3, "task", "any") == pick(pool, 4, 3)
@@ -465,14 +456,13 @@ def test_own_module_is_forced_in_or_kept_out_of_the_candidates(study_module):
         pick(pool, 4, 0, "other", "include")
 
 
-def test_study_with_the_tasks_own_module(study_module, tiny_study, tmp_path,
-                                         tiny_causal_dir, capsys):
+def test_study_with_the_tasks_own_module(tiny_study, tmp_path, tiny_causal_dir, capsys):
     argv, out = tiny_study
     library = Path(argv()[3])
     save_lora(tiny_causal_dir, library / "yesno", seed=7)
     # k = 1: the own module is the only candidate, so the single row must be that module.
-    study = study_module.main(argv("--tasks", "yesno", "--own-module", "include", "--k", "1",
-                                   "--compose", "lorahub/lm", "--markdown"))
+    study = main(argv("--tasks", "yesno", "--own-module", "include", "--k", "1",
+                      "--compose", "lorahub/lm", "--markdown"))
     assert study.systems()[:3] == ["zero-shot", "single (by few-shot loss)", "own module alone"]
     cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]
     assert cell["candidates"] == ["yesno"]
@@ -487,34 +477,34 @@ def test_study_with_the_tasks_own_module(study_module, tiny_study, tmp_path,
             f"{share} of the weight.") in table
     # The option is a setting of the study; files from before it existed were made with "any".
     with pytest.raises(ConfigError, match="own_module 'include' -> 'any'"):
-        study_module.main(argv("--tasks", "yesno", "--k", "1", "--compose", "lorahub/lm"))
+        main(argv("--tasks", "yesno", "--k", "1", "--compose", "lorahub/lm"))
     excluded = tmp_path / "excluded.json"
-    study_module.main(argv("--tasks", "yesno", "--own-module", "exclude", "--compose",
-                           "lorahub/lm", "--out", str(excluded)))
+    main(argv("--tasks", "yesno", "--own-module", "exclude", "--compose",
+              "lorahub/lm", "--out", str(excluded)))
     cell = json.loads(excluded.read_text())["tasks"]["yesno"]["0"]
     assert cell["candidates"] == ["mod0", "mod1"] and "own module alone" not in cell["systems"]
     with pytest.raises(ConfigError, match="no module named 'truth'"):
-        study_module.main(argv("--tasks", "truth", "--own-module", "include",
-                               "--out", str(tmp_path / "truth.json")))
+        main(argv("--tasks", "truth", "--own-module", "include",
+                  "--out", str(tmp_path / "truth.json")))
     # A file from before the option existed resumes as "any".
     before = tmp_path / "before.json"
     args = ("--tasks", "yesno", "--compose", "lorahub/lm", "--out", str(before))
-    study_module.main(argv(*args))
+    main(argv(*args))
     results = json.loads(before.read_text())
     del results["settings"]["fingerprint"]["own_module"]
     before.write_text(json.dumps(results))
-    assert study_module.main(argv(*args)).computed == []
+    assert main(argv(*args)).computed == []
 
 
-def test_own_share_sums_a_modules_weight_over_layer_groups(study_module):
+def test_own_share_sums_a_modules_weight_over_layer_groups():
     # [groups, candidates] = [[0.5, -0.25], [0.0, 0.25]]: b holds 0.5 of 1.0 absolute weight.
-    assert study_module.own_share([0.5, -0.25, 0.0, 0.25], ["a", "b"], "b") == 0.5
-    assert study_module.own_share([0.0, 0.0], ["a", "b"], "a") == 0.0
+    assert own_share([0.5, -0.25, 0.0, 0.25], ["a", "b"], "b") == 0.5
+    assert own_share([0.0, 0.0], ["a", "b"], "a") == 0.0
 
 
-def test_oracle_row_is_the_candidate_best_on_the_test_split(study_module, tiny_study):
+def test_oracle_row_is_the_candidate_best_on_the_test_split(tiny_study):
     argv, out = tiny_study
-    study_module.main(argv("--tasks", "yesno", "--oracle", "--compose", "lorahub/lm"))
+    main(argv("--tasks", "yesno", "--oracle", "--compose", "lorahub/lm"))
     cell = json.loads(out.read_text())["tasks"]["yesno"]["0"]
     oracle = cell["systems"]["oracle single (chosen on test)"]
     correct = oracle["test_choice_correct"]
@@ -524,10 +514,10 @@ def test_oracle_row_is_the_candidate_best_on_the_test_split(study_module, tiny_s
     assert oracle["choice_accuracy"] == max(correct) / cell["n_test"]
 
 
-def test_fingerprint_names_the_base_model_not_its_path(study_module, tmp_path: Path) -> None:
+def test_fingerprint_names_the_base_model_not_its_path(tmp_path: Path) -> None:
     # The same GGUF read from two places is the same base: a study resumes from either.
     def settings(base: str | None):
-        return study_module.StudySettings(
+        return StudySettings(
             tasks_dir="t", library="l", base_model=base, k=2, shots=1, budget=2,
             test_limit=None, use_chat_template=True, dtype="float32")
 

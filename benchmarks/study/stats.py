@@ -1,4 +1,4 @@
-"""Statistics and reporting for studies of composed modules (no torch, no models).
+"""The study's statistics and table formatting (no torch, no models).
 
 A study compares systems (zero-shot, in-context, single modules, compositions) on the same test
 examples. Everything here works on plain per-example data, so it can be checked by hand:
