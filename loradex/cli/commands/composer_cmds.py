@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from loradex.errors import ConfigError
 from loradex.settings import Settings
+
+if TYPE_CHECKING:
+    from composer.pipeline import ComposeOutcome, ComposeRequest
+    from hub_client.publish import PublishResult
 
 _model_options = [
     click.option("--base-model", default=None, metavar="ID|DIR|FILE.gguf",
@@ -39,6 +43,19 @@ def model_options(func: Any) -> Any:
 
 def _split_csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parse_heads(value: str) -> int | str:
+    """``--heads``: ``auto`` or a positive integer, else a ConfigError naming the option."""
+    if value == "auto":
+        return "auto"
+    try:
+        heads = int(value)
+    except ValueError:
+        heads = 0
+    if heads < 1:
+        raise ConfigError(f"--heads must be 'auto' or a positive integer, got {value!r}")
+    return heads
 
 
 def _load_model(base_model: str | None, device: str, dtype: str) -> Any:
@@ -188,9 +205,9 @@ def _train_hydra(settings: Settings, datas: tuple[Path, ...], heads: str, max_he
     """``loradex train --method hydra``: validate, train, index (see composer.hydra)."""
     from composer.adapter_io import check_output_dir
     from composer.data import load_examples
-    from composer.hydra.cli_support import parse_heads, print_train_summary, run_train_hydra
-    from composer.hydra.training import HydraTrainConfig
+    from composer.hydra.training import HydraTrainConfig, train_hydra
     from composer.train import TaskInfo
+    from loradex.cli.hydra_output import print_train_summary, train_summary
 
     if dropout:
         raise ConfigError("--dropout is not used by --method hydra")
@@ -198,7 +215,7 @@ def _train_hydra(settings: Settings, datas: tuple[Path, ...], heads: str, max_he
         raise ConfigError("--method hydra takes a held-out set with --eval-file, "
                           "not --holdout-fraction")
     config = HydraTrainConfig(
-        heads=parse_heads(heads), max_heads=max_heads,  # type: ignore[arg-type]
+        heads=_parse_heads(heads), max_heads=max_heads,  # type: ignore[arg-type]
         rank=rank, alpha=alpha, targets=_split_csv(targets), steps=steps, epochs=epochs,
         lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
         use_chat_template=not no_chat_template, save_dtype=save_dtype,
@@ -209,8 +226,9 @@ def _train_hydra(settings: Settings, datas: tuple[Path, ...], heads: str, max_he
     task = TaskInfo(name=task_name, category=task_category, dataset=dataset, license=license_,
                     description=description)
     loaded = _load_model(base_model, device, dtype)
-    result, summary = run_train_hydra(loaded, datas, out, config, task=task, heldout=heldout,
-                                      overwrite=overwrite)
+    result = train_hydra(loaded, datas, out, config, task=task, heldout=heldout,
+                         overwrite=overwrite)
+    summary = train_summary(result)
     summary["registry_id"] = None if no_index else _index_folder(settings, result.out_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -342,13 +360,9 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
       loradex compose --examples few.jsonl --from-registry --k 20 --seed 1 --out composed/
       loradex compose --examples few.jsonl --output hydra --hydra-heads 3 --out hydra/ a b c d
     """
-    from composer.adapter_io import check_output_dir
-    from composer.candidates import resolve_candidate, select_from_registry
-    from composer.compose import ComposeConfig, write_composition
-    from composer.compose import compose as run_compose
-    from composer.data import file_sha256, load_examples
-    from composer.models import base_model_name_for
-    from composer.objectives import default_objective
+    from composer.compose import ComposeConfig
+    from composer.models import ModelSpec
+    from composer.pipeline import ComposeRequest, RegistrySelection, run_compose
     from composer.search import SearchConfig
 
     refs = list(candidate_args)
@@ -361,65 +375,35 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         check_repo_id(publish_repo)
         if not settings.token:
             raise ConfigError("--publish needs a token: LORADEX_TOKEN or HF_TOKEN")
-    few = load_examples(examples)
-    if objective == "auto":
-        objective = default_objective(few)
-    config = ComposeConfig(
-        method=method, svd_rank=svd_rank, objective=objective,
-        search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
-                            bound=bound, seed=seed),
-        batched_population=batched_population, use_chat_template=not no_chat_template,
-        layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick, start=start,
+    request = ComposeRequest(
+        examples=examples,
+        out=out,
+        candidates=RegistrySelection(
+            k=None if all_compatible else k, text=query, task=task, tags=tuple(tags),
+            rank=rank_filter,
+        ) if from_registry else tuple(refs),
+        module_dirs=tuple(module_dirs),
+        model=ModelSpec(name_or_path=base_model, device=device, dtype=dtype),
+        compose=ComposeConfig(
+            method=method, svd_rank=svd_rank, objective=objective,
+            search=SearchConfig(optimizer=optimizer, budget=budget, l1=l1, l1_form=l1_form,
+                                bound=bound, seed=seed),
+            batched_population=batched_population, use_chat_template=not no_chat_template,
+            layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick, start=start,
+        ),
+        holdout=holdout,
+        output=output_kind,
+        hydra_heads=hydra_heads,
+        router_steps=router_steps,
+        name=name,
+        index=not no_index,
+        overwrite=overwrite,
     )
-    comp_method = config.make_method()
-    config.search.validate()
-    check_output_dir(out, overwrite)
-    held = load_examples(holdout) if holdout else []
-    dirs = [*module_dirs, settings.home / "modules"]
-    fetch = _hub_fetcher(settings)
-    base_name = base_model_name_for(base_model)
-    if from_registry:
-        from registry.entities import SearchQuery
-
-        search = SearchQuery(text=query, task=task, tags=tuple(tags), rank=rank_filter,
-                             base_model=base_name, kind="lora")
-        candidates = select_from_registry(
-            settings.db_url, search, k=None if all_compatible else k, seed=seed,
-            cache_dir=settings.cache_dir, module_dirs=dirs, fetch=fetch,
-        )
-    else:
-        candidates = [resolve_candidate(r, settings.cache_dir, dirs, fetch) for r in refs]
-    # Refuse incompatible candidates before paying for the model.
-    comp_method.check(candidates, base_model=base_name)
-    config.check_budget(len(candidates))
-    n_heads = None
-    if output_kind == "hydra":
-        from composer.hydra.cli_support import hydra_head_count
-
-        if method != "lorahub":
-            raise ConfigError("--output hydra needs --method lorahub (candidates of one rank)")
-        if layer_groups != 1:
-            raise ConfigError("--output hydra needs one weight per candidate (--layer-groups 1)")
-        n_heads = hydra_head_count(hydra_heads, router_steps, len(candidates))
-    click.echo(f"{len(candidates)} candidates, {len(few)} examples, method {method}", err=True)
-
-    loaded = _load_model(base_model, device, dtype)
-    result = run_compose(loaded, candidates, few, config, holdout=held)
-    hydra_summary = None
-    if n_heads is not None:
-        from composer.hydra.cli_support import run_compose_hydra
-
-        folder, hydra_summary = run_compose_hydra(
-            loaded, result, few, out, num_heads=n_heads, router_steps=router_steps,
-            holdout=held, overwrite=overwrite,
-        )
-    else:
-        folder = write_composition(
-            result, loaded, out, examples_file=str(examples),
-            examples_sha256=file_sha256(examples), n_examples=len(few), name=name,
-            overwrite=overwrite,
-        )
-    module_id = None if no_index else _index_folder(settings, folder)
+    outcome = run_compose(
+        request, settings, fetch=_hub_fetcher(settings),
+        load_model=lambda spec: _load_model(spec.name_or_path, spec.device, spec.dtype),
+        notify=lambda message: click.echo(message, err=True),
+    )
     published = None
     if publish_repo:
         from hub_client.client import HubClient
@@ -429,24 +413,32 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         store = RegistryStore.from_url(settings.db_url)
         try:
             published = publish_folder(
-                HubClient(settings.endpoint, settings.token), store, folder, publish_repo
+                HubClient(settings.endpoint, settings.token), store, outcome.folder, publish_repo
             )
         finally:
             store.engine.dispose()
+    _print_compose(outcome, request, published, as_json)
+
+
+def _print_compose(outcome: ComposeOutcome, request: ComposeRequest,
+                   published: PublishResult | None, as_json: bool) -> None:
+    """What ``loradex compose`` prints of a run (and of its publication, when there was one):
+    the JSON summary, or the losses, weights, held-out rows and where the module went."""
+    result, config = outcome.result, request.compose
     summary: dict[str, Any] = {
-        "out": str(folder),
-        "method": method,
-        "optimizer": optimizer,
+        "out": str(outcome.folder),
+        "method": config.method,
+        "optimizer": config.search.optimizer,
         "loss_zero_weights": round(result.zero_loss, 6),
         "loss": round(result.loss, 6),
         "objective": round(result.objective, 6),
         "seconds": round(result.seconds, 2),
         "weights": {c.repo_id: round(float(w), 6)
                     for c, w in zip(result.candidates, result.parent_weights(), strict=True)},
-        "registry_id": module_id,
+        "registry_id": outcome.registry_id,
         "published": f"{published.repo_id}@{published.revision}" if published else None,
     }
-    if layer_groups > 1:
+    if config.layer_groups > 1:
         summary["layer_group_weights"] = result.weights_by_group().round(6).tolist()
     if result.restarts:
         summary["restarts"] = [
@@ -456,14 +448,19 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         ]
     if result.holdout:
         summary["holdout"] = [row.__dict__ for row in result.holdout]
-    if hydra_summary is not None:
-        summary["hydra"] = hydra_summary
+    hydra_summary = None
+    if outcome.hydra is not None:
+        from loradex.cli.hydra_output import compose_summary
+
+        hydra_summary = summary["hydra"] = compose_summary(outcome.hydra)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    budget = config.search.budget
     runs = f"{budget} evaluations"
     if result.restarts:
-        searches = restarts * result.folds + sum(r.loss is not None for r in result.restarts)
+        searches = (config.restarts * result.folds
+                    + sum(r.loss is not None for r in result.restarts))
         runs = f"{searches} searches of {budget} evaluations"
     click.echo(f"few-shot loss {result.zero_loss:.4f} (zero weights) -> "
                f"{result.loss:.4f} in {result.seconds:.1f}s ({runs})")
@@ -471,11 +468,11 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         cv = [r.cv_loss for r in result.restarts]
         click.echo(f"restarts: held-out loss {statistics.mean(cv):.4f} +- "
                    f"{statistics.pstdev(cv):.4f} over {len(cv)} seeds ({result.folds} folds); "
-                   f"pick {restart_pick}")
+                   f"pick {config.restart_pick}")
         for rec in result.restarts:
             full = "" if rec.loss is None else f"  all examples {rec.loss:.4f}"
             click.echo(f"  seed {rec.seed}: held-out {rec.cv_loss:.4f}{full}")
-    mean_note = f" (mean of {layer_groups} layer groups)" if layer_groups > 1 else ""
+    mean_note = f" (mean of {config.layer_groups} layer groups)" if config.layer_groups > 1 else ""
     click.echo(f"weights{mean_note}:")
     for repo_id, weight in summary["weights"].items():
         click.echo(f"  {weight:+.4f}  {repo_id}")
@@ -486,12 +483,12 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             acc = "" if row.choice_accuracy is None else f"  choice acc {row.choice_accuracy:.3f}"
             click.echo(f"  loss {row.loss:.4f}  exact match {em}{acc}  {row.label}")
     if hydra_summary is not None:
-        from composer.hydra.cli_support import print_compose_summary
+        from loradex.cli.hydra_output import print_compose_summary
 
         print_compose_summary(hydra_summary, click.echo)
-    click.echo(f"wrote {folder}")
-    if module_id:
-        click.echo(f"indexed as {module_id}")
+    click.echo(f"wrote {outcome.folder}")
+    if outcome.registry_id:
+        click.echo(f"indexed as {outcome.registry_id}")
     if published:
         click.echo(f"published {published.repo_id}@{published.revision} -> {published.url}")
 

@@ -1,0 +1,218 @@
+"""The ``loradex compose`` pipeline: pick the candidates, check everything, search, write.
+
+The CLI builds a :class:`ComposeRequest` from its options and calls :func:`run_compose`, which
+returns a :class:`ComposeOutcome` for the CLI to print. Everything that can be refused (bad
+settings, an existing output folder, incompatible candidates, a budget too small) is refused
+before the base model is loaded. The pipeline never talks to a Hub itself: fetching a Hub
+module is the ``fetch`` collaborator's job, and publishing the result is the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from composer.compose import ComposeConfig
+from composer.models import ModelSpec
+from loradex.errors import ConfigError
+from loradex.settings import Settings
+
+if TYPE_CHECKING:
+    from composer.candidates import Candidate, Fetcher
+    from composer.compose import ComposeResult
+    from composer.hydra.compose import HydraComposeResult
+    from composer.models import LoadedModel
+    from registry.entities import SearchQuery
+
+OUTPUTS = ("lora", "hydra")
+
+
+@dataclass(frozen=True)
+class RegistrySelection:
+    """Which registry modules become the candidates (``--from-registry``)."""
+
+    k: int | None = field(
+        default=20,
+        metadata={"help": "how many of the matches, picked at random with the search seed; "
+                          "None: all of them"},
+    )
+    text: str | None = field(default=None, metadata={"help": "free-text filter"})
+    task: str | None = field(default=None, metadata={"help": "task name or category filter"})
+    tags: tuple[str, ...] = field(default=(), metadata={"help": "tags a module must have"})
+    rank: int | None = field(default=None, metadata={"help": "LoRA rank filter"})
+
+    def query(self, base_model: str) -> SearchQuery:
+        """The registry query: LoRA modules of ``base_model`` that match the filters."""
+        from registry.entities import SearchQuery
+
+        return SearchQuery(text=self.text, task=self.task, tags=self.tags, rank=self.rank,
+                           base_model=base_model, kind="lora")
+
+
+@dataclass(frozen=True)
+class ComposeRequest:
+    """One ``loradex compose`` run: what to compose, on which examples, and where to write it."""
+
+    examples: Path = field(metadata={"help": "few-shot JSONL file the weights are fitted on"})
+    out: Path = field(metadata={"help": "folder to write the composed module into"})
+    candidates: tuple[str, ...] | RegistrySelection = field(
+        default=(),
+        metadata={"help": "the candidates: adapter folders or Hub ids (ID[@REV]), or a "
+                          "selection from the registry"},
+    )
+    module_dirs: tuple[Path, ...] = field(
+        default=(),
+        metadata={"help": "where folders of locally indexed modules (ids local/NAME) live, "
+                          "before the loradex home's modules/"},
+    )
+    model: ModelSpec = field(default_factory=ModelSpec, metadata={"help": "the base model"})
+    compose: ComposeConfig = field(
+        default_factory=lambda: ComposeConfig(objective="auto"),
+        metadata={"help": "method, objective and search; objective 'auto' is choice when "
+                          "every example has choices, else lm"},
+    )
+    holdout: Path | None = field(
+        default=None,
+        metadata={"help": "held-out JSONL: loss and accuracy of zero weights, the result and "
+                          "each candidate alone"},
+    )
+    output: str = field(
+        default="lora",
+        metadata={"help": "lora: one PEFT adapter; hydra: a Hydra module (shared composed A, "
+                          "heads from the most weighted candidates, router fitted)"},
+    )
+    hydra_heads: int | None = field(
+        default=None, metadata={"help": "output hydra: heads (default min(4, candidates))"}
+    )
+    router_steps: int = field(
+        default=30, metadata={"help": "output hydra: router fit steps on the examples"}
+    )
+    name: str | None = field(
+        default=None, metadata={"help": "title of the model card (default: folder name)"}
+    )
+    index: bool = field(default=True, metadata={"help": "index the result in the registry"})
+    overwrite: bool = field(default=False, metadata={"help": "replace out if it exists"})
+
+
+@dataclass
+class ComposeOutcome:
+    """What a compose run produced: the folder written, the search and, for a Hydra output,
+    the module built from it."""
+
+    folder: Path
+    result: ComposeResult
+    hydra: HydraComposeResult | None = None
+    registry_id: str | None = None
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def select_candidates(
+    request: ComposeRequest, settings: Settings, fetch: Fetcher | None = None
+) -> list[Candidate]:
+    """The request's candidates, read from disk (fetched first when only on a Hub)."""
+    from composer.candidates import resolve_candidate, select_from_registry
+    from composer.models import base_model_name_for
+
+    dirs = [*request.module_dirs, settings.home / "modules"]
+    chosen = request.candidates
+    if isinstance(chosen, RegistrySelection):
+        return select_from_registry(
+            settings.db_url, chosen.query(base_model_name_for(request.model.name_or_path)),
+            k=chosen.k, seed=request.compose.search.seed, cache_dir=settings.cache_dir,
+            module_dirs=dirs, fetch=fetch,
+        )
+    if not chosen:
+        raise ConfigError("no candidates: give adapter folders or ids, or a registry selection")
+    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in chosen]
+
+
+def hydra_head_count(num_heads: int | None, router_steps: int, n_candidates: int) -> int:
+    """Check ``--hydra-heads`` / ``--router-steps`` before any model work; return N.
+
+    N defaults to ``min(4, number of candidates)``.
+    """
+    heads = num_heads if num_heads is not None else min(4, n_candidates)
+    if not 1 <= heads <= n_candidates:
+        raise ConfigError(
+            f"--hydra-heads must be between 1 and the number of candidates ({n_candidates}), "
+            f"got {heads}"
+        )
+    if router_steps < 0:
+        raise ConfigError(f"--router-steps must be >= 0, got {router_steps}")
+    return heads
+
+
+def run_compose(
+    request: ComposeRequest,
+    settings: Settings,
+    *,
+    fetch: Fetcher | None = None,
+    load_model: Callable[[ModelSpec], LoadedModel] | None = None,
+    notify: Callable[[str], None] = _quiet,
+    progress: bool = True,
+) -> ComposeOutcome:
+    """Compose the request's candidates on its examples and write the result (and index it).
+
+    ``fetch`` gets a Hub module that is not on disk yet; ``load_model`` loads the base model
+    (default :func:`composer.models.load_base_model`) once every check has passed; ``notify``
+    hears what is about to be composed.
+    """
+    from composer.adapter_io import check_output_dir
+    from composer.compose import compose, write_composition
+    from composer.data import load_examples
+    from composer.models import base_model_name_for, load_base_model
+    from composer.objectives import default_objective
+    from loradex.files import file_sha256
+
+    if request.output not in OUTPUTS:
+        raise ConfigError(f"--output must be one of {', '.join(OUTPUTS)}, got {request.output!r}")
+    few = load_examples(request.examples)
+    config = request.compose
+    if config.objective == "auto":
+        config = replace(config, objective=default_objective(few))
+    method = config.make_method()
+    config.search.validate()
+    check_output_dir(request.out, request.overwrite)
+    held = load_examples(request.holdout) if request.holdout else []
+    candidates = select_candidates(request, settings, fetch)
+    # Refuse incompatible candidates before paying for the model.
+    method.check(candidates, base_model=base_model_name_for(request.model.name_or_path))
+    config.check_budget(len(candidates))
+    n_heads = None
+    if request.output == "hydra":
+        if config.method != "lorahub":
+            raise ConfigError("--output hydra needs --method lorahub (candidates of one rank)")
+        if config.layer_groups != 1:
+            raise ConfigError("--output hydra needs one weight per candidate (--layer-groups 1)")
+        n_heads = hydra_head_count(request.hydra_heads, request.router_steps, len(candidates))
+    notify(f"{len(candidates)} candidates, {len(few)} examples, method {config.method}")
+
+    loaded = (load_model or load_base_model)(request.model)
+    result = compose(loaded, candidates, few, config, holdout=held, progress=progress)
+    hydra = None
+    if n_heads is not None:
+        from composer.hydra.compose import compose_result_to_hydra
+
+        hydra = compose_result_to_hydra(
+            loaded, result, few, request.out, num_heads=n_heads, holdout=held,
+            fit_steps=request.router_steps, overwrite=request.overwrite,
+        )
+        assert hydra.out_dir is not None
+        folder = hydra.out_dir
+    else:
+        folder = write_composition(
+            result, loaded, request.out, examples_file=str(request.examples),
+            examples_sha256=file_sha256(request.examples), n_examples=len(few),
+            name=request.name, overwrite=request.overwrite,
+        )
+    registry_id = None
+    if request.index:
+        from composer.registry_link import index_adapter_folder
+
+        registry_id = index_adapter_folder(settings.db_url, folder)
+    return ComposeOutcome(folder=folder, result=result, hydra=hydra, registry_id=registry_id)
