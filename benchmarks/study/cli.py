@@ -52,6 +52,7 @@ from benchmarks.study.settings import (
     ComposeSpec,
     StudySettings,
 )
+from composer.selection import DEFAULT_SCREEN_POOL, SELECT_METHODS, check_select
 from loradex.errors import ConfigError, ModuleNotFound
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: defaults are found from it
@@ -100,6 +101,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "held-out splits of `loradex library heldout`): any = drawn like the "
                         "others, include = in every seed's candidates (adds the row 'own module "
                         "alone'), exclude = never a candidate")
+    p.add_argument("--select", default="random", choices=SELECT_METHODS,
+                   help="how each seed's --k candidates are chosen: at random (the paper), the "
+                        "best by task signature (retrieve), or the best --screen-pool by "
+                        "signature screened alone on the few-shot loss (retrieve+screen)")
+    p.add_argument("--screen-pool", type=int, default=DEFAULT_SCREEN_POOL,
+                   help="modules retrieved before the screen keeps --k (retrieve+screen)")
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                    help="longest prompt in tokens; longer ones lose their beginning (counted)")
     p.add_argument("--out", type=Path, default=Path("bbh_study_results.json"))
@@ -165,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> Study:
         max_length=args.max_length,
         dtype=args.dtype,
         own_module=args.own_module,
+        select=args.select,
+        screen_pool=args.screen_pool,
     )
+    check_select(args.select, args.k, args.screen_pool)
+    if args.select != "random" and args.own_module == "include":
+        raise ConfigError("--own-module include forces the own module in; it only goes "
+                          "with --select random")
     if args.report_only and not args.out.is_file():
         raise ConfigError(f"--report-only: no results file {args.out}")
     study = Study(settings, args.out, compose=compose, oracle=args.oracle,

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from composer.data import Example
     from composer.hydra.format import HydraModule
     from composer.models import LoadedModel
+    from registry.embedders import Embedder
+    from registry.retrieval import SignatureIndex
 
 
 class Study:
@@ -66,6 +68,8 @@ class Study:
         self.hydra_modules = {hydra_module_system(f): f for f in hydra_modules}
         self.quiet = quiet
         self.loaded: LoadedModel | None = None
+        self._signatures: SignatureIndex | None = None  # the pool's, built on first use
+        self._embedder: Embedder
         self.computed: list[tuple[str, int, str]] = []
         self.prior = open_prior(extend_from, settings) if extend_from else None
         self.results = open_results(out, settings)
@@ -145,8 +149,13 @@ class Study:
             return
         few_idx, test_idx = split_task(examples, s.shots, seed, s.test_limit)
         pool = self.results["settings"]["library_pool"]
-        names = pick_candidates(pool, s.k, seed, task, s.own_module)
         few = [examples[i] for i in few_idx]
+        if s.select == "random":
+            names = pick_candidates(pool, s.k, seed, task, s.own_module)
+        elif "selection" in cell:  # chosen before this run stopped: keep the same ones
+            names = list(cell["candidates"])
+        else:
+            names, cell["selection"] = self._select(task, pool, few)
         test = [examples[i] for i in test_idx]
         targets = [ex.target for ex in test]
         has_choices = all(ex.choices for ex in test)
@@ -280,6 +289,46 @@ class Study:
             "newly_scored": len(missing),
             **extra,
         }
+
+    def _select(self, task: str, pool: Sequence[str], few: Sequence[Example],
+                ) -> tuple[list[str], dict[str, Any]]:
+        """This cell's candidates by task signature (and screen), and what chose them."""
+        from composer.selection import screen
+        from registry.signatures import folder_signature
+
+        s = self.settings
+        pool = [n for n in pool if not (s.own_module == "exclude" and n == task)]
+        if self._signatures is None:
+            import numpy as np
+
+            from registry.embedders import load_embedder
+            from registry.retrieval import SignatureIndex
+
+            self._embedder = load_embedder()
+            centroids = []
+            for name in pool:
+                signature = folder_signature(Path(s.library) / name)
+                if signature is None or signature.embedder != self._embedder.name:
+                    raise ModuleNotFound(f"{Path(s.library) / name}: no data signature from "
+                                         f"{self._embedder.name} (loradex library sign)")
+                centroids.append(signature.centroid())
+            self._signatures = SignatureIndex(self._embedder.name, [("", n) for n in pool],
+                                              ["data"] * len(pool), np.stack(centroids))
+        query = self._embedder.embed([ex.input for ex in few])
+        m = s.k if s.select == "retrieve" else s.screen_pool
+        hits = self._signatures.rank(query, among=[("", n) for n in pool], limit=m)
+        retrieved = [h.repo_id for h in hits]
+        selection: dict[str, Any] = {
+            "method": s.select, "retrieved": [[h.repo_id, round(h.score, 6)] for h in hits]}
+        if s.select == "retrieve":
+            return retrieved, selection
+        started = time.perf_counter()
+        result = screen(self._model(), [self._candidate(n) for n in retrieved], few, s.k,
+                        use_chat_template=s.use_chat_template)
+        selection["screen_losses"] = {n: round(x, 6)
+                                      for n, x in zip(retrieved, result.losses, strict=True)}
+        selection["screen_seconds"] = round(time.perf_counter() - started, 2)
+        return [retrieved[i] for i in result.kept], selection
 
     def _candidate(self, name: str) -> Candidate:
         from composer.candidates import read_candidate

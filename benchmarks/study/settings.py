@@ -40,6 +40,9 @@ class StudySettings:
     dtype: str
     max_length: int = DEFAULT_MAX_LENGTH
     own_module: str = "any"
+    # How each seed's candidates are chosen (composer.selection): random, retrieve, retrieve+screen.
+    select: str = "random"
+    screen_pool: int = 20
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that make cells comparable (paths are informative, not checked)."""
@@ -54,6 +57,9 @@ class StudySettings:
             "base_model": base_model_name_for(self.base_model) if self.base_model else None,
             "max_length": self.max_length,
             "own_module": self.own_module,
+            # Only when not random, so results files written before selection existed resume.
+            **({"select": self.select} if self.select != "random" else {}),
+            **({"screen_pool": self.screen_pool} if self.select == "retrieve+screen" else {}),
         }
 
 

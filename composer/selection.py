@@ -1,0 +1,75 @@
+"""Choosing the candidates a composition searches over: at random, by retrieval, or screened.
+
+- ``random``: a seeded random ``k`` of the pool (the LoraHub paper's setting);
+- ``retrieve``: the ``k`` modules whose task signatures fit the few-shot inputs best
+  (:mod:`registry.retrieval`);
+- ``retrieve+screen``: the best ``m`` by signature, then each scored alone on the few-shot
+  objective (one batched forward per candidate, the model loaded once) and the ``k`` with the
+  lowest loss kept, best first, so a search can start from the best one.
+
+Signatures only say which modules were trained on inputs like these; the screen asks the
+model which of them actually help on these examples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loradex.errors import ConfigError
+
+if TYPE_CHECKING:
+    from composer.candidates import Candidate
+    from composer.data import Example
+    from composer.models import LoadedModel
+
+SELECT_METHODS = ("random", "retrieve", "retrieve+screen")
+DEFAULT_SCREEN_POOL = 20
+
+
+def check_select(select: str, k: int, m: int | None) -> None:
+    """Refuse an unknown method or sizes that cannot work, with one line."""
+    if select not in SELECT_METHODS:
+        raise ConfigError(f"--select {select!r}: one of {', '.join(SELECT_METHODS)}")
+    if k < 1:
+        raise ConfigError(f"--k {k}: at least 1 candidate")
+    if select == "retrieve+screen" and m is not None and m < k:
+        raise ConfigError(f"--screen-pool {m} is smaller than --k {k}")
+
+
+def random_pick(names: Sequence[str], k: int, seed: int) -> list[str]:
+    """A seeded random ``k`` of ``names`` (all of them, sorted, when there are at most ``k``)."""
+    ordered = sorted(names)
+    if k >= len(ordered):
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, k))
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """Each screened candidate's few-shot loss alone, and the order they were kept in."""
+
+    losses: list[float] = field(metadata={"help": "few-shot loss of each candidate alone"})
+    kept: list[int] = field(metadata={"help": "indices of the k kept, lowest loss first"})
+
+
+def screen(loaded: LoadedModel, candidates: Sequence[Candidate], few: Sequence[Example],
+           keep: int, *, objective: str = "lm", use_chat_template: bool = True) -> ScreenResult:
+    """Score every candidate alone (weight 1, the others 0) on the few-shot objective in one
+    batched population; keep the ``keep`` with the lowest loss."""
+    import numpy as np
+
+    from composer.compose import ComposeSession
+    from composer.methods import get_method
+    from composer.objectives import get_objective
+
+    if not candidates:
+        raise ConfigError("no candidates to screen")
+    scorer = get_objective(objective)
+    scorer.prepare(loaded, few, use_chat_template=use_chat_template)
+    with ComposeSession(loaded, candidates, get_method("lorahub")) as session:
+        losses = [float(x) for x in session.losses(scorer, np.eye(len(candidates)))]
+    order = sorted(range(len(candidates)), key=lambda i: (losses[i], i))
+    return ScreenResult(losses=losses, kept=order[:keep])
