@@ -228,6 +228,7 @@ def _train_hydra(settings: Settings, datas: tuple[Path, ...], heads: str, max_he
     loaded = _load_model(base_model, device, dtype)
     result = train_hydra(loaded, datas, out, config, task=task, heldout=heldout,
                          overwrite=overwrite)
+    assert result.out_dir is not None  # written, since an out folder was given
     summary = train_summary(result)
     summary["registry_id"] = None if no_index else _index_folder(settings, result.out_dir)
     if as_json:
@@ -274,6 +275,14 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "modules matching --query/--task/--tag that fit the base model.")
 @click.option("--k", default=20, show_default=True, help="How many registry candidates.")
 @click.option("--all-compatible", is_flag=True, help="With --from-registry: take all, not --k.")
+@click.option("--select", default="random", show_default=True,
+              type=click.Choice(["random", "retrieve", "retrieve+screen"]),
+              help="With --from-registry: random (seeded, the paper); retrieve: the --k whose "
+                   "task signatures fit the examples best; retrieve+screen: the best "
+                   "--screen-pool by signature, each scored alone on the examples, the --k "
+                   "best kept.")
+@click.option("--screen-pool", default=20, show_default=True,
+              help="With --select retrieve+screen: modules retrieved before the screen.")
 @click.option("--query", default=None, help="Registry filter: free text.")
 @click.option("--task", default=None, help="Registry filter: task name or category.")
 @click.option("--tag", "tags", multiple=True, help="Registry filter: tag (repeatable).")
@@ -339,7 +348,8 @@ def _hub_fetcher(settings: Settings) -> Any:
 @click.pass_obj
 def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             candidate_opts: tuple[str, ...], from_registry: bool, k: int, all_compatible: bool,
-            query: str | None, task: str | None, tags: tuple[str, ...], rank_filter: int | None,
+            select: str, screen_pool: int, query: str | None, task: str | None,
+            tags: tuple[str, ...], rank_filter: int | None,
             module_dirs: tuple[Path, ...], base_model: str | None, device: str, dtype: str,
             no_chat_template: bool, method: str, svd_rank: int | None, objective: str,
             optimizer: str,
@@ -358,6 +368,8 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     Examples:
       loradex compose --examples few.jsonl --out composed/ modules/a modules/b modules/c
       loradex compose --examples few.jsonl --from-registry --k 20 --seed 1 --out composed/
+      loradex compose --examples few.jsonl --from-registry --select retrieve+screen --k 5 \
+        --start best-single --out composed/
       loradex compose --examples few.jsonl --output hydra --hydra-heads 3 --out hydra/ a b c d
     """
     from composer.compose import ComposeConfig
@@ -369,6 +381,10 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     refs += [r.strip() for opt in candidate_opts for r in opt.split(",") if r.strip()]
     if from_registry == bool(refs):
         raise ConfigError("give candidates (folders or ids) or --from-registry, not both/neither")
+    if select != "random" and not from_registry:
+        raise ConfigError("--select chooses among registry modules: it needs --from-registry")
+    if select != "random" and all_compatible:
+        raise ConfigError("--all-compatible takes every module; it goes with --select random")
     if publish_repo:
         from hub_client.publish import check_repo_id
 
@@ -380,7 +396,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         out=out,
         candidates=RegistrySelection(
             k=None if all_compatible else k, text=query, task=task, tags=tuple(tags),
-            rank=rank_filter,
+            rank=rank_filter, select=select, screen_pool=screen_pool,
         ) if from_registry else tuple(refs),
         module_dirs=tuple(module_dirs),
         model=ModelSpec(name_or_path=base_model, device=device, dtype=dtype),
