@@ -215,6 +215,8 @@ class ComposeResult:
     holdout: list[HoldoutRow] = field(default_factory=list)
     restarts: list[RestartRecord] = field(default_factory=list)
     folds: int = 0
+    # How the candidates were chosen (composer.selection), recorded in the provenance.
+    selection: dict[str, Any] | None = None
 
     def weights_by_group(self) -> np.ndarray:
         """The weights as ``[layer_groups, candidates]``."""
@@ -476,6 +478,8 @@ def provenance(
                 for r in result.restarts
             ],
         }
+    if result.selection is not None:
+        block["selection"] = result.selection
     if loaded.gguf_file:
         block["base_model_file"] = Path(loaded.gguf_file).name
     if result.holdout:

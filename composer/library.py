@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
@@ -24,6 +24,9 @@ from composer.models import DEFAULT_BASE_MODEL, LoadedModel
 from composer.train import TaskInfo, TrainConfig, train_lora
 from loradex.errors import InvalidDataFile, ModuleNotFound
 from loradex.files import atomic_write
+
+if TYPE_CHECKING:
+    from registry.embedders import Embedder
 
 # Hand-assigned categories of the upstream BIG-bench tasks (used for search and study reports).
 TASK_CATEGORIES: dict[str, str] = {
@@ -155,9 +158,11 @@ def _update_manifest(out_dir: Path, settings: dict[str, Any], task: str | None =
 
 
 def build_library(
-    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True
+    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True,
+    embedder: Embedder | None = None,
 ) -> dict[str, Any]:
-    """Train every missing module of the library; returns the updated manifest."""
+    """Train every missing module of the library (each with the data signature of its
+    training split when given an ``embedder``); returns the updated manifest."""
     from tqdm.auto import tqdm
 
     spec.out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,7 @@ def build_library(
                 tqdm.write(f"{task}: step {step + 1} loss {loss:.3f} ({rate:.2f} s/step)")
 
         result = train_lora(loaded, train, folder, spec.train, task=info, heldout=test,
-                            progress=False, on_step=log_step)
+                            progress=False, on_step=log_step, embedder=embedder)
         record = {
             "task": task,
             "category": info.category,

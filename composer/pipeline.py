@@ -9,19 +9,20 @@ module is the ``fetch`` collaborator's job, and publishing the result is the cal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from composer.compose import ComposeConfig
 from composer.models import ModelSpec
-from loradex.errors import ConfigError
+from loradex.errors import ConfigError, ModuleNotFound
 from loradex.settings import Settings
 
 if TYPE_CHECKING:
     from composer.candidates import Candidate, Fetcher
     from composer.compose import ComposeResult
+    from composer.data import Example
     from composer.hydra.compose import HydraComposeResult
     from composer.models import LoadedModel
     from registry.entities import SearchQuery
@@ -42,6 +43,14 @@ class RegistrySelection:
     task: str | None = field(default=None, metadata={"help": "task name or category filter"})
     tags: tuple[str, ...] = field(default=(), metadata={"help": "tags a module must have"})
     rank: int | None = field(default=None, metadata={"help": "LoRA rank filter"})
+    select: str = field(
+        default="random",
+        metadata={"help": "random: k at random (the paper); retrieve: the k whose task "
+                          "signatures fit the examples best; retrieve+screen: the best "
+                          "screen_pool by signature, each scored alone, the k best kept"},
+    )
+    screen_pool: int = field(
+        default=20, metadata={"help": "modules retrieved before the screen keeps k"})
 
     def query(self, base_model: str) -> SearchQuery:
         """The registry query: LoRA modules of ``base_model`` that match the filters."""
@@ -112,23 +121,65 @@ def _quiet(message: str) -> None:
 
 
 def select_candidates(
-    request: ComposeRequest, settings: Settings, fetch: Fetcher | None = None
-) -> list[Candidate]:
-    """The request's candidates, read from disk (fetched first when only on a Hub)."""
+    request: ComposeRequest, settings: Settings, fetch: Fetcher | None = None,
+    few: Sequence[Example] = (),
+) -> tuple[list[Candidate], dict[str, Any] | None]:
+    """The request's candidates, read from disk (fetched first when only on a Hub), and,
+    for a registry selection, what chose them. A screen comes later, with the model."""
     from composer.candidates import resolve_candidate, select_from_registry
     from composer.models import base_model_name_for
 
     dirs = [*request.module_dirs, settings.home / "modules"]
     chosen = request.candidates
+    if isinstance(chosen, RegistrySelection) and chosen.select != "random":
+        return _retrieve_candidates(request, chosen, settings, fetch, few, dirs)
     if isinstance(chosen, RegistrySelection):
         return select_from_registry(
             settings.db_url, chosen.query(base_model_name_for(request.model.name_or_path)),
             k=chosen.k, seed=request.compose.search.seed, cache_dir=settings.cache_dir,
             module_dirs=dirs, fetch=fetch,
-        )
+        ), ({"method": "random", "k": chosen.k} if chosen.k is not None else None)
     if not chosen:
         raise ConfigError("no candidates: give adapter folders or ids, or a registry selection")
-    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in chosen]
+    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in chosen], None
+
+
+def _retrieve_candidates(
+    request: ComposeRequest, chosen: RegistrySelection, settings: Settings,
+    fetch: Fetcher | None, few: Sequence[Example], dirs: Sequence[Path],
+) -> tuple[list[Candidate], dict[str, Any]]:
+    """The best modules of the registry query by task signature (``k``, or ``screen_pool``
+    before a screen), with their scores."""
+    from composer.candidates import resolve_candidate
+    from composer.models import base_model_name_for
+    from composer.selection import check_select
+    from registry.embedders import load_embedder
+    from registry.retrieval import retrieve
+    from registry.store import RegistryStore
+
+    k = chosen.k if chosen.k is not None else 20
+    check_select(chosen.select, k, chosen.screen_pool)
+    wanted = k if chosen.select == "retrieve" else max(k, chosen.screen_pool)
+    embedder = load_embedder()
+    store = RegistryStore.from_url(settings.db_url)
+    try:
+        pool = store.matching_keys(chosen.query(base_model_name_for(request.model.name_or_path)))
+        if not pool:
+            raise ModuleNotFound("no module in the registry matches the query")
+        hits = retrieve(store, embedder, [e.input for e in few], pool, limit=wanted)
+        modules = {(m.source, m.repo_id): m for m in store.modules_by_keys([h.key for h in hits])}
+    finally:
+        store.engine.dispose()
+    refs = []
+    for hit in hits:
+        module = modules[hit.key]
+        refs.append(f"{module.repo_id}@{module.revision}" if module.revision else module.repo_id)
+    selection: dict[str, Any] = {
+        "method": chosen.select, "embedder": embedder.name, "pool_size": len(pool), "k": k,
+        "retrieved": [{"repo_id": h.repo_id, "score": round(h.score, 6),
+                       "signature": h.signature} for h in hits],
+    }
+    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in refs], selection
 
 
 def hydra_head_count(num_heads: int | None, router_steps: int, n_candidates: int) -> int:
@@ -179,10 +230,11 @@ def run_compose(
     config.search.validate()
     check_output_dir(request.out, request.overwrite)
     held = load_examples(request.holdout) if request.holdout else []
-    candidates = select_candidates(request, settings, fetch)
+    candidates, selection = select_candidates(request, settings, fetch, few)
     # Refuse incompatible candidates before paying for the model.
     method.check(candidates, base_model=base_model_name_for(request.model.name_or_path))
-    config.check_budget(len(candidates))
+    screening = selection is not None and selection["method"] == "retrieve+screen"
+    config.check_budget(selection["k"] if screening and selection else len(candidates))
     n_heads = None
     if request.output == "hydra":
         if config.method != "lorahub":
@@ -193,7 +245,18 @@ def run_compose(
     notify(f"{len(candidates)} candidates, {len(few)} examples, method {config.method}")
 
     loaded = (load_model or load_base_model)(request.model)
+    if screening and selection is not None:
+        from composer.selection import screen
+
+        screened = screen(loaded, candidates, few, selection["k"], objective=config.objective,
+                          use_chat_template=config.use_chat_template)
+        selection["screen"] = [{"repo_id": c.repo_id, "loss": round(loss, 6)}
+                               for c, loss in zip(candidates, screened.losses, strict=True)]
+        candidates = [candidates[i] for i in screened.kept]
+        notify(f"screened {len(screened.losses)} retrieved modules alone on the examples; "
+               f"kept {len(candidates)}")
     result = compose(loaded, candidates, few, config, holdout=held, progress=progress)
+    result.selection = selection
     hydra = None
     if n_heads is not None:
         from composer.hydra.compose import compose_result_to_hydra

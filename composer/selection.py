@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 SELECT_METHODS = ("random", "retrieve", "retrieve+screen")
 DEFAULT_SCREEN_POOL = 20
+# Candidates scored in one batched forward by the screen.
+SCREEN_BATCH = 10
 
 
 def check_select(select: str, k: int, m: int | None) -> None:
@@ -69,7 +71,12 @@ def screen(loaded: LoadedModel, candidates: Sequence[Candidate], few: Sequence[E
         raise ConfigError("no candidates to screen")
     scorer = get_objective(objective)
     scorer.prepare(loaded, few, use_chat_template=use_chat_template)
-    with ComposeSession(loaded, candidates, get_method("lorahub")) as session:
-        losses = [float(x) for x in session.losses(scorer, np.eye(len(candidates)))]
+    # A population of one-hot weight rows, evaluated as one batch (chunked to bound memory).
+    losses: list[float] = []
+    chunk = min(len(candidates), SCREEN_BATCH)
+    with ComposeSession(loaded, candidates, get_method("lorahub"), max_groups=chunk) as session:
+        eye = np.eye(len(candidates))
+        for start in range(0, len(candidates), chunk):
+            losses += [float(x) for x in session.losses(scorer, eye[start:start + chunk])]
     order = sorted(range(len(candidates)), key=lambda i: (losses[i], i))
     return ScreenResult(losses=losses, kept=order[:keep])

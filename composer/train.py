@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from composer.data import Example, encode_examples
 from composer.models import LoadedModel
 from loradex import __version__
 from loradex.errors import ConfigError
+
+if TYPE_CHECKING:
+    from registry.embedders import Embedder
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,10 @@ def train_lora(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    embedder: Embedder | None = None,
 ) -> TrainResult:
-    """Train a LoRA on ``examples``, save it as a PEFT adapter folder with a card at ``out_dir``.
+    """Train a LoRA on ``examples``, save it as a PEFT adapter folder with a card at ``out_dir``
+    (and, given an ``embedder``, the data signature of its training inputs).
 
     The base model in ``loaded`` is returned to its original state afterwards (the LoRA layers
     are removed), so one loaded model can train many modules in a row.
@@ -279,6 +284,12 @@ def train_lora(
         final_loss=tail_mean(losses), heldout=(before, after, len(heldout)),
     )
     card = render_card(front_matter, task.name or out.name, _card_body(front_matter, losses))
+    extra_files = {"training_log.json": json.dumps({"losses": losses}).encode()}
+    if embedder is not None:
+        from registry.signatures import SIGNATURE_FILE, data_signature, signature_file_bytes
+
+        signature = data_signature(embedder, [ex.input for ex in examples])
+        extra_files[SIGNATURE_FILE] = signature_file_bytes(signature)
     write_adapter_folder(
         out,
         config=cfg_dict,
@@ -286,7 +297,7 @@ def train_lora(
         card=card,
         save_dtype=config.save_dtype,
         overwrite=overwrite,
-        extra_files={"training_log.json": json.dumps({"losses": losses}).encode()},
+        extra_files=extra_files,
     )
     return TrainResult(
         out_dir=out,

@@ -117,15 +117,20 @@ def card_signatures(embedder: Embedder, modules: Sequence[Module]) -> list[Signa
             for i in range(len(modules))]
 
 
-def write_signature_file(folder: Path, signature: Signature) -> Path:
-    """Write ``loradex_signature.safetensors`` into ``folder`` atomically."""
-    from safetensors.numpy import save_file
+def signature_file_bytes(signature: Signature) -> bytes:
+    """The content of ``loradex_signature.safetensors`` for ``signature``."""
+    from safetensors.numpy import save
 
-    target = Path(folder) / SIGNATURE_FILE
     metadata = {"format": SIGNATURE_FORMAT, "version": SIGNATURE_VERSION,
                 "kind": signature.kind, "embedder": signature.embedder}
-    array = signature.array().astype("<f2")
-    atomic_write(target, lambda tmp: save_file({TENSOR_NAME: array}, str(tmp), metadata=metadata))
+    return save({TENSOR_NAME: signature.array().astype("<f2")}, metadata=metadata)
+
+
+def write_signature_file(folder: Path, signature: Signature) -> Path:
+    """Write ``loradex_signature.safetensors`` into ``folder`` atomically."""
+    target = Path(folder) / SIGNATURE_FILE
+    data = signature_file_bytes(signature)
+    atomic_write(target, lambda tmp: tmp.write_bytes(data))
     return target
 
 
@@ -226,3 +231,16 @@ def sign_modules(modules: Sequence[Module], embedder: Embedder | None,
                                      else [None] * len(modules))
     return [replace(m, signatures=tuple(s for s in (d, c) if s is not None))
             for m, d, c in zip(modules, data, cards, strict=True)]
+
+
+def sign_folder_module(module: Module, folder: Path,
+                       embedder: Embedder | None) -> tuple[Module, str | None]:
+    """``module`` (read from ``folder``) with its folder's data signature and a card
+    signature; a bad signature file leaves it out and is returned as a warning line."""
+    warning = None
+    try:
+        data = folder_signature(folder)
+    except InvalidSignature as exc:
+        warning = f"{exc}; indexed without its data signature"
+        data = None
+    return sign_modules([module], embedder, [data])[0], warning

@@ -207,3 +207,85 @@ def test_compose_with_restarts_and_layer_groups(tiny, tmp_path, capsys, loradex_
     code, _out, err = run([*argv[:-2], "--output", "hydra", "--out", str(tmp_path / "h"),
                            str(tiny["m0"]), str(tiny["m1"])], capsys)
     assert code == 2 and "--layer-groups 1" in err
+
+
+def test_compose_selects_candidates_by_signature_and_records_it(
+        tiny, db_url, tmp_path, capsys, loradex_home):
+    """Retrieval picks the module whose data signature matches the examples; the screen
+    scores the retrieved ones alone; the provenance records both."""
+    import shutil
+
+    from composer.data import load_examples
+    from composer.registry_link import index_adapter_folder
+    from composer.signing import sign_folder
+    from registry.embedders import load_embedder
+
+    embedder = load_embedder()
+    few = load_examples(tiny["few"])
+    unrelated = [load_examples(write_jsonl(tmp_path / f"u{i}.jsonl", [
+        {"input": text, "target": "x"} for text in texts]))
+        for i, texts in enumerate((["Translate to French: good morning", "Translate: cat"],
+                                   ["Is the claim about vaccines true?", "Claim: masks work"]))]
+    for name, examples in (("m0", unrelated[0]), ("m1", few), ("m2", unrelated[1])):
+        folder = shutil.copytree(tiny[name], tmp_path / "mods" / name)
+        sign_folder(folder, examples, embedder)
+        index_adapter_folder(db_url, folder)
+    argv = ["--db", db_url, "compose", "--examples", str(tiny["few"]), "--base-model",
+            str(tiny["base"]), "--from-registry", "--rank", "4", "--budget", "3",
+            "--modules-dir", str(tmp_path / "mods"), "--no-index", "--json"]
+    code, out, err = run([*argv, "--select", "retrieve", "--k", "1",
+                          "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert list(json.loads(out)["weights"]) == ["local/m1"]
+    provenance = json.loads((tmp_path / "r" / "loradex_provenance.json").read_text())
+    selection = provenance["selection"]
+    assert selection["method"] == "retrieve" and selection["pool_size"] == 3
+    assert [r["repo_id"] for r in selection["retrieved"]] == ["local/m1"]
+    assert selection["retrieved"][0]["signature"] == "data"
+
+    code, out, err = run([*argv, "--select", "retrieve+screen", "--screen-pool", "3", "--k",
+                          "2", "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["weights"]) == 2
+    selection = json.loads((tmp_path / "s" / "loradex_provenance.json").read_text())["selection"]
+    assert len(selection["retrieved"]) == 3 and len(selection["screen"]) == 3
+    kept = sorted(selection["screen"], key=lambda r: r["loss"])[:2]
+    assert list(json.loads(out)["weights"]) == [r["repo_id"] for r in kept]
+
+    code, _out, err = run([*argv, "--select", "retrieve", "--all-compatible",
+                           "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "--all-compatible" in err
+    code, _out, err = run(["--db", db_url, "compose", "--examples", str(tiny["few"]),
+                           "--select", "retrieve", "--out", str(tmp_path / "y"),
+                           str(tiny["m0"])], capsys)
+    assert code == 2 and "--from-registry" in err
+
+
+def test_train_writes_a_data_signature_that_add_indexes(tiny, db_url, tmp_path, capsys,
+                                                        loradex_home):
+    from registry.signatures import DATA, SIGNATURE_FILE, read_signature_file
+    from registry.store import RegistryStore
+
+    code, _out, err = run(["--db", db_url, "train", str(tiny["train"]), "--out",
+                           str(tmp_path / "t"), "--base-model", str(tiny["base"]), "--rank",
+                           "4", "--steps", "2", "--batch-size", "4", "--no-index"], capsys)
+    assert code == 0, err
+    signature = read_signature_file(tmp_path / "t" / SIGNATURE_FILE)
+    assert signature.kind == DATA and signature.count == len(TRAIN_ROWS)
+    code, _out, err = run(["--db", db_url, "add", str(tmp_path / "t")], capsys)
+    assert code == 0, err
+    store = RegistryStore.from_url(db_url)
+    try:
+        kinds = sorted(s.kind for s in store.signatures("local/t"))
+    finally:
+        store.engine.dispose()
+    assert kinds == ["card", "data"]
+    # A broken signature file: one warning line, the module still indexed without it.
+    (tmp_path / "t" / SIGNATURE_FILE).write_bytes(b"garbage")
+    code, _out, err = run(["--db", db_url, "add", str(tmp_path / "t")], capsys)
+    assert code == 0 and "warning:" in err and "too short" in err
+    store = RegistryStore.from_url(db_url)
+    try:
+        assert [s.kind for s in store.signatures("local/t")] == ["card"]
+    finally:
+        store.engine.dispose()

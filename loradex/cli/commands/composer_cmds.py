@@ -167,8 +167,10 @@ def train(settings: Settings, datas: tuple[Path, ...], method: str, heads: str,
                     description=description)
 
     loaded = _load_model(base_model, device, dtype)
+    from loradex.cli.embedding import optional_embedder
+
     result = train_lora(loaded, examples, out, config, task=task, heldout=heldout,
-                        overwrite=overwrite)
+                        overwrite=overwrite, embedder=optional_embedder())
     module_id = None if no_index else _index_folder(settings, result.out_dir)
     summary = {
         "out": str(result.out_dir),

@@ -64,7 +64,9 @@ def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, .
     )
     click.echo(f"loading base model {base_model or '(embedded SmolLM2-135M-Instruct)'} ...")
     loaded = load_base_model(ModelSpec(name_or_path=base_model, dtype=dtype))
-    manifest = build_library(loaded, spec)
+    from loradex.cli.embedding import optional_embedder
+
+    manifest = build_library(loaded, spec, embedder=optional_embedder())
     write_library_readme(out_dir)
     click.echo(f"library {out_dir}: {len(manifest['modules'])} module(s)")
 
@@ -116,3 +118,28 @@ def heldout(data_dir: Path, library_dir: Path, dest: Path, tasks: tuple[str, ...
 
     written = write_heldout(built_spec(data_dir, library_dir), dest, tasks)
     click.echo(f"wrote {len(written)} held-out task file(s) to {dest}")
+
+
+@library.command()
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the upstream task files the library was built from.")
+@click.option("--out", "out_dir", default="library", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
+@click.option("--task", "tasks", multiple=True,
+              help="Only these tasks (repeatable; default: every built module).")
+@click.option("--overwrite", is_flag=True, help="Replace signatures modules already have.")
+def sign(data_dir: Path, out_dir: Path, tasks: tuple[str, ...], overwrite: bool) -> None:
+    """Give each built module its data signature (loradex_signature.safetensors): a sample of
+    the training split it was built on, embedded. No retraining; no torch.
+
+    \b
+    Example:
+      loradex library sign --data-dir ../shared/data/upstream --out library
+    """
+    from composer.library import built_spec
+    from composer.signing import sign_library
+    from registry.embedders import load_embedder
+
+    signed = sign_library(built_spec(data_dir, out_dir), load_embedder(), tasks,
+                          overwrite=overwrite)
+    click.echo(f"signed {len(signed)} module(s) in {out_dir}")

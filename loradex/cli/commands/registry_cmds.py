@@ -120,20 +120,14 @@ def add(ctx: click.Context, path: str, repo_id: str | None, revision: str | None
 def _with_signatures(module: Module, folder: Path) -> Module:
     """``module`` with its folder's data signature and a card signature, when they can be
     made; a bad signature file or a missing embedder is one warning line, not a refusal."""
-    from registry.embedders import load_embedder
-    from registry.signatures import InvalidSignature, folder_signature, sign_modules
+    from loradex.cli.embedding import optional_embedder
+    from registry.signatures import sign_folder_module
 
-    try:
-        data = folder_signature(folder)
-    except InvalidSignature as exc:
-        click.echo(f"warning: {exc}; indexed without its data signature", err=True)
-        data = None
-    try:
-        embedder = load_embedder()
-    except ConfigError as exc:
-        click.echo(f"warning: {exc}; indexed without a card signature", err=True)
-        embedder = None
-    return sign_modules([module], embedder, [data])[0]
+    signed, warning = sign_folder_module(
+        module, folder, optional_embedder("indexed without a card signature"))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return signed
 
 
 # --------------------------------------------------------------------------- search
