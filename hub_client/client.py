@@ -180,6 +180,11 @@ class HubClient:
         with self.errors(f"{repo_id}/{filename}"):
             return self._get(repo_id, filename, revision)[0].decode("utf-8", errors="replace")
 
+    def fetch_bytes(self, repo_id: str, filename: str, revision: str, limit: int) -> bytes:
+        """A small binary file of a repo at a revision, refused past ``limit`` bytes."""
+        with self.errors(f"{repo_id}/{filename}"):
+            return self._get(repo_id, filename, revision, limit=limit)[0]
+
     def fetch_safetensors_header(
         self, repo_id: str, filename: str, revision: str, file_size: int | None = None
     ) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from loradex.errors import InvalidAdapter
 from registry.adapter_files import inspect_adapter_folder, read_json_object
 from registry.cards import CARD, parse_card
 from registry.repo_ids import check_repo_id
+from registry.signatures import folder_signature, sign_folder_module
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
+    from registry.embedders import Embedder
     from registry.entities import Module
     from registry.store import RegistryStore
 
@@ -175,11 +177,17 @@ def publish_folder(
     private: bool = False,
     license_id: str | None = None,
     message: str | None = None,
+    embedder: Embedder | None = None,
 ) -> PublishResult:
-    """Validate, upload in one commit, and index the new revision in the local registry."""
+    """Validate, upload in one commit, and index the new revision in the local registry
+    (with its signatures: the folder's data signature, a card one by ``embedder``).
+
+    A malformed signature file refuses the publish before the Hub is touched: what is
+    published is read by others."""
     check_repo_id(repo_id)
     folder = folder.expanduser().resolve()
     module = inspect_adapter_folder(folder, repo_id=repo_id)
+    folder_signature(folder)
     card = build_card(folder, module, repo_id, license_id)
     with tempfile.TemporaryDirectory(prefix="loradex-publish-") as tmp:
         staging = Path(tmp)
@@ -190,11 +198,11 @@ def publish_folder(
         commit = client.upload_folder(
             repo_id, staging, message or f"Publish {folder.name} with loradex"
         )
-        indexed = store.upsert_module(
-            inspect_adapter_folder(
-                staging, repo_id=repo_id, revision=commit.oid, source=client.endpoint
-            )
+        published = inspect_adapter_folder(
+            staging, repo_id=repo_id, revision=commit.oid, source=client.endpoint
         )
+        signed, _warning = sign_folder_module(published, staging, embedder)
+        indexed = store.upsert_module(signed)
     return PublishResult(
         repo_id=repo_id, revision=commit.oid, url=url, module=indexed, skipped=tuple(skipped)
     )

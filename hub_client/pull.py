@@ -25,6 +25,7 @@ from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import describe_hydra
 from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from registry.safetensors_header import read_safetensors_header
+from registry.signatures import SIGNATURE_FILE
 
 if TYPE_CHECKING:
     from hub_client.client import HubClient
@@ -92,8 +93,8 @@ def pull_module(
                 raise InvalidAdapter(f"{repo_id}: no {ADAPTER_WEIGHTS} in the repo")
             if names[1] not in siblings:
                 raise InvalidAdapter(f"{repo_id}: no {names[1]} in the repo")
-            if CARD in siblings:
-                names.append(CARD)
+            # Optional files that travel with a module: its card and its task signature.
+            names += [name for name in (CARD, SIGNATURE_FILE) if name in siblings]
             sha = info.sha
             for name in names:
                 lfs = siblings[name].lfs
@@ -104,18 +105,19 @@ def pull_module(
         try:
             paths.append(client.download(repo_id, name, revision=sha, offline=from_cache))
         except HubUnavailable:
-            if from_cache or name == CARD:
+            if from_cache or name in (CARD, SIGNATURE_FILE):
                 raise
             # The Hub went away between calls: start over from the cache.
             return pull_module(client, store, repo_id, revision, target=target, offline=True)
     if not from_cache and sha is not None:
         client.remember_ref(paths[0], revision or "main", sha)
     if from_cache:
-        try:
-            paths.append(client.download(repo_id, CARD, revision=sha, offline=True))
-            names.append(CARD)
-        except (HubUnavailable, ModuleNotFound):
-            pass
+        for optional in (CARD, SIGNATURE_FILE):
+            try:
+                paths.append(client.download(repo_id, optional, revision=sha, offline=True))
+                names.append(optional)
+            except (HubUnavailable, ModuleNotFound):
+                pass
         sha = paths[0].parent.name  # the snapshot folder is named by the commit sha
     assert sha is not None
     module = known

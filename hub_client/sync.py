@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,16 +23,19 @@ from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexE
 from registry.adapter_files import PICKLE_WEIGHTS, parse_json_object
 from registry.adapter_metadata import module_from_metadata
 from registry.cards import CARD
-from registry.entities import Module, ModuleFile, SyncState
+from registry.entities import Module, ModuleFile, Signature, SyncState
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.hydra import WEIGHTS_NAME as HYDRA_WEIGHTS
 from registry.hydra import hydra_module_from_metadata
 from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from registry.signatures import DATA, SIGNATURE_FILE, read_signature_file, sign_modules
+from registry.signatures import MAX_FILE_BYTES as MAX_SIGNATURE_BYTES
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo
 
     from hub_client.client import HubClient
+    from registry.embedders import Embedder
     from registry.store import RegistryStore
 
 PEFT_FILTER = "peft"
@@ -71,6 +74,8 @@ class SyncReport:
     failed: int = 0
     removed: int | None = None  # None: not pruned
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # Repos indexed without their signature file, and why (a bad or oversized file).
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         """The one summary line ``loradex sync`` prints."""
@@ -135,6 +140,7 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
     weights = siblings[weights_name]
     header = client.fetch_safetensors_header(repo_id, weights_name, sha, weights.size)
     card_text = client.fetch_text(repo_id, CARD, sha) if CARD in siblings else None
+    signature, signature_problem = _data_signature(client, repo_id, sha, siblings)
     files = [
         ModuleFile(
             path=s.rfilename,
@@ -156,14 +162,50 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
         "updated_at": _as_utc(info.last_modified),
     }
     if hydra:
-        return hydra_module_from_metadata(repo_id, config, header, card_text, **hub_fields)
-    return module_from_metadata(
-        repo_id, config, header, card_text, label=repo_id, **hub_fields
-    )
+        module = hydra_module_from_metadata(repo_id, config, header, card_text, **hub_fields)
+    else:
+        module = module_from_metadata(
+            repo_id, config, header, card_text, label=repo_id, **hub_fields
+        )
+    if signature is not None:
+        module = replace(module, signatures=(signature,))
+    if signature_problem is not None:
+        raise _IndexedWithout(module, signature_problem)
+    return module
 
 
-def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> SyncReport:
-    """Sync the adapters ``options`` selects from ``client``'s Hub into ``store``."""
+class _IndexedWithout(Exception):
+    """A module to index without its signature file, and why (the sync reports it)."""
+
+    def __init__(self, module: Module, reason: str) -> None:
+        super().__init__(reason)
+        self.module = module
+        self.reason = reason
+
+
+def _data_signature(client: HubClient, repo_id: str, sha: str, siblings: dict[str, Any],
+                    ) -> tuple[Signature | None, str | None]:
+    """The repo's data signature when it has a valid one, else (None, why not)."""
+    sibling = siblings.get(SIGNATURE_FILE)
+    if sibling is None:
+        return None, None
+    label = f"{repo_id}/{SIGNATURE_FILE}"
+    if sibling.size is not None and sibling.size > MAX_SIGNATURE_BYTES:
+        return None, f"{label}: {sibling.size} bytes, over the {MAX_SIGNATURE_BYTES} limit"
+    try:
+        data = client.fetch_bytes(repo_id, SIGNATURE_FILE, sha, MAX_SIGNATURE_BYTES)
+        signature = read_signature_file(data, label=label)
+    except InvalidAdapter as exc:  # InvalidSignature, or the file over the limit
+        return None, str(exc).splitlines()[0]
+    if signature.kind != DATA:
+        return None, f"{label}: a {signature.kind!r} signature; a module carries a 'data' one"
+    return signature, None
+
+
+def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions,
+             embedder: Embedder | None = None) -> SyncReport:
+    """Sync the adapters ``options`` selects from ``client``'s Hub into ``store`` (with card
+    signatures by ``embedder`` when given, and each repo's data signature file if it has one)."""
     from tqdm import tqdm
 
     if options.prune and (options.limit or options.base_model):
@@ -199,7 +241,7 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions) -> S
             continue
         todo.append((info, state is not None and state.status == STATUS_OK))
 
-    writer = _BatchWriter(store, client.endpoint, report)
+    writer = _BatchWriter(store, client.endpoint, report, embedder)
     with tqdm(
         total=len(todo), unit="repo", desc="sync", disable=not options.progress, leave=False
     ) as bar:
@@ -233,8 +275,10 @@ class _BatchWriter:
     BATCH = 200
     BATCH_SECONDS = 1.0
 
-    def __init__(self, store: RegistryStore, endpoint: str, report: SyncReport) -> None:
+    def __init__(self, store: RegistryStore, endpoint: str, report: SyncReport,
+                 embedder: Embedder | None = None) -> None:
         self.store = store
+        self.embedder = embedder
         self.endpoint = endpoint
         self.report = report
         self.modules: list[Module] = []
@@ -244,6 +288,9 @@ class _BatchWriter:
 
     def add(self, info: ModelInfo, known: bool, outcome: Module | BaseException) -> None:
         """Queue one repo's outcome; flush when the batch is full or old enough."""
+        if isinstance(outcome, _IndexedWithout):
+            self.report.warnings.append((info.id, outcome.reason))
+            outcome = outcome.module
         if isinstance(outcome, Module):
             self.modules.append(outcome)
             self.states.append(SyncState(self.endpoint, info.id, info.sha, STATUS_OK, None))
@@ -259,6 +306,8 @@ class _BatchWriter:
     def flush(self) -> None:
         """Write the queued modules, then their sync states; count them in the report."""
         if self.modules:
+            if self.embedder is not None:
+                self.modules = sign_modules(self.modules, self.embedder)
             self.store.bulk_upsert(self.modules)
         if self.states:
             self.store.set_sync_states(self.states)
@@ -301,6 +350,9 @@ def _fetch_all(
             for future in done:
                 item = pending.pop(future)
                 error = future.exception()
+                if isinstance(error, _IndexedWithout):
+                    yield item, error
+                    continue
                 if isinstance(error, HubUnavailable) or (
                     error is not None and not isinstance(error, Exception)
                 ):

@@ -410,3 +410,47 @@ def test_listing_without_file_sizes_falls_back_to_model_info(
     assert (
         sizes["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").stat().st_size
     )
+
+
+def test_signatures_round_trip_through_publish_sync_and_pull(
+    hub: HubServer, store: RegistryStore, tmp_path: Path
+) -> None:
+    """A data signature is published with its module, read back by sync (a bad one is a
+    warning, the repo still indexed), travels with pull, and card signatures are made for
+    every synced module by the embedder given."""
+    from registry.embedders import load_embedder
+    from registry.signatures import (
+        SIGNATURE_FILE,
+        InvalidSignature,
+        data_signature,
+        read_signature_file,
+        write_signature_file,
+    )
+
+    embedder = load_embedder()
+    folder = make_adapter(tmp_path / "signed", seed=1)
+    signature = data_signature(embedder, ["Rewrite in the past tense: I walk.", "He runs."])
+    write_signature_file(folder, signature)
+    client = HubClient(hub.url, hub.alice)
+    published = publish_folder(client, store, folder, "alice/sig-good", embedder=embedder)
+    assert sorted(s.kind for s in store.signatures("alice/sig-good", source=hub.url)) == [
+        "card", "data"]
+    assert published.module.repo_id == "alice/sig-good"
+
+    bad = make_adapter(tmp_path / "bad", seed=2)
+    (bad / SIGNATURE_FILE).write_bytes(b"\x08" + b"\0" * 7 + b"{}")
+    with pytest.raises(InvalidSignature):  # a publish is refused before touching the Hub
+        publish_folder(client, store, bad, "alice/sig-bad", embedder=embedder)
+    upload_adapter(hub, "alice/sig-bad", bad)  # another tool could still push one
+
+    report = sync_hub(HubClient(hub.url), store,
+                      SyncOptions(author="alice", search="sig-", progress=False), embedder)
+    assert report.failed == 0 and report.new + report.updated == 2
+    assert [r for r, _ in report.warnings] == ["alice/sig-bad"]
+    good = {(s.kind, s.embedder): s for s in store.signatures("alice/sig-good", source=hub.url)}
+    assert good[("data", embedder.name)].vectors == signature.vectors
+    assert ("card", embedder.name) in good
+    assert [s.kind for s in store.signatures("alice/sig-bad", source=hub.url)] == ["card"]
+
+    pulled = pull_module(HubClient(hub.url), store, "alice/sig-good", None)
+    assert read_signature_file(pulled.folder / SIGNATURE_FILE).vectors == signature.vectors

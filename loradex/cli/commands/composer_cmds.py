@@ -426,12 +426,14 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     if publish_repo:
         from hub_client.client import HubClient
         from hub_client.publish import publish_folder
+        from loradex.cli.embedding import optional_embedder
         from registry.store import RegistryStore
 
         store = RegistryStore.from_url(settings.db_url)
         try:
             published = publish_folder(
-                HubClient(settings.endpoint, settings.token), store, outcome.folder, publish_repo
+                HubClient(settings.endpoint, settings.token), store, outcome.folder, publish_repo,
+                embedder=optional_embedder("indexed without a card signature"),
             )
         finally:
             store.engine.dispose()

@@ -374,8 +374,13 @@ def sync(
         prune=prune,
         progress=not quiet,
     )
-    report = sync_hub(client, store, options)
+    from loradex.cli.embedding import optional_embedder
+
+    report = sync_hub(client, store, options,
+                      embedder=optional_embedder("modules indexed without card signatures"))
     click.echo(report.summary())
+    for repo_id, reason in report.warnings[:20]:
+        click.echo(f"  warning {repo_id}: {reason}; indexed without it", err=True)
     for repo_id, reason in report.failures[:20]:
         click.echo(f"  failed {repo_id}: {reason}", err=True)
     if len(report.failures) > 20:
@@ -467,6 +472,8 @@ def publish(
         raise ConfigError("publishing needs a token: --token, LORADEX_TOKEN or HF_TOKEN")
     store = RegistryStore.from_url(settings.db_url)
     client = HubClient(settings.endpoint, settings.token)
+    from loradex.cli.embedding import optional_embedder
+
     result = publish_folder(
         client,
         store,
@@ -475,6 +482,7 @@ def publish(
         private=private,
         license_id=license_id,
         message=message,
+        embedder=optional_embedder("indexed without a card signature"),
     )
     click.echo(f"published {result.repo_id}@{result.revision} -> {result.url}")
     if result.skipped:
