@@ -84,8 +84,9 @@ def accuracy(hits: Sequence[bool]) -> float:
 
 
 def label_distribution(labels: Iterable[str]) -> dict[str, int]:
-    """How often each label occurs, commonest first (ties in order of first occurrence)."""
-    return dict(Counter(labels).most_common())
+    """How often each label occurs, commonest first (ties by label, so runs compare equal)."""
+    counts = Counter(labels)
+    return {k: counts[k] for k in sorted(counts, key=lambda t: (-counts[t], t))}
 
 
 def majority(targets: Iterable[str]) -> tuple[str | None, float]:
@@ -94,8 +95,8 @@ def majority(targets: Iterable[str]) -> tuple[str | None, float]:
     counts = Counter(targets)
     if not counts:
         return None, 0.0
-    label, top = counts.most_common(1)[0]
-    return label, top / counts.total()
+    label = min(counts, key=lambda t: (-counts[t], t))  # ties by label: deterministic
+    return label, counts[label] / counts.total()
 
 
 def evaluate_examples(

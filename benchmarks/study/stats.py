@@ -5,7 +5,8 @@ examples. Everything here works on plain per-example data, so it can be checked 
 
 - :func:`majority_label` / :func:`majority_correct`: the rate of the commonest target label on
   the test split (what a constant answer scores) and that constant answer as a paired system;
-- :func:`label_distribution`: how often each label was predicted (a collapse shows at once);
+- ``label_distribution`` (``composer.metrics``, re-exported): how often each label was
+  predicted (a collapse shows at once);
 - :func:`mcnemar_exact`: the exact two-sided McNemar test, a binomial test on the discordant pairs;
 - :func:`paired_bootstrap`: a paired bootstrap of the difference of two accuracies;
 - :func:`summarize`: mean and spread over seeds; :func:`markdown_table`: a table for BENCHMARKS.md.
@@ -16,30 +17,27 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from composer.metrics import label_distribution, majority
+
+__all__ = ["label_distribution"]  # the one implementation, used by the study through here
 
 
 def majority_label(targets: Sequence[str]) -> tuple[str, float]:
-    """The commonest target label and its rate (ties broken by the label's sort order)."""
-    if not targets:
+    """The commonest target label and its rate (ties broken by the label's sort order):
+    ``composer.metrics.majority``, refusing an empty list."""
+    label, rate = majority(targets)
+    if label is None:
         raise ValueError("majority_label needs at least one target")
-    counts = Counter(targets)
-    label = min(counts, key=lambda t: (-counts[t], t))
-    return label, counts[label] / len(targets)
+    return label, rate
 
 
 def majority_correct(targets: Sequence[str]) -> list[bool]:
     """Per-example correctness of always answering the majority label (a paired baseline)."""
     label, _ = majority_label(targets)
     return [t == label for t in targets]
-
-
-def label_distribution(labels: Iterable[str]) -> dict[str, int]:
-    """Counts of each predicted label, commonest first (ties by label)."""
-    counts = Counter(labels)
-    return {k: counts[k] for k in sorted(counts, key=lambda t: (-counts[t], t))}
 
 
 def format_distribution(counts: dict[str, int], top: int = 3) -> str:

@@ -266,13 +266,10 @@ SCORE_METRICS = ("choice_accuracy", "exact_match", "loss")
 
 def majority_label(path: Path) -> tuple[str, float] | None:
     """The most frequent target of a task file and its rate (what always answering it scores)."""
-    from collections import Counter
+    from composer.metrics import majority
 
-    targets = [json.loads(line)["target"] for line in path.open() if line.strip()]
-    if not targets:
-        return None
-    label, count = Counter(targets).most_common(1)[0]
-    return label, count / len(targets)
+    label, rate = majority(json.loads(line)["target"] for line in path.open() if line.strip())
+    return None if label is None else (label, rate)
 
 
 def format_scores(

@@ -388,7 +388,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     if select != "random" and all_compatible:
         raise ConfigError("--all-compatible takes every module; it goes with --select random")
     if publish_repo:
-        from hub_client.publish import check_repo_id
+        from registry.repo_ids import check_repo_id
 
         check_repo_id(publish_repo)
         if not settings.token:
