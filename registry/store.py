@@ -810,11 +810,26 @@ class RegistryStore:
         """Store signatures for an indexed module, replacing those of the same kind and embedder."""
         with self.engine.begin() as conn:
             module_id = self._resolve_id(conn, repo_id, source)
-            for sig in signatures:
-                conn.execute(sa.delete(_signatures).where(
-                    _signatures.c.module_id == module_id, _signatures.c.kind == sig.kind,
-                    _signatures.c.embedder == sig.embedder))
-            self._insert_rows(conn, _signatures, [_signature_row(module_id, s) for s in signatures])
+            self._put_signatures(conn, module_id, signatures)
+
+    def put_signatures_many(self, items: Sequence[tuple[tuple[str, str], Sequence[Signature]]],
+                            ) -> int:
+        """``put_signatures`` for many (source, repo_id) keys in one transaction; modules gone
+        meanwhile are skipped. Returns how many modules were signed."""
+        with self.engine.begin() as conn:
+            found = dict(self._existing_keys(conn, [key for key, _ in items]))
+            for key, signatures in items:
+                if key in found:
+                    self._put_signatures(conn, found[key], signatures)
+        return sum(1 for key, _ in items if key in found)
+
+    def _put_signatures(self, conn: Connection, module_id: int,
+                        signatures: Sequence[Signature]) -> None:
+        for sig in signatures:
+            conn.execute(sa.delete(_signatures).where(
+                _signatures.c.module_id == module_id, _signatures.c.kind == sig.kind,
+                _signatures.c.embedder == sig.embedder))
+        self._insert_rows(conn, _signatures, [_signature_row(module_id, s) for s in signatures])
 
     def modules_without_signature(self, embedder: str, query: SearchQuery | None = None,
                                   ) -> list[Module]:

@@ -240,3 +240,52 @@ def test_default_database_is_created_on_first_use(
     assert run("add", str(adapters["plural"]), db=False)[0] == 0
     assert run("db", "current", db=False)[1].strip().endswith("(head)")
     assert run.module_count() == 1
+
+
+def test_search_like_ranks_by_signature_and_db_sign_backfills(
+        run: Run, tmp_path: Path) -> None:
+    from registry.embedders import load_embedder
+    from registry.signatures import data_signature, write_signature_file
+
+    embedder = load_embedder()
+    tasks = {
+        "tense": ["Today I walk. Yesterday I", "Today I sing. Yesterday I"],
+        "facts": ["Claim: masks reduce the spread of the virus. True or false?",
+                  "Claim: vaccines contain microchips. True or false?"],
+    }
+    for name, inputs in tasks.items():
+        folder = write_lora_adapter(tmp_path / name, card="")
+        write_signature_file(folder, data_signature(embedder, inputs))
+        code, _out, err = run("add", str(folder), "--id", f"lab/{name}")
+        assert code == 0, err
+    few = tmp_path / "few.jsonl"
+    few.write_text('{"input": "Today I jump. Yesterday I", "target": "jumped"}\n')
+    code, out, err = run("search", "--like", str(few))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].startswith("lab/tense") and " data " in lines[1]
+    doc = run.json("search", "--like", str(few), "--limit", "1")
+    assert [r["repo_id"] for r in doc["results"]] == ["lab/tense"]
+    assert doc["results"][0]["signature"] == "data" and doc["embedder"] == embedder.name
+    assert doc["total"] == 2 and 0 < doc["results"][0]["similarity"] <= 1
+
+    # One line for a bad examples file, and --like takes no TEXT.
+    (tmp_path / "empty.jsonl").write_text("\n")
+    code, _out, err = run("search", "--like", str(tmp_path / "empty.jsonl"))
+    assert code == 6 and err.count("\n") == 1 and "no examples" in err
+    code, _out, err = run("search", "past", "--like", str(few))
+    assert code == 2
+
+    # A registry whose signatures are gone: scored on card text made now, then backfilled.
+    engine = sa.create_engine(run.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM module_signatures"))
+    engine.dispose()
+    doc = run.json("search", "--like", str(few))
+    assert {r["signature"] for r in doc["results"]} == {"card (computed now)"}
+    code, out, err = run("db", "sign")
+    assert code == 0 and "signed 2 module(s)" in out, err
+    doc = run.json("search", "--like", str(few))
+    assert {r["signature"] for r in doc["results"]} == {"card"}
+    code, out, err = run("db", "sign")
+    assert "signed 0 module(s)" in out

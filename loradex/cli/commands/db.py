@@ -61,3 +61,44 @@ def current(ctx: click.Context) -> None:
     else:
         state = f"{', '.join(sorted(found))} (head is {', '.join(sorted(heads))})"
     click.echo(f"{schema.display_url(url)}: {state}")
+
+
+@db.command()
+@click.option("--batch-size", default=256, show_default=True,
+              help="Modules embedded and written per transaction.")
+@click.pass_context
+def sign(ctx: click.Context, batch_size: int) -> None:
+    """Make card signatures for the modules that have no signature from the configured
+    embedder (a registry indexed before signatures, or after changing embedder).
+
+    Each batch is its own transaction: stopping (Ctrl-C) keeps what is done, and running
+    again signs the rest.
+
+    \b
+    Example:
+      loradex db sign
+    """
+    from tqdm import tqdm
+
+    from loradex.cli.commands.registry_cmds import open_store
+    from registry.embedders import load_embedder
+    from registry.signatures import card_signatures
+
+    if batch_size < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
+    embedder = load_embedder()
+    store = open_store(ctx)
+    try:
+        todo = store.modules_without_signature(embedder.name)
+        done = 0
+        with tqdm(total=len(todo), unit="module", desc="sign", leave=False) as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                signatures = card_signatures(embedder, batch)
+                done += store.put_signatures_many(
+                    [((m.source, m.repo_id), [sig]) for m, sig in zip(batch, signatures,
+                                                                      strict=True)])
+                bar.update(len(batch))
+    finally:
+        store.engine.dispose()
+    click.echo(f"signed {done} module(s) with {embedder.name}")
