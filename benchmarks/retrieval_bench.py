@@ -126,6 +126,24 @@ def _store(kind: str, tmp: Path) -> tuple[str, object]:
     return url, RegistryStore.from_url(url)
 
 
+def _search_like_seconds(url: str, tmp: Path) -> float:
+    """Wall time of ``loradex search --like`` in a fresh process (median of 3): start-up,
+    embedder load, the examples' embedding, index load and query together."""
+    import subprocess
+
+    few = tmp / "few.jsonl"
+    few.write_text("".join(json.dumps({"input": f"example {i} of a task", "target": "x"}) + "\n"
+                           for i in range(5)))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "loradex", "--db", url, "search", "--like",
+                        str(few), "--base-model", "org/base", "--limit", "5"],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return round(sorted(times)[1], 2)
+
+
 def scale(args: argparse.Namespace) -> dict[str, object]:
     from registry.embedders import load_embedder
     from registry.entities import Module, SearchQuery
@@ -158,21 +176,27 @@ def scale(args: argparse.Namespace) -> dict[str, object]:
                 index = SignatureIndex.from_store(store, embedder.name)  # type: ignore[arg-type]
                 pool = store.matching_keys(SearchQuery(base_model="org/base"))  # type: ignore[attr-defined]
                 load = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                rows = index.rows(pool)
+                pool_rows = time.perf_counter() - t0
                 latencies = []
                 for q in range(args.queries):
                     query = _unit(np.random.default_rng(q).normal(size=(5, embedder.dim)))
                     t0 = time.perf_counter()
-                    hits = index.rank(query, among=pool, limit=20)
+                    hits = index.rank(query, rows=rows, limit=20)
                     latencies.append(time.perf_counter() - t0)
                 assert len(hits) == 20
                 store.engine.dispose()  # type: ignore[attr-defined]
+                end_to_end = _search_like_seconds(_url, Path(tmp)) if args.end_to_end else None
                 latencies.sort()
                 rows.append({
                     "db": db, "modules": size, "write_seconds": round(write, 1),
                     "index_load_seconds": round(load, 2),
+                    "pool_rows_seconds": round(pool_rows, 3),
                     "index_mb": round(index.nbytes / 1e6, 1),
                     "query_ms_p50": round(1000 * latencies[len(latencies) // 2], 2),
                     "query_ms_p95": round(1000 * latencies[int(len(latencies) * 0.95)], 2),
+                    "search_like_cli_seconds": end_to_end,
                 })
                 print(json.dumps(rows[-1]), flush=True)
     return {"embedder": embedder.name, "embed_5_examples_seconds": round(embed_seconds, 3),
@@ -191,6 +215,8 @@ def main() -> None:
                    type=lambda v: [int(x) for x in v.split(",")])
     s.add_argument("--db", action="append", choices=["sqlite", "postgresql"])
     s.add_argument("--queries", type=int, default=200)
+    s.add_argument("--end-to-end", action="store_true",
+                   help="also time `loradex search --like` in a fresh process at each size")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args()
     if args.command == "scale" and not args.db:

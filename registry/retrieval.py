@@ -84,10 +84,17 @@ class SignatureIndex:
         """Memory held by the centroid matrix."""
         return int(self.centroids.nbytes)
 
+    def rows(self, keys: Collection[ModuleKey]) -> np.ndarray:
+        """Row numbers of the ``keys`` this index holds (keys it lacks are left out): work
+        done once per pool, so repeated queries over one pool skip it."""
+        import numpy as np
+
+        return np.fromiter((self._row[k] for k in keys if k in self._row), dtype=np.int64)
+
     def rank(self, query: np.ndarray, *, among: Collection[ModuleKey] | None = None,
-             limit: int | None = None) -> list[RetrievalHit]:
+             rows: np.ndarray | None = None, limit: int | None = None) -> list[RetrievalHit]:
         """Modules by decreasing cosine to ``query`` (a vector or a set of example vectors),
-        only those in ``among`` when given."""
+        only those in ``among`` (keys) or ``rows`` (from :meth:`rows`) when given."""
         import numpy as np
 
         if not self.keys:
@@ -96,13 +103,12 @@ class SignatureIndex:
         if vector.shape[0] != self.centroids.shape[1]:
             raise ConfigError(f"query vectors have width {vector.shape[0]}, the index "
                               f"{self.centroids.shape[1]}: made by different embedders")
-        if among is None:
-            rows = np.arange(len(self.keys))
-        else:
-            rows = np.fromiter((self._row[k] for k in among if k in self._row), dtype=np.int64)
+        if rows is None:
+            rows = np.arange(len(self.keys)) if among is None else self.rows(among)
         if rows.size == 0:
             return []
-        scores = self.centroids[rows] @ vector if among is not None else self.centroids @ vector
+        # One product over the whole matrix, then a gather: cheaper than gathering rows first.
+        scores = (self.centroids @ vector)[rows]
         n = rows.size if limit is None else min(limit, rows.size)
         top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
         top = top[np.lexsort((top, -scores[top]))]
