@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loradex.errors import ConfigError
-from registry.signatures import CARD, card_signatures
+from registry.signatures import CARD, DATA, card_signatures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 # Modules without a stored signature embedded per query, at most (about 20 ms each).
 ON_THE_FLY_LIMIT = 5000
+# Each kind needs this many modules in a pool before scores are standardised per kind.
+MIN_KIND_FOR_Z = 5
 ModuleKey = tuple[str, str]
 
 
@@ -109,12 +111,31 @@ class SignatureIndex:
             return []
         # One product over the whole matrix, then a gather: cheaper than gathering rows first.
         scores = (self.centroids @ vector)[rows]
+        order = self._calibrated(scores, rows)
         n = rows.size if limit is None else min(limit, rows.size)
-        top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
-        top = top[np.lexsort((top, -scores[top]))]
+        top = np.argpartition(-order, n - 1)[:n] if n < rows.size else np.arange(rows.size)
+        top = top[np.lexsort((top, -order[top]))]
         return [RetrievalHit(source=self.keys[rows[i]][0], repo_id=self.keys[rows[i]][1],
                              score=float(scores[i]), signature=self.kinds[rows[i]])
                 for i in top]
+
+
+    def _calibrated(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """What the ranking sorts on: the cosine, or, when the pool mixes data and card
+        signatures (each with at least ``MIN_KIND_FOR_Z`` modules), the cosine standardised
+        within its kind: a query and training inputs are far closer than a query and a card,
+        so raw cosines would rank every data-signed module above every card-signed one."""
+        import numpy as np
+
+        is_data = np.fromiter((self.kinds[r] == DATA for r in rows), dtype=bool, count=rows.size)
+        n_data = int(is_data.sum())
+        if min(n_data, rows.size - n_data) < MIN_KIND_FOR_Z:
+            return scores
+        out = np.empty_like(scores)
+        for mask in (is_data, ~is_data):
+            group = scores[mask]
+            out[mask] = (group - group.mean()) / max(float(group.std()), 1e-6)
+        return out
 
 
 def _query_vector(query: np.ndarray) -> np.ndarray:
@@ -138,7 +159,6 @@ def retrieve(store: RegistryStore, embedder: Embedder, examples: Sequence[str],
         raise ConfigError("no example inputs to retrieve modules for")
     index = index if index is not None else SignatureIndex.from_store(store, embedder.name)
     query = embedder.embed(texts)
-    hits = index.rank(query, among=pool)
     unsigned = [key for key in pool if key not in index]
     if len(unsigned) > ON_THE_FLY_LIMIT:
         raise ConfigError(
@@ -149,9 +169,9 @@ def retrieve(store: RegistryStore, embedder: Embedder, examples: Sequence[str],
 
         modules = store.modules_by_keys(unsigned)
         signatures = card_signatures(embedder, modules)
-        extra = SignatureIndex(embedder.name, [(m.source, m.repo_id) for m in modules],
-                               [f"{CARD} (computed now)"] * len(modules),
-                               np.stack([s.centroid() for s in signatures]))
-        hits += extra.rank(query)
-        hits.sort(key=lambda h: (-h.score, h.source, h.repo_id))
-    return hits if limit is None else hits[:limit]
+        extra = np.stack([s.centroid() for s in signatures])
+        index = SignatureIndex(
+            embedder.name, [*index.keys, *((m.source, m.repo_id) for m in modules)],
+            [*index.kinds, *[f"{CARD} (computed now)"] * len(modules)],
+            np.concatenate([index.centroids.reshape(-1, extra.shape[1]), extra]))
+    return index.rank(query, among=pool, limit=limit)

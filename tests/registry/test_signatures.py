@@ -214,3 +214,25 @@ def test_embedder_gives_unit_vectors_and_a_stable_name(embedder) -> None:  # typ
     assert embedder.name.startswith("sentence-transformers/all-MiniLM-L6-v2@")
     assert embedder.embed([]).shape == (0, embedder.dim)
     assert isinstance(signature_from_array(DATA, embedder.name, vectors[:2]), Signature)
+
+
+def test_mixed_pools_rank_each_kind_on_its_own_scale() -> None:
+    """Data signatures sit closer to a query than any card does; with enough of each kind in
+    the pool, the best card match ranks by how it stands among cards."""
+    query = np.zeros(4, dtype=np.float32)
+    query[0] = 1.0
+
+    def at(cosine: float) -> np.ndarray:
+        return np.array([cosine, np.sqrt(1 - cosine**2), 0, 0], dtype=np.float32)
+
+    data = [0.80, 0.81, 0.82, 0.83, 0.84]
+    cards = [0.10, 0.11, 0.12, 0.13, 0.60]
+    keys = [("s", f"d{i}") for i in range(5)] + [("s", f"c{i}") for i in range(5)]
+    index = SignatureIndex("e@1", keys, [DATA] * 5 + [CARD] * 5,
+                           np.stack([at(c) for c in data + cards]))
+    hits = index.rank(query)
+    assert hits[0].repo_id == "c4" and hits[0].score == pytest.approx(0.60, abs=1e-5)
+    # Too few of one kind to standardise: plain cosine.
+    small = SignatureIndex("e@1", keys[:6], [DATA] * 5 + [CARD],
+                           np.stack([at(c) for c in data + [0.6]]))
+    assert [h.repo_id for h in small.rank(query)][::5] == ["d4", "c0"]
