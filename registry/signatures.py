@@ -16,16 +16,16 @@ the module is indexed without it.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loradex.errors import InvalidAdapter
 from loradex.files import atomic_write
 from registry.entities import Signature
+from registry.safetensors_header import read_safetensors_header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,7 +152,13 @@ def read_signature_file(source: Path | bytes, label: str | None = None) -> Signa
             raise InvalidSignature(f"{name}: cannot read ({exc.strerror or exc})") from None
     if len(data) > MAX_FILE_BYTES:
         raise InvalidSignature(f"{name}: {len(data)} bytes, over the {MAX_FILE_BYTES} limit")
-    header, start = _header(data, name)
+    try:  # the one safetensors header reader, bounds and offsets checked
+        header = dict(read_safetensors_header(data, name=name))
+    except InvalidSignature:
+        raise
+    except InvalidAdapter as exc:
+        raise InvalidSignature(str(exc)) from None
+    start = 8 + struct.unpack("<Q", data[:8])[0]
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or meta.get("format") != SIGNATURE_FORMAT:
         raise InvalidSignature(f"{name}: not a loradex signature (metadata format is not "
@@ -191,21 +197,6 @@ def read_signature_file(source: Path | bytes, label: str | None = None) -> Signa
         raise InvalidSignature(f"{name}: {exc}") from None
 
 
-def _header(data: bytes, name: str) -> tuple[dict[str, Any], int]:
-    if len(data) < 8:
-        raise InvalidSignature(f"{name}: too short to be a safetensors file")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8 or length > 64 * 1024:
-        raise InvalidSignature(f"{name}: safetensors header length {length} is out of bounds")
-    try:
-        header = json.loads(data[8:8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidSignature(f"{name}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise InvalidSignature(f"{name}: safetensors header is not a JSON object")
-    return header, 8 + length
-
-
 def folder_signature(folder: Path) -> Signature | None:
     """The data signature a module folder carries, None when it has none; InvalidSignature
     naming the file when it is bad."""
@@ -221,16 +212,16 @@ def folder_signature(folder: Path) -> Signature | None:
 
 def sign_modules(modules: Sequence[Module], embedder: Embedder | None,
                  data: Sequence[Signature | None] | None = None) -> list[Module]:
-    """``modules`` with their signatures attached: the data signature given for each (if
-    any), and a card signature from ``embedder`` (if any), embedded in one batch."""
+    """``modules`` with their signatures: the data signature given for each (default: the
+    ones they carry), and a card signature from ``embedder`` (if any), in one batch."""
     from dataclasses import replace
 
-    data = list(data) if data is not None else [None] * len(modules)
-    cards: list[Signature | None] = (list(card_signatures(embedder, modules))
-                                     if embedder is not None and modules
-                                     else [None] * len(modules))
-    return [replace(m, signatures=tuple(s for s in (d, c) if s is not None))
-            for m, d, c in zip(modules, data, cards, strict=True)]
+    kept = ([tuple(s for s in m.signatures if s.kind == DATA) for m in modules] if data is None
+            else [(d,) if d is not None else () for d in data])
+    cards: list[tuple[Signature, ...]] = (
+        [(c,) for c in card_signatures(embedder, modules)] if embedder is not None and modules
+        else [()] * len(modules))
+    return [replace(m, signatures=(*d, *c)) for m, d, c in zip(modules, kept, cards, strict=True)]
 
 
 def sign_folder_module(module: Module, folder: Path,
