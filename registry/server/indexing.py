@@ -86,6 +86,29 @@ def make_registry_indexer(engine: Engine, config: ServerConfig) -> Indexer:
             with contextlib.suppress(ModuleNotFound):
                 store.delete_module(commit.repo_id, source=source)
             return
-        store.upsert_module(module)
+        store.upsert_module(_with_data_signature(module, commit))
 
     return index
+
+
+def _with_data_signature(module: Module, commit: HostedCommit) -> Module:
+    """The module with the data signature its commit carries (a bad file is logged and left
+    out: the repo is still indexed). Card signatures need the embedder, which the server
+    does not load: ``loradex db sign`` makes them."""
+    from dataclasses import replace
+
+    from registry.signatures import DATA, SIGNATURE_FILE, InvalidSignature, read_signature_file
+
+    entry = next((f for f in commit.files if f.path == SIGNATURE_FILE), None)
+    if entry is None:
+        return module
+    label = f"{commit.repo_id}@{commit.sha[:12]}/{SIGNATURE_FILE}"
+    try:
+        signature = read_signature_file(commit.blobs.path_for(entry.sha256), label=label)
+    except InvalidSignature as exc:
+        log.warning("indexed without its signature: %s", exc)
+        return module
+    if signature.kind != DATA:
+        log.warning("indexed without its signature: %s is a %r signature", label, signature.kind)
+        return module
+    return replace(module, signatures=(signature,))

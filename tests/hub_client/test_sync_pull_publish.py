@@ -436,6 +436,9 @@ def test_signatures_round_trip_through_publish_sync_and_pull(
     assert sorted(s.kind for s in store.signatures("alice/sig-good", source=hub.url)) == [
         "card", "data"]
     assert published.module.repo_id == "alice/sig-good"
+    # The server's own commit-time index reads the data signature too.
+    hosted = store.signatures("alice/sig-good", source="local")
+    assert [(s.kind, s.vectors) for s in hosted] == [("data", signature.vectors)]
 
     bad = make_adapter(tmp_path / "bad", seed=2)
     (bad / SIGNATURE_FILE).write_bytes(b"\x08" + b"\0" * 7 + b"{}")
