@@ -249,7 +249,7 @@ def run_compose(
         from composer.selection import screen
 
         screened = screen(loaded, candidates, few, selection["k"], objective=config.objective,
-                          use_chat_template=config.use_chat_template)
+                          method=config.method, use_chat_template=config.use_chat_template)
         selection["screen"] = [{"repo_id": c.repo_id, "loss": round(loss, 6)}
                                for c, loss in zip(candidates, screened.losses, strict=True)]
         candidates = [candidates[i] for i in screened.kept]

@@ -1,10 +1,11 @@
 """Choosing the candidates a composition searches over: at random, by retrieval, or screened.
 
-- ``random``: a seeded random ``k`` of the pool (the LoraHub paper's setting);
+- ``random``: a seeded random ``k`` of the pool (the LoraHub paper's setting; drawn by
+  ``composer.candidates.select_from_registry``);
 - ``retrieve``: the ``k`` modules whose task signatures fit the few-shot inputs best
   (:mod:`registry.retrieval`);
 - ``retrieve+screen``: the best ``m`` by signature, then each scored alone on the few-shot
-  objective (one batched forward per candidate, the model loaded once) and the ``k`` with the
+  objective (batched populations of ``SCREEN_BATCH``, the model loaded once) and the ``k`` with the
   lowest loss kept, best first, so a search can start from the best one.
 
 Signatures only say which modules were trained on inputs like these; the screen asks the
@@ -13,7 +14,6 @@ model which of them actually help on these examples.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,14 +41,6 @@ def check_select(select: str, k: int, m: int | None) -> None:
         raise ConfigError(f"--screen-pool {m} is smaller than --k {k}")
 
 
-def random_pick(names: Sequence[str], k: int, seed: int) -> list[str]:
-    """A seeded random ``k`` of ``names`` (all of them, sorted, when there are at most ``k``)."""
-    ordered = sorted(names)
-    if k >= len(ordered):
-        return ordered
-    return sorted(random.Random(seed).sample(ordered, k))
-
-
 @dataclass(frozen=True)
 class ScreenResult:
     """Each screened candidate's few-shot loss alone, and the order they were kept in."""
@@ -58,9 +50,11 @@ class ScreenResult:
 
 
 def screen(loaded: LoadedModel, candidates: Sequence[Candidate], few: Sequence[Example],
-           keep: int, *, objective: str = "lm", use_chat_template: bool = True) -> ScreenResult:
-    """Score every candidate alone (weight 1, the others 0) on the few-shot objective in one
-    batched population; keep the ``keep`` with the lowest loss."""
+           keep: int, *, objective: str = "lm", method: str = "lorahub",
+           use_chat_template: bool = True) -> ScreenResult:
+    """Score every candidate alone (weight 1, the others 0: the module itself, whatever the
+    method) on the few-shot objective in batched populations; keep the ``keep`` with the
+    lowest loss."""
     import numpy as np
 
     from composer.compose import ComposeSession
@@ -74,7 +68,7 @@ def screen(loaded: LoadedModel, candidates: Sequence[Candidate], few: Sequence[E
     # A population of one-hot weight rows, evaluated as one batch (chunked to bound memory).
     losses: list[float] = []
     chunk = min(len(candidates), SCREEN_BATCH)
-    with ComposeSession(loaded, candidates, get_method("lorahub"), max_groups=chunk) as session:
+    with ComposeSession(loaded, candidates, get_method(method), max_groups=chunk) as session:
         eye = np.eye(len(candidates))
         for start in range(0, len(candidates), chunk):
             losses += [float(x) for x in session.losses(scorer, eye[start:start + chunk])]

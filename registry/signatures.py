@@ -10,8 +10,9 @@ Two kinds, both made by an :mod:`registry.embedders` embedder and stored with it
   description, tags, datasets, repo name), for the modules without data (most on the Hub).
 
 The file is small and bounded (``MAX_FILE_BYTES``, ``MAX_VECTORS``, ``MAX_DIM``): a file
-outside the limits or of the wrong shape is an :class:`InvalidSignature` naming the file, and
-the module is indexed without it.
+outside the limits or of the wrong shape is an :class:`InvalidSignature` naming the file:
+``add``, ``sync`` and the server index the module without it (one warning line), ``publish``
+refuses to upload it.
 """
 
 from __future__ import annotations
@@ -154,8 +155,6 @@ def read_signature_file(source: Path | bytes, label: str | None = None) -> Signa
         raise InvalidSignature(f"{name}: {len(data)} bytes, over the {MAX_FILE_BYTES} limit")
     try:  # the one safetensors header reader, bounds and offsets checked
         header = dict(read_safetensors_header(data, name=name))
-    except InvalidSignature:
-        raise
     except InvalidAdapter as exc:
         raise InvalidSignature(str(exc)) from None
     start = 8 + struct.unpack("<Q", data[:8])[0]
