@@ -35,16 +35,16 @@ class RegistrySelection:
     """Which registry modules become the candidates (``--from-registry``)."""
 
     k: int | None = field(
-        default=20,
-        metadata={"help": "how many of the matches, picked at random with the search seed; "
-                          "None: all of them"},
+        default=5,
+        metadata={"help": "how many of the matches become candidates; None: all of them "
+                          "(random only)"},
     )
     text: str | None = field(default=None, metadata={"help": "free-text filter"})
     task: str | None = field(default=None, metadata={"help": "task name or category filter"})
     tags: tuple[str, ...] = field(default=(), metadata={"help": "tags a module must have"})
     rank: int | None = field(default=None, metadata={"help": "LoRA rank filter"})
     select: str = field(
-        default="random",
+        default="retrieve+screen",
         metadata={"help": "random: k at random (the paper); retrieve: the k whose task "
                           "signatures fit the examples best; retrieve+screen: the best "
                           "screen_pool by signature, each scored alone, the k best kept"},
@@ -157,7 +157,9 @@ def _retrieve_candidates(
     from registry.retrieval import retrieve
     from registry.store import RegistryStore
 
-    k = chosen.k if chosen.k is not None else 20
+    if chosen.k is None:
+        raise ConfigError("taking every match (k None, --all-compatible) goes with --select random")
+    k = chosen.k
     check_select(chosen.select, k, chosen.screen_pool)
     wanted = k if chosen.select == "retrieve" else max(k, chosen.screen_pool)
     embedder = load_embedder()

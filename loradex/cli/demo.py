@@ -44,7 +44,11 @@ class DemoConfig:
     )
     task_name: str = field(default="boolean_expressions", metadata={"help": "the new task"})
     namespace: str = field(default="demo", metadata={"help": "Hub namespace of the demo user"})
-    k: int = field(default=20, metadata={"help": "candidates drawn from the registry"})
+    k: int = field(default=5, metadata={"help": "candidates chosen from the registry"})
+    select: str = field(
+        default="retrieve+screen",
+        metadata={"help": "how compose chooses them (compose --select; measured in "
+                          "docs/benchmarks/retrieval.md)"})
     budget: int = field(default=40, metadata={"help": "CMA-ES loss evaluations"})
     seed: int = field(default=0, metadata={"help": "candidate draw and optimizer seed"})
     base_model: str | None = field(default=None, metadata={"help": "None = embedded SmolLM2"})
@@ -218,18 +222,23 @@ class DemoRun:
             first = listing["results"][0]["repo_id"]
             self.loradex("search", "--compatible-with", first, "--sort", "rank", "--limit", "5")
             self.loradex("search", "grammar", "--limit", "5")
+            self.echo("   the modules whose task signatures fit the few-shot examples best "
+                      "(data: their training inputs; card: their card text):")
+            self.loradex("search", "--like", str(cfg.few_shot), "--limit", "5")
 
             n_few = sum(1 for line in cfg.few_shot.open() if line.strip())
             n_candidates = min(cfg.k, len(published))
             self.step(f"3. Compose a module for the unseen task {cfg.task_name!r} from {n_few} "
-                      f"examples (CMA-ES over {n_candidates} candidates)")
+                      f"examples (CMA-ES over the {n_candidates} registry modules that fit it "
+                      f"best: {cfg.select})")
             if n_candidates < cfg.k:
                 self.echo(f"   (the library holds {len(published)} modules, fewer than --k {cfg.k}:"
                           " all of them are candidates)")
             adapter = self.work / "composed"
             self.loradex(
-                "compose", "--examples", str(cfg.few_shot), "--from-registry", "--k", str(cfg.k),
-                "--budget", str(cfg.budget), "--seed", str(cfg.seed), "--out", str(adapter), *base,
+                "compose", "--examples", str(cfg.few_shot), "--from-registry", "--select",
+                cfg.select, "--k", str(cfg.k), "--budget", str(cfg.budget), "--seed",
+                str(cfg.seed), "--out", str(adapter), *base,
             )
 
             self.step("4. Evaluate zero-shot vs the composed module on held-out examples")

@@ -152,7 +152,8 @@ def test_compose_from_registry_picks_k_seeded_candidates(tiny, db_url, tmp_path,
     for name in ("m0", "m1", "m2", "r8"):
         index_adapter_folder(db_url, tiny[name])
     argv = ["--db", db_url, "compose", "--examples", str(tiny["few"]), "--base-model",
-            str(tiny["base"]), "--from-registry", "--k", "2", "--rank", "4", "--budget", "2",
+            str(tiny["base"]), "--from-registry", "--select", "random", "--k", "2", "--rank", "4",
+            "--budget", "2",
             "--modules-dir", str(tiny["root"]), "--no-index", "--json"]
     code, out, err = run([*argv, "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
@@ -244,13 +245,20 @@ def test_compose_selects_candidates_by_signature_and_records_it(
     assert selection["retrieved"][0]["signature"] == "data"
 
     code, out, err = run([*argv, "--select", "retrieve+screen", "--screen-pool", "3", "--k",
-                          "2", "--out", str(tmp_path / "s")], capsys)
+                          "2", "--budget", "5", "--out", str(tmp_path / "s")], capsys)
     assert code == 0, err
     assert len(json.loads(out)["weights"]) == 2
     selection = json.loads((tmp_path / "s" / "loradex_provenance.json").read_text())["selection"]
     assert len(selection["retrieved"]) == 3 and len(selection["screen"]) == 3
     kept = sorted(selection["screen"], key=lambda r: r["loss"])[:2]
     assert list(json.loads(out)["weights"]) == [r["repo_id"] for r in kept]
+    # retrieve+screen is the default, and starts the search from the best one it kept.
+    code, out, err = run([*argv, "--k", "2", "--budget", "5", "--out", str(tmp_path / "d")],
+                         capsys)
+    assert code == 0, err
+    provenance = json.loads((tmp_path / "d" / "loradex_provenance.json").read_text())
+    assert provenance["selection"]["method"] == "retrieve+screen"
+    assert provenance["composition"]["start"] == "best-single"
 
     code, _out, err = run([*argv, "--select", "retrieve", "--all-compatible",
                            "--out", str(tmp_path / "x")], capsys)

@@ -161,7 +161,8 @@ def test_real_demo_path_small_budget(tmp_path: Path, loradex_home: Path) -> None
         workdir=tmp_path / "demo", library=REPO / "library",
         few_shot=REPO / "examples/boolean_expressions/few_shot.jsonl",
         test=REPO / "examples/boolean_expressions/test.jsonl",
-        k=4, budget=4, test_limit=10, max_modules=6,
+        # The search starts from the best screened module: k + 1 evaluations come first.
+        k=4, budget=6, test_limit=10, max_modules=6,
     ), echo=lambda _: None)
     assert result.zero_shot["n_examples"] == 10
     assert set(result.composed) >= {"loss", "choice_accuracy", "exact_match"}

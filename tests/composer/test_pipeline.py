@@ -63,7 +63,8 @@ def test_a_registry_selection_draws_k_seeded_candidates(
     for folder in tiny_loras:
         index_adapter_folder(settings.db_url, folder)
     request = ComposeRequest(
-        examples=few_shot_file, out=tmp_path / "out", candidates=RegistrySelection(k=2),
+        examples=few_shot_file, out=tmp_path / "out",
+        candidates=RegistrySelection(k=2, select="random"),
         module_dirs=(tiny_loras[0].parent,),
         model=ModelSpec(name_or_path=str(tiny_causal_dir), device="cpu"),
         compose=ComposeConfig(search=SearchConfig(budget=2, seed=1)), index=False,

@@ -234,5 +234,5 @@ def test_mixed_pools_rank_each_kind_on_its_own_scale() -> None:
     assert hits[0].repo_id == "c4" and hits[0].score == pytest.approx(0.60, abs=1e-5)
     # Too few of one kind to standardise: plain cosine.
     small = SignatureIndex("e@1", keys[:6], [DATA] * 5 + [CARD],
-                           np.stack([at(c) for c in data + [0.6]]))
+                           np.stack([at(c) for c in [*data, 0.6]]))
     assert [h.repo_id for h in small.rank(query)][::5] == ["d4", "c0"]

@@ -275,14 +275,15 @@ def _hub_fetcher(settings: Settings) -> Any:
 @click.option("--from-registry", is_flag=True,
               help="Pick candidates from the registry: --k at random (seeded) among the "
                    "modules matching --query/--task/--tag that fit the base model.")
-@click.option("--k", default=20, show_default=True, help="How many registry candidates.")
+@click.option("--k", type=click.IntRange(min=1), default=None,
+              help="How many registry candidates (default: 5 chosen by fit, 20 at random).")
 @click.option("--all-compatible", is_flag=True, help="With --from-registry: take all, not --k.")
-@click.option("--select", default="random", show_default=True,
+@click.option("--select", default="retrieve+screen", show_default=True,
               type=click.Choice(["random", "retrieve", "retrieve+screen"]),
-              help="With --from-registry: random (seeded, the paper); retrieve: the --k whose "
-                   "task signatures fit the examples best; retrieve+screen: the best "
-                   "--screen-pool by signature, each scored alone on the examples, the --k "
-                   "best kept.")
+              help="With --from-registry: retrieve+screen: the best --screen-pool by task "
+                   "signature, each scored alone on the examples, the --k best kept (measured "
+                   "best: docs/composer.md); retrieve: the --k whose signatures fit best; "
+                   "random: a seeded random --k (the paper).")
 @click.option("--screen-pool", default=20, show_default=True,
               help="With --select retrieve+screen: modules retrieved before the screen.")
 @click.option("--query", default=None, help="Registry filter: free text.")
@@ -326,11 +327,12 @@ def _hub_fetcher(settings: Settings) -> Any:
               type=click.Choice(["best", "average"]),
               help="With --restarts: best: the seed with the lowest held-out loss; average: "
                    "the mean of every seed's weights.")
-@click.option("--start", default="zero", show_default=True,
-              type=click.Choice(["zero", "best-single"]),
+@click.option("--start", default="auto", show_default=True,
+              type=click.Choice(["auto", "zero", "best-single"]),
               help="Where the search starts: zero weights (the paper), or best-single: first "
                    "try zero and each candidate alone (k + 1 evaluations of --budget) and "
-                   "search from the best.")
+                   "search from the best. auto: best-single for candidates chosen by "
+                   "retrieve+screen, else zero.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
 @click.option("--output", "output_kind", default="lora", show_default=True,
@@ -383,10 +385,18 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
     refs += [r.strip() for opt in candidate_opts for r in opt.split(",") if r.strip()]
     if from_registry == bool(refs):
         raise ConfigError("give candidates (folders or ids) or --from-registry, not both/neither")
-    if select != "random" and not from_registry:
+    explicit_select = (click.get_current_context().get_parameter_source("select")
+                       != click.core.ParameterSource.DEFAULT)
+    if explicit_select and not from_registry:
         raise ConfigError("--select chooses among registry modules: it needs --from-registry")
-    if select != "random" and all_compatible:
+    if all_compatible and explicit_select and select != "random":
         raise ConfigError("--all-compatible takes every module; it goes with --select random")
+    if all_compatible or not from_registry:
+        select = "random"
+    if k is None:
+        k = 20 if select == "random" else 5
+    if start == "auto":
+        start = "best-single" if select == "retrieve+screen" else "zero"
     if publish_repo:
         from registry.repo_ids import check_repo_id
 

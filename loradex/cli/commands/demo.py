@@ -21,8 +21,8 @@ import click
               help="Held-out examples of the new task.")
 @click.option("--task-name", default="boolean_expressions", show_default=True,
               help="Name of the new task (names the composed repo).")
-@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Candidates drawn from the registry.")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Candidates chosen from the registry (by task fit, then a screen).")
 @click.option("--budget", type=click.IntRange(min=1), default=40, show_default=True,
               help="CMA-ES loss evaluations.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed.")
