@@ -164,10 +164,10 @@ def retrieve(store: RegistryStore, embedder: Embedder, examples: Sequence[str],
         raise ConfigError(
             f"{len(unsigned)} modules have no signature from {embedder.name}; "
             "run `loradex db sign` to make them once")
-    if unsigned:
+    modules = store.modules_by_keys(unsigned) if unsigned else []
+    if modules:
         import numpy as np
 
-        modules = store.modules_by_keys(unsigned)
         signatures = card_signatures(embedder, modules)
         extra = np.stack([s.centroid() for s in signatures])
         index = SignatureIndex(
