@@ -244,7 +244,9 @@ def run_compose(
         if config.layer_groups != 1:
             raise ConfigError("--output hydra needs one weight per candidate (--layer-groups 1)")
         n_heads = hydra_head_count(request.hydra_heads, request.router_steps, len(candidates))
-    notify(f"{len(candidates)} candidates, {len(few)} examples, method {config.method}")
+    chosen_by = f" ({selection['method']})" if selection is not None else ""
+    notify(f"{len(candidates)} candidates{chosen_by}, {len(few)} examples, "
+           f"method {config.method}")
 
     loaded = (load_model or load_base_model)(request.model)
     if screening and selection is not None:
