@@ -27,21 +27,17 @@ def index_adapter_folder(
         print("note: registry not available in this installation; module not indexed",
               file=sys.stderr)
         return None
-    from loradex.errors import ConfigError
     from registry.adapter_files import inspect_adapter_folder
     from registry.db import make_engine
-    from registry.embedders import load_embedder
+    from registry.embedders import load_embedder_or_warn
     from registry.schema import ensure_schema
     from registry.signatures import sign_folder_module
     from registry.store import RegistryStore
 
     ensure_schema(db_url)
     module = inspect_adapter_folder(Path(folder))
-    try:
-        embedder = load_embedder()
-    except ConfigError as exc:
-        print(f"warning: {exc}; indexed without a card signature", file=sys.stderr)
-        embedder = None
+    embedder = load_embedder_or_warn(lambda line: print(line, file=sys.stderr),
+                                     "indexed without a card signature")
     module, warning = sign_folder_module(module, Path(folder), embedder)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

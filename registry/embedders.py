@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -241,3 +241,13 @@ def load_embedder(folder: str | os.PathLike[str] | None = None) -> Embedder:
             raise ConfigError(f"embedder folder {path} does not exist")
         return _load(str(path), None)
     return _load(str(default_embedder_folder()), DEFAULT_EMBEDDER_NAME)
+
+
+def load_embedder_or_warn(warn: Callable[[str], None], what: str) -> Embedder | None:
+    """The configured embedder, or None after ``warn`` gets one line ending in ``what`` (for
+    commands that index without signatures rather than fail when there is no embedder)."""
+    try:
+        return load_embedder()
+    except ConfigError as exc:
+        warn(f"warning: {exc}; {what}")
+        return None

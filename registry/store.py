@@ -831,20 +831,16 @@ class RegistryStore:
                 _signatures.c.embedder == sig.embedder))
         self._insert_rows(conn, _signatures, [_signature_row(module_id, s) for s in signatures])
 
-    def modules_without_signature(self, embedder: str, query: SearchQuery | None = None,
-                                  ) -> list[Module]:
-        """Modules (matching ``query``) with no signature of any kind from ``embedder``."""
-        from dataclasses import replace
-
-        query = query or SearchQuery()
+    def unsigned_keys(self, embedder: str) -> list[tuple[str, str]]:
+        """(source, repo_id) of the modules with no signature of any kind from ``embedder``,
+        found by one query (the modules themselves are loaded by the caller, a batch at a
+        time)."""
+        m, g = _modules.c, _signatures.c
+        signed = sa.select(g.module_id).where(g.module_id == m.id, g.embedder == embedder)
         with self.engine.connect() as conn:
-            signed = {tuple(k) for k in conn.execute(
-                sa.select(_modules.c.source, _modules.c.repo_id)
-                .join(_signatures, _signatures.c.module_id == _modules.c.id)
-                .where(_signatures.c.embedder == embedder)).all()}
-        total = self.count(query)
-        modules = self.search(replace(query, limit=max(total, 1), offset=0))
-        return [m for m in modules if (m.source, m.repo_id) not in signed]
+            rows = conn.execute(sa.select(m.source, m.repo_id).where(~signed.exists())
+                                .order_by(m.id)).all()
+        return [(source, repo_id) for source, repo_id in rows]
 
     def get_sync_state(self, endpoint: str, repo_id: str) -> SyncState | None:
         """What the last sync of ``repo_id`` from ``endpoint`` recorded, or None."""

@@ -6,18 +6,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from loradex.errors import ConfigError
-
 if TYPE_CHECKING:
     from registry.embedders import Embedder
 
 
 def optional_embedder(what: str = "without a task signature") -> Embedder | None:
-    """The configured embedder, or None with one warning line when there is none."""
-    from registry.embedders import load_embedder
+    """The configured embedder, or None with one warning line on stderr when there is none."""
+    from registry.embedders import load_embedder_or_warn
 
-    try:
-        return load_embedder()
-    except ConfigError as exc:
-        click.echo(f"warning: {exc}; {what}", err=True)
-        return None
+    return load_embedder_or_warn(lambda line: click.echo(line, err=True), what)

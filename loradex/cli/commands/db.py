@@ -89,16 +89,16 @@ def sign(ctx: click.Context, batch_size: int) -> None:
     embedder = load_embedder()
     store = open_store(ctx)
     try:
-        todo = store.modules_without_signature(embedder.name)
+        todo = store.unsigned_keys(embedder.name)
         done = 0
         with tqdm(total=len(todo), unit="module", desc="sign", leave=False) as bar:
             for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
+                batch = store.modules_by_keys(todo[start:start + batch_size])
                 signatures = card_signatures(embedder, batch)
                 done += store.put_signatures_many(
                     [((m.source, m.repo_id), [sig]) for m, sig in zip(batch, signatures,
                                                                       strict=True)])
-                bar.update(len(batch))
+                bar.update(min(batch_size, len(todo) - start))
     finally:
         store.engine.dispose()
     click.echo(f"signed {done} module(s) with {embedder.name}")
