@@ -16,7 +16,8 @@ class LoradexError(Exception):
 class ConfigError(LoradexError, ValueError):
     """A setting (database URL, endpoint, option combination) is invalid."""
 
-    exit_code = 2
+    # Not 2: click answers its own usage errors with 2, and scripts must tell them apart.
+    exit_code = 11
 
 
 class ModuleNotFound(LoradexError, LookupError):
@@ -65,3 +66,47 @@ class ModelLoadError(LoradexError, RuntimeError):
     """A base model could not be loaded (missing folder, unknown id offline, bad GGUF)."""
 
     exit_code = 10
+
+
+class DatabaseUnavailable(DatabaseError, ConnectionError):
+    """The database server cannot be reached or is restarting: try again later."""
+
+    exit_code = 12
+
+
+class DatabaseLocked(DatabaseError, TimeoutError):
+    """Another writer holds the database (SQLite busy, PostgreSQL lock or serialization
+    failure) for longer than the wait allowed: try again."""
+
+    exit_code = 13
+
+
+class DatabaseConflict(DatabaseError, ValueError):
+    """A write broke an integrity rule (a unique id taken, a reference gone), usually because
+    another writer got there first."""
+
+    exit_code = 14
+
+
+class SchemaOutdated(DatabaseError):
+    """The database's schema is older than this loradex: ``loradex db upgrade`` (after a backup)."""
+
+    exit_code = 15
+
+
+class RegistryNotFound(DatabaseError, FileNotFoundError):
+    """A read-only command named a registry database that does not exist."""
+
+    exit_code = 16
+
+
+class StorageError(LoradexError, OSError):
+    """A file could not be read or written: permission denied, a missing folder, an I/O error."""
+
+    exit_code = 17
+
+
+class DiskFull(StorageError):
+    """No space left on the device (or over quota) while writing."""
+
+    exit_code = 18

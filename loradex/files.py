@@ -10,6 +10,7 @@ huggingface_hub does for its downloads, so others on a shared machine can read i
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -17,6 +18,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from loradex.errors import DiskFull, StorageError
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -84,3 +87,17 @@ def replace_folder(out: Path, fill: Callable[[Path], object]) -> Path:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def storage_error(exc: OSError) -> StorageError:
+    """The typed error for an ``OSError`` from reading or writing a file: one line that names
+    the file and what to do (no space, permission, a missing folder)."""
+    name = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left on the device writing {name}: free some space and retry")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"permission denied: {name} ({reason})")
+    if exc.errno == errno.ENOENT:
+        return StorageError(f"no such file or folder: {name}")
+    return StorageError(f"{name}: {reason}")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase
 
 from loradex.errors import ConfigError
+from registry.db_errors import install_error_translation
 
 # Stable constraint names: Alembic batch mode on SQLite and autogenerate comparisons need them.
 NAMING_CONVENTION = {
@@ -45,6 +46,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
         engine = create_engine(parsed, **kwargs)
+        install_error_translation(engine, display_url(url))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -57,7 +59,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    install_error_translation(engine, display_url(url))
+    return engine
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid URL>"
 
 
 def is_sqlite(engine: Engine) -> bool:

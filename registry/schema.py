@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from loradex.errors import DatabaseError
-from registry.db import make_engine
+from registry.db import display_url, make_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -175,14 +175,6 @@ def _known_revisions() -> set[str]:
         if rev:
             found.add(rev.group(1))
     return found
-
-
-def display_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<invalid URL>"
 
 
 def all_metadata() -> sa.MetaData:

@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import sessionmaker
 
 from loradex.errors import ModuleNotFound
+from registry.db import display_url
+from registry.db_errors import translate
 from registry.entities import (
     Compatibility,
     LineageEdge,
@@ -362,7 +364,10 @@ class RegistryStore:
                 for row in rows:
                     copy.write_row([row[c] for c in columns])
         except psycopg.Error as exc:
-            # Same exception types as every other statement that goes through SQLAlchemy.
+            # Same typed errors as every other statement (COPY bypasses SQLAlchemy's hook).
+            error = translate(exc, display_url(conn.engine.url.render_as_string()))
+            if error is not None:
+                raise error from exc
             raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
     @staticmethod

@@ -14,6 +14,7 @@ import click
 
 from loradex import __version__
 from loradex.errors import LoradexError
+from loradex.files import storage_error
 from loradex.settings import Settings
 
 # name -> "module:attribute"; the module must import nothing heavy at top level.
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:
+        # A file a command read or wrote (permission, no space, a missing folder): one line.
+        error = storage_error(exc)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

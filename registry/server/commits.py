@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from loradex.errors import DatabaseLocked
 from registry.hub_models import SqlHubBlob, SqlHubCommit, SqlHubRef, SqlHubRepo, SqlHubTreeEntry
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, git_blob_sha1, lfs_pointer
@@ -82,7 +82,7 @@ class Committer:
                         412, "A commit has happened since. Please refresh and try again."
                     ) from None
                 last_error = None
-            except OperationalError as exc:  # SQLite busy / PostgreSQL serialization: retry
+            except DatabaseLocked as exc:  # SQLite busy / PostgreSQL serialization: retry
                 last_error = exc
             time.sleep(min(0.01 * (2**attempt), 0.5) * (0.5 + secrets.randbelow(100) / 100))
         else:

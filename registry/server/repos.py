@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from loradex.errors import DatabaseConflict
 from registry.hub_models import SqlHubCommit, SqlHubRef, SqlHubRepo, SqlHubTreeEntry
 from registry.lfs import LFS_PATTERNS
 from registry.server.auth import require_write
@@ -78,7 +78,7 @@ class RepoAdmin:
                     session, self.blobs, repo, None, tree, "initial commit", "", identity.user, now
                 )
                 session.add(SqlHubRef(repo_id=repo.id, name=DEFAULT_BRANCH, commit_id=commit.id))
-        except IntegrityError:
+        except DatabaseConflict:
             raise HubHTTPError(
                 409, "You already created this model repo", extra={"url": url}
             ) from None

@@ -73,5 +73,5 @@ def test_serve_on_a_taken_port_is_one_clear_line(tmp_path) -> None:
             text=True,
             timeout=60,
         )
-    assert result.returncode == 2
+    assert result.returncode == 11
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"

@@ -197,7 +197,7 @@ def test_sync_prune_removes_modules_whose_repo_is_gone(
         store.get_module("alice/prune-kept", source=hub.url)
     refused = loradex("--db", hub.db_url, "sync", "--endpoint", hub.url, "--prune", "--limit",
                       "5", "--quiet", check=False)
-    assert refused.returncode == 2 and "--prune needs the complete listing" in refused.stderr
+    assert refused.returncode == 11 and "--prune needs the complete listing" in refused.stderr
 
 
 class InterruptingClient(HubClient):

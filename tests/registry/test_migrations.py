@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from loradex.errors import DatabaseError
+from loradex.errors import DatabaseError, DatabaseUnavailable
 from registry import schema
 from registry.db import make_engine
 from registry.entities import Module, SearchQuery
@@ -106,7 +106,7 @@ def test_script_heads_reads_the_revision_files() -> None:
 
 def test_unreachable_database_is_one_clear_error() -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
-    with pytest.raises(DatabaseError, match="cannot open postgresql"):
+    with pytest.raises(DatabaseUnavailable, match="cannot reach postgresql.*Connection refused"):
         schema.ensure_schema(url)
 
 

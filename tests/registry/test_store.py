@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from loradex.errors import ModuleNotFound
+from loradex.errors import DatabaseConflict, ModuleNotFound
 from registry.entities import LineageEdge, Module, ModuleFile, SearchPage, SearchQuery
 from registry.store import RegistryStore
 
@@ -256,7 +256,7 @@ def test_failed_write_leaves_previous_version(
 ) -> None:
     store.upsert_module(module_factory("alice/m", rank=8))
     broken = module_factory("alice/m", rank=4, files=(ModuleFile("x", None),))  # type: ignore[arg-type]
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(DatabaseConflict):
         store.upsert_module(broken)
     assert store.get_module("alice/m").rank == 8
     assert _row_counts(store)["module_fts"] == 1
