@@ -29,6 +29,7 @@ from registry.server.repos import DEFAULT_BRANCH
 from registry.server.service import HubService
 from registry.server.types import ServerConfig
 from registry.server.validation import check_name
+from registry.server.web.pages import WebPages
 from registry.server.write_endpoints import WriteEndpoints
 
 log = logging.getLogger("loradex.server")
@@ -63,6 +64,7 @@ class HubApp(Endpoints):
         super().__init__(service)
         self.reads = ReadEndpoints(service)
         self.writes = WriteEndpoints(service)
+        self.web = WebPages(service, load_or_create_secret(service.config.data_dir))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -144,6 +146,8 @@ class HubApp(Endpoints):
             raise HubHTTPError(404, f"no such endpoint: {method} {raw_text}")
         if n >= 5 and seg[2] == "resolve" and method in ("GET", "HEAD"):
             repo_id = self.repo_id(seg[0], seg[1])
+            # A download link on a page of a private repo, from a signed-in browser.
+            request = await self.web.with_cookie_authorization(request)
             return await self.reads.resolve(request, repo_id, seg[3], "/".join(seg[4:]))
         if (
             n == 6
@@ -153,6 +157,9 @@ class HubApp(Endpoints):
         ):
             repo_id = self.repo_id(seg[0], seg[1][: -len(".git")])
             return await self.writes.lfs_batch(request, repo_id)
+        page = await self.web.dispatch(request, seg)  # the web pages (registry.server.web)
+        if page is not None:
+            return page
         raise HubHTTPError(404, f"no such endpoint: {method} {raw_text}")
 
     @staticmethod
