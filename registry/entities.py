@@ -99,6 +99,28 @@ class Module:
     dataset: str | None = field(default=None, metadata={"help": "training dataset id"})
     language: str | None = field(default=None, metadata={"help": "language code(s)"})
     description: str | None = field(default=None, metadata={"help": "one-paragraph summary"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed) adapter"})
+    use_rslora: bool = field(default=False, metadata={"help": "scaling alpha/sqrt(r) (rsLoRA)"})
+    lora_bias: bool = field(default=False, metadata={"help": "lora_B has a bias (lora_bias)"})
+    peft_version: str | None = field(default=None, metadata={"help": "PEFT version that saved it"})
+    rank_pattern: tuple[tuple[str, int], ...] = field(
+        default=(), metadata={"help": "per-module rank overrides, sorted (pattern, rank) pairs"}
+    )
+    alpha_pattern: tuple[tuple[str, float], ...] = field(
+        default=(), metadata={"help": "per-module alpha overrides, sorted (pattern, alpha) pairs"}
+    )
+    modules_to_save: tuple[str, ...] = field(
+        default=(), metadata={"help": "modules saved whole beside the adapter (e.g. lm_head)"}
+    )
+    layers_to_transform: tuple[int, ...] = field(
+        default=(), metadata={"help": "only these layer indices are adapted (empty: all)"}
+    )
+    base_model_is_path: bool = field(
+        default=False, metadata={"help": "base_model is a local path, not a Hub id"}
+    )
+    local_path: str | None = field(
+        default=None, metadata={"help": "absolute folder of a module added from disk"}
+    )
     downloads: int = field(default=0, metadata={"help": "Hub download count"})
     likes: int = field(default=0, metadata={"help": "Hub like count"})
     created_at: datetime | None = field(default=None, metadata={"help": "creation time, UTC"})

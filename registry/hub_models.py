@@ -38,6 +38,8 @@ class SqlHubRepo(Base):
     full_id: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
     full_id_lower: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
     private: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # As on the Hub: None (open), "auto" or "manual"; reads of files need an allowed token.
+    gated: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
     last_modified: Mapped[datetime] = mapped_column(
         DateTime(timezone=False), nullable=False, index=True

@@ -11,10 +11,12 @@ because it is backend-specific.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -96,6 +98,21 @@ class ModuleRow(Base):
     dataset: Mapped[str | None] = mapped_column(String(ID_LEN))
     language: Mapped[str | None] = mapped_column(String(64))
     description: Mapped[str | None] = mapped_column(Text)
+    # PEFT options a user of the module must honour; the patterns and lists as JSON text.
+    use_dora: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa.false())
+    use_rslora: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa.false())
+    lora_bias: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa.false())
+    peft_version: Mapped[str | None] = mapped_column(String(32))
+    rank_pattern: Mapped[str | None] = mapped_column(Text)
+    alpha_pattern: Mapped[str | None] = mapped_column(Text)
+    modules_to_save: Mapped[str | None] = mapped_column(Text)
+    layers_to_transform: Mapped[str | None] = mapped_column(Text)
+    # base_model names a folder on someone's disk ("/content/llama"), not a Hub id.
+    base_model_is_path: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sa.false()
+    )
+    # Absolute folder of a module added from disk (source "local"), so it is usable by id.
+    local_path: Mapped[str | None] = mapped_column(Text)
     downloads: Mapped[int] = mapped_column(Integer, default=0)
     likes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -173,6 +190,16 @@ def module_entity(
         dataset=values["dataset"],
         language=values["language"],
         description=values["description"],
+        use_dora=bool(values["use_dora"]),
+        use_rslora=bool(values["use_rslora"]),
+        lora_bias=bool(values["lora_bias"]),
+        peft_version=values["peft_version"],
+        rank_pattern=_pairs(values["rank_pattern"]),
+        alpha_pattern=_pairs(values["alpha_pattern"]),
+        modules_to_save=tuple(_json(values["modules_to_save"]) or ()),
+        layers_to_transform=tuple(_json(values["layers_to_transform"]) or ()),
+        base_model_is_path=bool(values["base_model_is_path"]),
+        local_path=values["local_path"],
         downloads=values["downloads"],
         likes=values["likes"],
         created_at=as_utc(values["created_at"]),
@@ -181,6 +208,14 @@ def module_entity(
         files=tuple(files),
         lineage=tuple(lineage),
     )
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _pairs(text: str | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((_json(text) or {}).items()))
 
 
 class ModuleCardRow(Base):

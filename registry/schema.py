@@ -3,7 +3,8 @@
 Alembic is configured in code: ``script_location`` is the installed ``migrations`` package,
 so ``loradex db upgrade`` needs no ``alembic.ini`` nearby. ``ensure_schema`` is what every
 CLI command calls first; when the database is already at head it costs one small query and
-never imports Alembic (which keeps ``loradex search`` fast to start).
+never imports Alembic (which keeps ``loradex search`` fast to start). Only an empty database
+is migrated in passing; one behind head waits for an explicit ``loradex db upgrade``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from loradex.errors import DatabaseError
+from loradex.errors import (
+    ConfigError,
+    DatabaseError,
+    RegistryNotFound,
+    SchemaOutdated,
+)
 from registry.db import display_url, make_engine
 
 if TYPE_CHECKING:
@@ -148,16 +154,26 @@ def _versions(conn: sa.Connection) -> set[str]:
     return set(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
 
 
-def ensure_schema(url: str, *, engine: sa.Engine | None = None) -> None:
-    """Upgrade ``url`` to head unless it is there already (one cheap query when it is).
+def ensure_schema(url: str, *, engine: sa.Engine | None = None, create: bool = True) -> None:
+    """Check that ``url`` holds a registry at this loradex's schema (one cheap query).
 
-    ``engine`` (for ``url``) is reused for that query if given. Raises
-    :class:`DatabaseError` when the database is at a revision this version of loradex does
-    not know (made by a newer loradex).
+    An empty database gets the schema when ``create`` (commands that write); read-only commands
+    pass ``create=False`` and get :class:`RegistryNotFound`. A database behind head is never
+    upgraded in passing (on a shared registry that would migrate it for everyone, without a
+    backup): :class:`SchemaOutdated` says how to back it up and upgrade. One ahead (made by a
+    newer loradex) is :class:`DatabaseError`. ``engine`` (for ``url``) is reused if given.
     """
     heads = script_heads()
     found = current(url, engine=engine)
     if found == heads:
+        return
+    if not found:
+        if not create:
+            raise RegistryNotFound(
+                f"no registry at {display_url(url)}: check --db/LORADEX_DB, or create one with "
+                "`loradex db upgrade` (or any command that adds modules)"
+            )
+        upgrade(url)
         return
     unknown = found - _known_revisions()
     if unknown:
@@ -165,7 +181,58 @@ def ensure_schema(url: str, *, engine: sa.Engine | None = None) -> None:
             f"{display_url(url)} is at schema revision {', '.join(sorted(unknown))}, "
             "which this version of loradex does not know; upgrade loradex"
         )
-    upgrade(url)
+    raise SchemaOutdated(
+        f"{display_url(url)} is at schema revision {', '.join(sorted(found))}, older than this "
+        f"loradex ({', '.join(sorted(heads))}): back it up ({backup_hint(url)}), then run "
+        "`loradex db upgrade`"
+    )
+
+
+def backup_hint(url: str) -> str:
+    """How to back up the database at ``url`` before an upgrade, as a command to copy."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return "`loradex db backup`"
+    target = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
+    return f"`pg_dump --format=custom --file=loradex.dump '{target}'`"
+
+
+def registry_missing(url: str) -> bool:
+    """True when ``url`` is a SQLite file that does not exist (a read-only command must not
+    create it, nor its folders)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return False
+    return not Path(parsed.database).expanduser().exists()
+
+
+def backup_sqlite(url: str, target: Path) -> Path:
+    """Copy the SQLite registry at ``url`` to ``target`` with SQLite's online backup (a
+    consistent snapshot even while others write); the copy appears complete or not at all."""
+    import sqlite3
+
+    from loradex.files import atomic_write
+
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or registry_missing(url) or not parsed.database:
+        raise ConfigError(
+            f"`loradex db backup` copies a SQLite registry; {display_url(url)} is not one "
+            f"(PostgreSQL: {backup_hint(url)})"
+        )
+    source = sqlite3.connect(f"file:{Path(parsed.database).expanduser()}?mode=ro", uri=True)
+
+    def write(tmp: Path) -> None:
+        copy = sqlite3.connect(tmp)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+
+    try:
+        atomic_write(target, write)
+    finally:
+        source.close()
+    return target
 
 
 def _known_revisions() -> set[str]:

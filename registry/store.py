@@ -10,6 +10,7 @@ and created by the migration.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -399,6 +400,16 @@ class RegistryStore:
             "dataset": m.dataset,
             "language": m.language,
             "description": m.description,
+            "use_dora": m.use_dora,
+            "use_rslora": m.use_rslora,
+            "lora_bias": m.lora_bias,
+            "peft_version": m.peft_version,
+            "rank_pattern": _json_or_none(dict(m.rank_pattern)),
+            "alpha_pattern": _json_or_none(dict(m.alpha_pattern)),
+            "modules_to_save": _json_or_none(list(m.modules_to_save)),
+            "layers_to_transform": _json_or_none(list(m.layers_to_transform)),
+            "base_model_is_path": m.base_model_is_path,
+            "local_path": m.local_path,
             "downloads": m.downloads,
             "likes": m.likes,
             "created_at": m.created_at,
@@ -927,3 +938,8 @@ class RegistryStore:
                 .order_by(SyncStateRow.repo_id)
             ).all()
             return [row.to_entity() for row in rows]
+
+
+def _json_or_none(value: dict[str, Any] | list[Any]) -> str | None:
+    """JSON text for a pattern or list column; None when empty (most modules)."""
+    return json.dumps(value, sort_keys=True) if value else None

@@ -6,11 +6,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from loradex.errors import DatabaseError, DatabaseUnavailable
+from loradex.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    RegistryNotFound,
+    SchemaOutdated,
+)
 from registry import schema
 from registry.db import make_engine
 from registry.entities import Module, SearchQuery
@@ -49,22 +55,46 @@ def test_upgrade_downgrade_upgrade(db_url: str, module_factory: Callable[..., Mo
         engine.dispose()
 
 
-def test_data_survives_upgrade_from_first_revision(
-    db_url: str, module_factory: Callable[..., Module]
-) -> None:
-    schema.upgrade(db_url, "0001_registry")
+PREVIOUS = "0003_signatures"  # the revision before head: what a user's registry is at
+
+
+def _old_registry(db_url: str) -> None:
+    """A registry made by the previous loradex: schema at PREVIOUS, one module in it, written
+    with that revision's columns (today's store would write columns it lacks)."""
+    schema.upgrade(db_url, PREVIOUS)
     engine = make_engine(db_url)
     try:
-        RegistryStore(engine).upsert_module(module_factory("alice/m"))
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO modules (source, repo_id, kind, base_model, base_model_key, "
+                "peft_type, rank, target_key, downloads, likes, indexed_at) VALUES ('local', "
+                "'alice/m', 'lora', 'org/base', 'org/base', 'LORA', 8, 'q_proj,v_proj', 3, 1, "
+                ":now)"), {"now": datetime(2026, 1, 1, tzinfo=UTC)})
     finally:
         engine.dispose()
+
+
+def test_a_registry_behind_head_is_refused_until_db_upgrade(db_url: str) -> None:
+    _old_registry(db_url)
+    with pytest.raises(SchemaOutdated, match=rf"at schema revision {PREVIOUS}, older .* back it "
+                       r"up \(`(loradex db backup|pg_dump .*)`\), then run `loradex db upgrade`"):
+        schema.ensure_schema(db_url)
+    assert schema.current(db_url) == {PREVIOUS}  # nothing migrated in passing
+    schema.upgrade(db_url)
     schema.ensure_schema(db_url)
-    assert schema.current(db_url) == schema.script_heads()
     engine = make_engine(db_url)
     try:
-        assert RegistryStore(engine).get_module("alice/m").repo_id == "alice/m"
+        module = RegistryStore(engine).get_module("alice/m")
     finally:
         engine.dispose()
+    assert (module.rank, module.downloads, module.use_dora) == (8, 3, False)
+    assert module.local_path is None
+
+
+def test_read_only_check_never_creates_a_registry(db_url: str) -> None:
+    with pytest.raises(RegistryNotFound, match="no registry at"):
+        schema.ensure_schema(db_url, create=False)
+    assert schema.current(db_url) == set()
 
 
 def test_ensure_schema_creates_then_is_a_no_op(db_url: str) -> None:
@@ -106,7 +136,7 @@ def test_script_heads_reads_the_revision_files() -> None:
 
 def test_unreachable_database_is_one_clear_error() -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
-    with pytest.raises(DatabaseUnavailable, match="cannot reach postgresql.*Connection refused"):
+    with pytest.raises(DatabaseUnavailable, match=r"cannot reach postgresql.*Connection refused"):
         schema.ensure_schema(url)
 
 

@@ -28,6 +28,9 @@ def db() -> None:
 def upgrade(ctx: click.Context, revision: str) -> None:
     """Upgrade the database schema (creates the tables in an empty database).
 
+    Other commands refuse a database behind this loradex's schema rather than migrate a
+    shared registry in passing: back it up first (`loradex db backup`, or pg_dump).
+
     \b
     Example:
       loradex db upgrade
@@ -35,9 +38,42 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     from registry import schema
 
     url = _settings(ctx).db_url
+    before = ", ".join(sorted(schema.current(url))) or "empty"
     schema.upgrade(url, revision)
     at = ", ".join(sorted(schema.current(url))) or "base"
-    click.echo(f"{schema.display_url(url)}: at revision {at}")
+    click.echo(f"{schema.display_url(url)}: upgraded from {before} to {at}")
+
+
+@db.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Backup file (default: beside the database, named with its revision and time).")
+@click.pass_context
+def backup(ctx: click.Context, out: str | None) -> None:
+    """Copy a SQLite registry to a file (a consistent snapshot, safe while others write);
+    do this before `loradex db upgrade`. For PostgreSQL, prints the pg_dump command to run.
+
+    \b
+    Example:
+      loradex db backup --out registry-before-upgrade.db
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from registry import schema
+
+    url = _settings(ctx).db_url
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        click.echo(f"PostgreSQL: back it up with {schema.backup_hint(url)}")
+        return
+    at = "-".join(sorted(schema.current(url))) or "empty"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    source = Path(parsed.database or "registry.db").expanduser()
+    target = Path(out) if out else source.with_name(f"{source.stem}.{at}.{stamp}.backup.db")
+    schema.backup_sqlite(url, target)
+    click.echo(f"backed up {schema.display_url(url)} (revision {at}) to {target}")
 
 
 @db.command()

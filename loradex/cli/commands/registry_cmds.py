@@ -24,15 +24,25 @@ SEARCH_JSON_VERSION = 1
 COUNT_LIMIT = 1000
 
 
-def open_store(ctx: click.Context) -> RegistryStore:
-    """The registry of the resolved settings, its schema brought up to date first."""
-    from registry.db import make_engine
-    from registry.schema import ensure_schema
+def open_store(ctx: click.Context, *, read_only: bool = False) -> RegistryStore:
+    """The registry of the resolved settings, checked to be at this loradex's schema.
+
+    A command that writes creates an empty registry; a ``read_only`` one (search, show) never
+    creates anything, not even the SQLite file's folders, and says there is no registry.
+    """
+    from loradex.errors import RegistryNotFound
+    from registry.db import display_url, make_engine
+    from registry.schema import ensure_schema, registry_missing
     from registry.store import RegistryStore
 
     settings = ctx.find_object(Settings) or Settings.resolve()
+    if read_only and registry_missing(settings.db_url):
+        raise RegistryNotFound(
+            f"no registry at {display_url(settings.db_url)}: check --db/LORADEX_DB, or add "
+            "modules first (`loradex add`, `loradex sync`)"
+        )
     engine = make_engine(settings.db_url)
-    ensure_schema(settings.db_url, engine=engine)
+    ensure_schema(settings.db_url, engine=engine, create=not read_only)
     return RegistryStore(engine)
 
 
@@ -259,7 +269,7 @@ def search(ctx: click.Context, text: tuple[str, ...], base_model: str | None, ra
         sort=sort,  # type: ignore[arg-type]
         limit=limit, offset=offset,
     )
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=True)
     if like is not None:
         if joined or sort:
             raise click.BadParameter("--like ranks by fit to the examples; it takes no TEXT "
@@ -396,7 +406,7 @@ def show(ctx: click.Context, repo_id: str, source: str | None, card_lines: int,
     Example:
       loradex show alice/past-tense
     """
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=True)
     module = store.get_module(repo_id, source=source)
     if as_json:
         from registry.entities import module_to_dict
