@@ -354,7 +354,8 @@ class WebPages(Endpoints):
         repo_id = self.repo_id(namespace, name)
         view = self.queries.repo_view(identity, repo_id, revision or DEFAULT_BRANCH)
         shown_revision = view.commit.sha if revision else DEFAULT_BRANCH
-        links = render.CardLinks(repo_id, shown_revision)
+        links = render.CardLinks(repo_id, shown_revision,
+                                 frozenset(f.path for f in view.files))
         card_html = render.render_card(view.card_body, links) if view.card_body else ""
         hidden = self.queries.hidden_repo_ids(identity)
         module = view.module

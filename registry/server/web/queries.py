@@ -268,8 +268,10 @@ class WebQueries:
         compatible = self.store.compatible_with(
             module.repo_id, self.source, limit=FAMILY_LIMIT + len(hidden)
         )
+        # A Hydra module and a LoRA share base and targets but are never combined.
         kept = [(c.module, c.rank_matches) for c in compatible
-                if c.module.repo_id not in hidden and c.module.source == self.source]
+                if c.module.repo_id not in hidden and c.module.source == self.source
+                and c.module.kind == module.kind]
         return Family(tuple(children), tuple(kept[:FAMILY_LIMIT]))
 
     def _read_text(self, entry: TreeFile | None, limit: int) -> tuple[str | None, bool]:

@@ -44,6 +44,7 @@ class CardLinks:
 
     repo_id: str
     revision: str
+    files: frozenset[str] = frozenset()  # an image is shown only when it is one of these
 
     def file_url(self, path: str) -> str:
         """The download URL of a repo file (the API's own resolve URL)."""
@@ -87,12 +88,13 @@ def _is_relative(value: str) -> bool:
 
 
 def _image_source(value: str, links: CardLinks) -> str | None:
-    """Only the repo's own files (the CSP allows images from this server alone)."""
+    """Only the repo's own files (the CSP allows images from this server alone; a missing
+    file would be a broken image)."""
     value = value.strip()
     if not value or not _is_relative(value):
         return None
     path = urlsplit(value).path.lstrip("./")
-    return links.file_url(path) if path and ".." not in path.split("/") else None
+    return links.file_url(path) if path in links.files else None
 
 
 def _link_target(value: str, links: CardLinks) -> str | None:
