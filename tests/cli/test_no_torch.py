@@ -30,7 +30,7 @@ print("PROBE " + json.dumps({"code": code, "heavy": heavy, "loaded": sorted(sys.
 # Each is imported inside the function that needs it (docs/internals.md).
 NOT_FOR_SEARCH = (
     "alembic", "huggingface_hub", "httpx", "numpy", "yaml", "tqdm", "safetensors", "starlette",
-    "uvicorn", "torch", "transformers", "peft", "nevergrad", "hub_client", "composer",
+    "uvicorn", "torch", "transformers", "peft", "nevergrad", "ray", "hub_client", "composer",
     "registry.server", "registry.adapter_files", "registry.hydra", "registry.embedders",
 )
 

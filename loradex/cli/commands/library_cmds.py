@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from loradex.cli.ray_options import ray_options, ray_runner, worker_resources
 from loradex.settings import Settings
 
 
@@ -37,15 +38,21 @@ def library() -> None:
               help="Held-out examples per task (never trained on).")
 @click.option("--base-model", default=None, help="Base model (default: the embedded SmolLM2).")
 @click.option("--dtype", default="auto", show_default=True, help="Model dtype while training.")
+@ray_options
 @click.pass_obj
 def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, ...],
           max_modules: int | None, steps: int, lr: float, rank: int, batch_size: int,
-          test_size: int, base_model: str | None, dtype: str) -> None:
+          test_size: int, base_model: str | None, dtype: str, ray_address: str | None,
+          workers: int | None, cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Train one LoRA module per task file; modules already built are skipped.
+
+    With --ray, each module is a unit trained on a Ray worker (each worker loads the base
+    model once); this process writes the modules and the manifest as they arrive.
 
     \b
     Example:
       loradex library build --data-dir ../shared/data/upstream --out library
+      loradex library build --data-dir ../shared/data/upstream --out library --ray head:6379
     """
     from composer.library import LibrarySpec, build_library, task_files, write_library_readme
     from composer.models import ModelSpec, load_base_model
@@ -62,8 +69,21 @@ def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, .
         train=TrainConfig(rank=rank, steps=steps, lr=lr, batch_size=batch_size,
                           max_length=256, save_dtype="float16"),
     )
+    model = ModelSpec(name_or_path=base_model, dtype=dtype)
+    if ray_address is not None:
+        from composer.library import load_manifest
+        from composer.scaleout.library_jobs import LibraryBuildJob
+        from composer.scaleout.units import run_units
+
+        job = LibraryBuildJob(spec, model,
+                              resources=worker_resources(cpus_per_worker, gpus_per_worker))
+        summary = run_units(job, ray_runner(ray_address, workers))
+        write_library_readme(out_dir)
+        summary.check()
+        click.echo(f"library {out_dir}: {len(load_manifest(out_dir)['modules'])} module(s)")
+        return
     click.echo(f"loading base model {base_model or '(embedded SmolLM2-135M-Instruct)'} ...")
-    loaded = load_base_model(ModelSpec(name_or_path=base_model, dtype=dtype))
+    loaded = load_base_model(model)
     from loradex.cli.embedding import optional_embedder
 
     manifest = build_library(loaded, spec, embedder=optional_embedder())
@@ -78,10 +98,15 @@ def build(settings: Settings, data_dir: Path, out_dir: Path, tasks: tuple[str, .
               type=click.Path(path_type=Path, file_okay=False), help="Library folder.")
 @click.option("--force", is_flag=True, help="Score modules that already have scores again.")
 @click.option("--base-model", default=None, help="Base model (default: the embedded SmolLM2).")
-def evaluate(data_dir: Path, out_dir: Path, force: bool, base_model: str | None) -> None:
+@ray_options
+def evaluate(data_dir: Path, out_dir: Path, force: bool, base_model: str | None,
+             ray_address: str | None, workers: int | None, cpus_per_worker: float,
+             gpus_per_worker: float) -> None:
     """Score each built module and the base model on the task's held-out split.
 
     Writes the scores into manifest.json and regenerates the library's README.md table.
+    With --ray, each module is a unit scored on a Ray worker (its files and held-out split
+    shipped through Ray's object store).
 
     \b
     Example:
@@ -91,6 +116,16 @@ def evaluate(data_dir: Path, out_dir: Path, force: bool, base_model: str | None)
     from composer.models import ModelSpec, load_base_model
 
     spec = built_spec(data_dir, out_dir)
+    if ray_address is not None:
+        from composer.scaleout.library_jobs import LibraryEvaluateJob
+        from composer.scaleout.units import run_units
+
+        job = LibraryEvaluateJob(spec, ModelSpec(name_or_path=base_model), force=force,
+                                 resources=worker_resources(cpus_per_worker, gpus_per_worker))
+        summary = run_units(job, ray_runner(ray_address, workers))
+        click.echo(f"wrote {write_library_readme(out_dir)}")
+        summary.check()
+        return
     loaded = load_base_model(ModelSpec(name_or_path=base_model))
     evaluate_library(loaded, spec, force=force)
     click.echo(f"wrote {write_library_readme(out_dir)}")
