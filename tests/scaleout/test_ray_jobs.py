@@ -1,0 +1,119 @@
+"""loradex's own jobs on a real two-node Ray cluster with the tiny model: a library build and
+evaluation give the same modules and scores as in-process, and a build whose driver is killed
+resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loradex.cli import cli
+from tests.support.tiny_models import save_tiny_causal, write_jsonl
+
+SIGNATURE = "loradex_signature.safetensors"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base model and four tiny upstream tasks (two with choices)."""
+    root = tmp_path_factory.mktemp("upstream")
+    model = save_tiny_causal(root / "model", chat_template=None)
+    tasks = root / "tasks"
+    tasks.mkdir()
+    for t in range(4):
+        write_jsonl(tasks / f"task{t}.jsonl", [
+            {"input": f"task {t} question {i}", "target": "yes" if (i + t) % 2 else "no",
+             **({"choices": ["yes", "no"]} if t % 2 else {})}
+            for i in range(12)
+        ])
+    return {"model": model, "tasks": tasks}
+
+
+def _build(upstream: dict[str, Path], out: Path, *extra: str, steps: int = 3) -> None:
+    result = CliRunner().invoke(cli, [
+        "library", "build", "--data-dir", str(upstream["tasks"]), "--out", str(out),
+        "--base-model", str(upstream["model"]), "--steps", str(steps), "--test-size", "2",
+        *extra])
+    assert result.exit_code == 0, result.output
+
+
+def _evaluate(upstream: dict[str, Path], out: Path, *extra: str) -> None:
+    result = CliRunner().invoke(cli, [
+        "library", "evaluate", "--data-dir", str(upstream["tasks"]), "--out", str(out),
+        "--base-model", str(upstream["model"]), *extra])
+    assert result.exit_code == 0, result.output
+
+
+def _manifest(out: Path) -> dict:
+    manifest = json.loads((out / "manifest.json").read_text())
+    for record in manifest["modules"].values():
+        record.pop("seconds")  # wall time of the training, not a result
+    return dict(manifest)
+
+
+def assert_same_library(a: Path, b: Path) -> None:
+    """Every file of every module equal byte for byte; a signature file's tensors and metadata
+    equal (safetensors writes its metadata keys in a per-process hash order)."""
+    from safetensors import safe_open
+
+    assert _manifest(a) == _manifest(b)
+    modules = sorted(p.name for p in a.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert modules == sorted(p.name for p in b.iterdir()
+                             if p.is_dir() and not p.name.startswith("."))
+    for name in modules:
+        files = sorted(p.name for p in (a / name).iterdir())
+        assert files == sorted(p.name for p in (b / name).iterdir())
+        for file in files:
+            if file == SIGNATURE:
+                with safe_open(a / name / file, "np") as x, safe_open(b / name / file, "np") as y:
+                    assert x.metadata() == y.metadata()
+                    assert all((x.get_tensor(k) == y.get_tensor(k)).all() for k in x.keys())  # noqa: SIM118
+            else:
+                assert (a / name / file).read_bytes() == (b / name / file).read_bytes(), file
+
+
+def test_library_build_and_evaluate_on_ray_equal_in_process(ray_cluster, upstream, tmp_path):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    _build(upstream, local)
+    _build(upstream, on_ray, "--ray", ray_cluster.address)
+    assert len(_manifest(on_ray)["modules"]) == 4
+    assert_same_library(local, on_ray)
+
+    _evaluate(upstream, local)
+    _evaluate(upstream, on_ray, "--ray", ray_cluster.address)
+    assert all("accuracy" in r for r in _manifest(on_ray)["modules"].values())
+    assert_same_library(local, on_ray)
+    assert (local / "README.md").read_text() == (on_ray / "README.md").read_text()
+
+
+def test_a_build_whose_driver_is_killed_resumes(ray_cluster, upstream, tmp_path):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    _build(upstream, local, steps=40)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "loradex.cli.main", "library", "build", "--data-dir",
+         str(upstream["tasks"]), "--out", str(on_ray), "--base-model", str(upstream["model"]),
+         "--steps", "40", "--test-size", "2", "--ray", ray_cluster.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (on_ray / "manifest.json").is_file() or not _manifest(on_ray)["modules"]:
+            assert driver.poll() is None and time.monotonic() < deadline, "no module written"
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver, mid-run
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    first = set(_manifest(on_ray)["modules"])
+    assert 1 <= len(first) < 4
+
+    _build(upstream, on_ray, "--ray", ray_cluster.address, steps=40)
+    assert_same_library(local, on_ray)
