@@ -21,12 +21,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from loradex.errors import LoradexError
+from loradex.files import storage_error
 from registry.server.blobstore import BlobStore
-from registry.server.errors import HubHTTPError, bad_request
+from registry.server.errors import HubHTTPError, bad_request, http_error_for
 from registry.server.http_io import Endpoints, error_response, lifespan
+from registry.server.indexing import RetryLoop
 from registry.server.read_endpoints import ReadEndpoints
 from registry.server.repos import DEFAULT_BRANCH
 from registry.server.service import HubService
+from registry.server.settings_endpoint import put_repo_settings
 from registry.server.types import ServerConfig
 from registry.server.validation import check_name
 from registry.server.web.pages import WebPages
@@ -65,10 +68,15 @@ class HubApp(Endpoints):
         self.reads = ReadEndpoints(service)
         self.writes = WriteEndpoints(service)
         self.web = WebPages(service, load_or_create_secret(service.config.data_dir))
+        self.retry_loop: RetryLoop | None = None  # re-indexing in the background (create_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+            loop = self.retry_loop
+            if loop is None:
+                await lifespan(receive, send)
+            else:
+                await lifespan(receive, send, loop.start, loop.stop)
             return
         if scope["type"] != "http":
             return
@@ -80,14 +88,27 @@ class HubApp(Endpoints):
             return
         except HubHTTPError as exc:
             response = error_response(exc, head)
-        except (
-            LoradexError
-        ) as exc:  # our own validation (e.g. InvalidAdapter) is the client's fault
-            response = error_response(HubHTTPError(400, str(exc)), head)
+        except (LoradexError, OSError) as exc:
+            response = error_response(self.fault_answer(request, exc), head)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
             response = error_response(HubHTTPError(500, "internal server error"), head)
         await response(scope, receive, send)
+
+    @staticmethod
+    def fault_answer(request: Request, exc: LoradexError | OSError) -> HubHTTPError:
+        """The answer for a typed error (``registry.server.errors.http_error_for``): a fault
+        that passes (database down or locked: 503 + Retry-After; disk full: 507) is logged in
+        one line; one that needs the operator (a storage or database error with no better
+        name) is logged with its traceback and answered 500."""
+        error = storage_error(exc) if isinstance(exc, OSError) else exc
+        answer = http_error_for(error)
+        if answer is None:
+            log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+            return HubHTTPError(500, "internal server error")
+        if answer.status >= 500:
+            log.warning("%d on %s %s: %s", answer.status, request.method, request.url.path, error)
+        return answer
 
     async def dispatch(self, request: Request) -> Response:
         """Route one request by method and raw path segments."""
@@ -122,6 +143,8 @@ class HubApp(Endpoints):
                         return await self.reads.tree(request, repo_id, rest[1], "/".join(rest[2:]))
                     if rest == ["refs"] and method == "GET":
                         return await self.reads.refs(request, repo_id)
+                    if rest == ["settings"] and method == "PUT":
+                        return await put_repo_settings(self, request, repo_id)
                     if len(rest) == 2 and rest[0] == "commits" and method == "GET":
                         return await self.reads.commits(request, repo_id, rest[1])
                     if len(rest) == 2 and rest[0] == "paths-info" and method == "POST":
@@ -185,8 +208,10 @@ def create_app(config: ServerConfig) -> HubApp:
     engine = make_engine(config.db_url)
     blobs = BlobStore(config.blobs_dir)
     secret = load_or_create_secret(config.data_dir)
-    service = HubService(engine, blobs, config, secret, make_registry_indexer(engine, config))
-    return HubApp(service)
+    indexer = make_registry_indexer(engine, config)
+    app = HubApp(HubService(engine, blobs, config, secret, indexer))
+    app.retry_loop = RetryLoop(indexer)
+    return app
 
 
 def config_to_env(config: ServerConfig) -> str:

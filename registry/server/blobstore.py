@@ -3,6 +3,9 @@
 Every write goes to a temporary file in ``ROOT/tmp``, is fsynced, checked against the expected
 sha256 and size, and only then ``os.replace``-d under its final name, so a crash or an aborted
 upload never leaves a partial blob under a real name. Identical content is stored once.
+An ``OSError`` while writing (no space left, an I/O error) drops the temporary file and leaves
+as loradex's typed :class:`~loradex.errors.StorageError` (``DiskFull`` for ENOSPC), which the
+server answers 507 (or 500 for other storage errors).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from loradex.files import storage_error
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 STALE_TEMP_SECONDS = 3600
@@ -51,7 +56,10 @@ class BlobWriter:
     def __init__(self, store: BlobStore, max_size: int) -> None:
         self._store = store
         self._max_size = max_size
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        try:
+            fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        except OSError as exc:
+            raise storage_error(exc) from exc
         self._file = os.fdopen(fd, "wb")
         self._tmp_path = Path(name)
         self._hash = hashlib.sha256()
@@ -64,7 +72,11 @@ class BlobWriter:
         if self.size > self._max_size:
             raise BlobTooLarge(f"upload exceeds {self._max_size} bytes")
         self._hash.update(chunk)
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:  # no space left: drop what was written, say so
+            self.abort()
+            raise storage_error(exc) from exc
 
     def commit(self, expected_sha256: str | None = None, expected_size: int | None = None) -> str:
         """Verify, fsync and move the blob into place; return its sha256."""
@@ -85,6 +97,9 @@ class BlobWriter:
             os.replace(self._tmp_path, final)
             _fsync_dir(final.parent)
             return digest
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc) from exc
         except BaseException:
             self.abort()
             raise
@@ -92,8 +107,10 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop the temporary file (idempotent)."""
         if not self._closed:
-            self._file.close()
             self._closed = True
+            # Closing flushes the buffer, which fails again on a full disk: the file goes anyway.
+            with contextlib.suppress(OSError):
+                self._file.close()
         self._tmp_path.unlink(missing_ok=True)
 
 

@@ -1,7 +1,10 @@
 """Commits: store the content, build the new tree, write the commit, move the branch by CAS.
 
 A commit that loses a race (the branch moved, SQLite busy, a PostgreSQL serialisation failure)
-is retried from a fresh read of the head, up to ``COMMIT_ATTEMPTS`` times.
+is retried from a fresh read of the head, up to ``COMMIT_ATTEMPTS`` times; then it is answered
+409 when the branch kept moving (a real race for the branch) and 503 + ``Retry-After`` when the
+database stayed busy. A database outage is not retried here: it leaves as
+``DatabaseUnavailable`` at once, a 503 the client can retry (``registry.server.errors``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from registry.hub_models import SqlHubBlob, SqlHubCommit, SqlHubRef, SqlHubRepo,
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, git_blob_sha1, lfs_pointer
 from registry.server.card_data import card_data, repo_tags
-from registry.server.errors import HubHTTPError, bad_request, entry_not_found, revision_not_found
+from registry.server.errors import (
+    HubHTTPError,
+    bad_request,
+    entry_not_found,
+    revision_not_found,
+    service_unavailable,
+)
 from registry.server.queries import begin_write, tree_files, visible_repo
 from registry.server.timestamps import utcnow
 from registry.server.types import CommitOp, HostedCommit, Identity, Indexer, TreeFile, tree_oid
@@ -69,6 +78,39 @@ class Committer:
         ):
             raise bad_request("commit header: parentCommit must be a 40-hex commit sha")
         prepared = self._store_contents(ops)
+        # Before the transaction: a crash between it and the indexing leaves the repo pending.
+        token = self.indexer.expect(repo_id) if self.indexer is not None else None
+        try:
+            result = self._commit_with_retries(
+                identity, repo_id, branch, parent_sha, summary, description, prepared
+            )
+        except HubHTTPError:  # refused inside the transaction: nothing was committed
+            if self.indexer is not None:
+                self.indexer.forget(token)
+            raise
+        hosted, sha = result
+        notify_indexer(self.indexer, hosted, token)
+        return {
+            "success": True,
+            "commitOid": sha,
+            "commitUrl": f"{base_url}/{repo_id}/commit/{sha}",
+            "hookOutput": "",
+            "pullRequestUrl": None,
+        }
+
+    def _commit_with_retries(
+        self,
+        identity: Identity | None,
+        repo_id: str,
+        branch: str,
+        parent_sha: str | None,
+        summary: str,
+        description: str,
+        prepared: list[tuple[CommitOp, TreeFile | None]],
+    ) -> tuple[HostedCommit, str]:
+        """``_commit_once`` until it lands, the branch moved under a ``parentCommit`` (412) or
+        the attempts run out (409 when the branch kept moving, 503 when the database stayed
+        busy)."""
         last_error: Exception | None = None
         for attempt in range(COMMIT_ATTEMPTS):
             try:
@@ -87,18 +129,16 @@ class Committer:
             time.sleep(min(0.01 * (2**attempt), 0.5) * (0.5 + secrets.randbelow(100) / 100))
         else:
             log.warning(
-                "commit on %s gave up after %d attempts: %s", repo_id, COMMIT_ATTEMPTS, last_error
+                "commit on %s gave up after %d attempts: %s",
+                repo_id,
+                COMMIT_ATTEMPTS,
+                last_error or "the branch moved every time",
             )
+            if last_error is not None:  # the database stayed busy: a fault that passes
+                raise service_unavailable(f"the registry database is busy, retry: {last_error}")
+            # Every attempt lost the race for the branch to another commit: a conflict.
             raise HubHTTPError(409, "too many concurrent commits on this branch, try again")
-        hosted, sha = result
-        notify_indexer(self.indexer, hosted)
-        return {
-            "success": True,
-            "commitOid": sha,
-            "commitUrl": f"{base_url}/{repo_id}/commit/{sha}",
-            "hookOutput": "",
-            "pullRequestUrl": None,
-        }
+        return result
 
     def _store_contents(self, ops: list[CommitOp]) -> list[tuple[CommitOp, TreeFile | None]]:
         """Each op with the tree file it adds (None for deletions), its content stored first.
@@ -182,14 +222,15 @@ class Committer:
             return hosted, commit.sha
 
 
-def notify_indexer(indexer: Indexer | None, hosted: HostedCommit) -> None:
-    """Tell the registry indexer about a new head (or a deletion); never fails the request."""
+def notify_indexer(indexer: Indexer | None, hosted: HostedCommit, token: object = None) -> None:
+    """Tell the registry indexer about a new head (or a deletion); never fails the request
+    (the indexer logs a failure and leaves the repo pending re-indexing)."""
     if indexer is None:
         return
     try:
-        indexer(hosted)
-    except Exception as exc:  # the commit stands; only the registry entry is missing
-        log.warning("not indexed: %s@%s: %s", hosted.repo_id, hosted.sha or "-", exc)
+        indexer(hosted, token)
+    except Exception:  # the commit stands; the indexer's own retry covers the entry
+        log.exception("indexer failed on %s@%s", hosted.repo_id, hosted.sha or "-")
 
 
 def add_commit(

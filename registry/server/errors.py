@@ -6,6 +6,17 @@ every error carries ``X-Error-Message`` and a JSON body ``{"error": ...}``.
 
 from __future__ import annotations
 
+from loradex.errors import (
+    DatabaseConflict,
+    DatabaseError,
+    DatabaseLocked,
+    DatabaseUnavailable,
+    DiskFull,
+    LoradexError,
+    SchemaOutdated,
+    StorageError,
+)
+
 
 class HubHTTPError(Exception):
     """An error answer: status, message, optional ``X-Error-Code`` and extra JSON body fields."""
@@ -60,3 +71,40 @@ def entry_not_found(path: str, commit_sha: str | None = None) -> HubHTTPError:
         "EntryNotFound",
         headers=headers,
     )
+
+
+# Seconds a client should wait before retrying after a 503; huggingface_hub sleeps this + 1 s
+# on the calls it retries (preupload, LFS batch, upload, verify), so keep it short: a database
+# restart takes a few seconds.
+RETRY_AFTER_SECONDS = 2
+
+
+def service_unavailable(message: str) -> HubHTTPError:
+    """503 + ``Retry-After``: a fault on the server's side that goes away by itself."""
+    return HubHTTPError(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def insufficient_storage(message: str) -> HubHTTPError:
+    """507: the blob store or the database has no space left (RFC 4918)."""
+    return HubHTTPError(507, message)
+
+
+def http_error_for(exc: LoradexError) -> HubHTTPError | None:
+    """The answer for one of loradex's typed errors raised while serving a request.
+
+    ``None`` for the server's own failures (a storage error other than a full disk, a database
+    error with no better name): the app logs those with their traceback and answers 500.
+    Everything else is either the client's fault (400) or a fault that passes (503, 507).
+    """
+    if isinstance(exc, (DatabaseUnavailable, DatabaseLocked, SchemaOutdated)):
+        # Locked: another writer held the database past every retry; unavailable: the
+        # database is down or restarting; outdated: someone ran `loradex db upgrade` under a
+        # running server. All pass without the client changing anything.
+        return service_unavailable(f"the registry database is unavailable, retry later: {exc}")
+    if isinstance(exc, DiskFull):
+        return insufficient_storage(f"no space left on the server: {exc}")
+    if isinstance(exc, DatabaseConflict):
+        return HubHTTPError(409, f"conflicting write, retry: {exc}")
+    if isinstance(exc, (DatabaseError, StorageError)):
+        return None
+    return bad_request(str(exc))  # our own validation (InvalidAdapter, ...): the client's fault

@@ -6,7 +6,7 @@ client maps to its exception classes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,11 @@ from registry.server.validation import reject_nul
 
 MAX_JSON_BODY = 8 * 1024 * 1024
 CHUNK = 256 * 1024
+# A refused request's body is read and dropped, up to this many bytes, before the answer: a
+# client (httpx, huggingface_hub) sends its whole body before it reads the answer, so closing
+# on it unread gives it a broken pipe or a reset, which it retries, instead of a 4xx it reads.
+# Past this, the answer goes out with ``Connection: close`` and the connection is dropped.
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 class Endpoints:
@@ -65,20 +70,45 @@ def header_safe(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:1000]
 
 
+async def drain_body(request: Request, limit: int = DRAIN_LIMIT) -> bool:
+    """Read and drop the rest of the request body, at most ``limit`` more bytes; True when the
+    whole body was read (the connection can then carry the answer and live on)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return False  # not worth reading: answer at once and close
+    dropped = 0
+    async for chunk in request.stream():
+        dropped += len(chunk)
+        if dropped > limit:
+            return False
+    return True
+
+
+async def refuse(request: Request, error: HubHTTPError, limit: int = DRAIN_LIMIT) -> HubHTTPError:
+    """``error``, once the rest of the body is drained (see ``DRAIN_LIMIT``); raise it.
+
+    A body too large to drain gets ``Connection: close`` on the answer."""
+    if not await drain_body(request, limit):
+        error.headers["Connection"] = "close"
+    return error
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with a 413 as soon as it passes ``limit`` bytes."""
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes (the rest of
+    the body is drained first, up to ``DRAIN_LIMIT``, so the client reads the 413)."""
+    too_large = HubHTTPError(413, f"request body larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise bad_request("invalid Content-Length")
         if int(declared) > limit:
-            raise HubHTTPError(413, f"request body larger than {limit} bytes")
+            raise await refuse(request, too_large)
     parts: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise HubHTTPError(413, f"request body larger than {limit} bytes")
+            raise await refuse(request, too_large)
         parts.append(chunk)
     return b"".join(parts)
 
@@ -109,12 +139,22 @@ def file_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-async def lifespan(receive: Receive, send: Send) -> None:
-    """Answer the ASGI lifespan messages (nothing to start or stop)."""
+async def lifespan(
+    receive: Receive,
+    send: Send,
+    on_start: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Answer the ASGI lifespan messages, starting and stopping the process's background
+    work (the re-indexing loop) with it."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if on_start is not None:
+                on_start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if on_stop is not None:
+                await run_in_threadpool(on_stop)
             await send({"type": "lifespan.shutdown.complete"})
             return

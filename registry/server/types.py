@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from registry.server.blobstore import BlobStore, lfs_pointer
 
@@ -141,4 +141,22 @@ class HostedCommit:
     blobs: BlobStore
 
 
-Indexer = Callable[[HostedCommit], None]
+class Indexer(Protocol):
+    """Keeps the registry in step with the hosted repos (``registry.server.indexing``).
+
+    ``expect`` is called before a commit's transaction and leaves a trace (a pending marker)
+    that only a successful indexing clears, so a crash between the commit and its indexing
+    leaves the repo pending re-indexing, never silently unindexed.
+    """
+
+    def expect(self, repo_id: str) -> object:
+        """Note that ``repo_id``'s head may be about to change; returns a token for the call."""
+        ...
+
+    def forget(self, token: object) -> None:
+        """The commit announced by ``expect`` did not happen: drop its trace."""
+        ...
+
+    def __call__(self, commit: HostedCommit, token: object = None) -> None:
+        """Index ``commit`` now or, if that fails, leave it pending; never raises."""
+        ...

@@ -22,6 +22,9 @@ from registry.server.types import Identity, ServerConfig
 from registry.server.validation import check_path
 
 UPLOAD_URL_TTL = 3600
+# Objects one LFS batch request may name. huggingface_hub sends at most 256 and git-lfs 100;
+# the git-lfs batch API answers more than a server takes with 413.
+MAX_BATCH_OBJECTS = 1000
 
 
 class Uploads:
@@ -85,6 +88,11 @@ class Uploads:
         objects = body.get("objects")
         if not isinstance(objects, list):
             raise bad_request("LFS batch: 'objects' must be a list")
+        if len(objects) > MAX_BATCH_OBJECTS:
+            raise HubHTTPError(
+                413,
+                f"LFS batch: {len(objects)} objects in one request, at most {MAX_BATCH_OBJECTS}",
+            )
         expires = int(time.time()) + UPLOAD_URL_TTL
         out = [self._batch_answer(obj, expires, base_url) for obj in objects]
         return {"transfer": "basic", "hash_algo": "sha256", "objects": out}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from loradex.errors import ConfigError
@@ -56,7 +57,9 @@ def check_path(path: object) -> str:
         raise bad_request("invalid path: must be a non-empty string")
     if len(path) > MAX_PATH_LENGTH:
         raise bad_request(f"invalid path: longer than {MAX_PATH_LENGTH} characters")
-    if "\0" in path or "\\" in path or any(ord(c) < 32 for c in path):
+    # Control characters: C0 (NUL, newline, ...), DEL (0x7f) and C1 (0x80-0x9f), which
+    # terminals, logs and git tools interpret; unicodedata calls all three "Cc".
+    if "\\" in path or any(unicodedata.category(c) == "Cc" for c in path):
         raise bad_request(f"invalid path {path!r}: control characters and backslashes are refused")
     if path.count("/") >= MAX_PATH_DEPTH:
         raise bad_request(f"invalid path: more than {MAX_PATH_DEPTH} levels of folders")
@@ -89,40 +92,40 @@ def is_commit_sha(revision: str) -> bool:
     return bool(_SHA1_RE.match(revision))
 
 
+# RFC 9110 §14.1.1: ``bytes=first-last``, ``bytes=first-`` or ``bytes=-suffix``, with no
+# whitespace (the grammar allows optional whitespace only around the commas between ranges).
+_RANGE_RE = re.compile(r"bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))", re.IGNORECASE)
+
+
 def parse_range(header: str, total: int) -> tuple[int, int] | None:
     """Parse ``Range: bytes=a-b`` / ``a-`` / ``-n`` into inclusive (start, end); None = whole file.
 
-    Raises a 416 :class:`HubHTTPError` when the range cannot be satisfied and a 400 when it is
-    not a single byte range.
+    Raises a 416 :class:`HubHTTPError` when the range cannot be satisfied, and also when it is
+    not one well-formed byte range (``bytes = 0 - 5``, ``bytes=0-1,5-6``, ``items=0-5``):
+    RFC 9110 §14.2 lets a server ignore or reject an invalid ranges-specifier, and rejecting
+    never sends a whole (maybe multi-GB) file to a client that asked for a few bytes.
     """
-    header = header.strip()
     if not header:
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec or "," in spec:
-        raise bad_request(f"unsupported Range header {header!r}: expected one 'bytes=a-b' range")
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        raise bad_request(f"malformed Range header {header!r}")
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise _unsatisfiable(total)
-            start, end = max(total - suffix, 0), total - 1
-        else:
-            start = int(first)
-            end = int(last) if last else total - 1
-    except ValueError:
-        raise bad_request(f"malformed Range header {header!r}") from None
+    match = _RANGE_RE.fullmatch(header)
+    if match is None:
+        raise _unsatisfiable(
+            total, f"invalid Range header {header[:100]!r}: expected one 'bytes=a-b' range"
+        )
+    first, last, suffix = match.groups()
+    if suffix is not None:
+        if int(suffix) == 0:
+            raise _unsatisfiable(total)
+        start, end = max(total - int(suffix), 0), total - 1
+    else:
+        start = int(first)
+        end = int(last) if last else total - 1
     if start >= total:
         raise _unsatisfiable(total)
-    if start < 0 or end < start:
-        raise bad_request(f"malformed Range header {header!r}")
+    if end < start:
+        raise _unsatisfiable(total, f"invalid Range header {header[:100]!r}: last before first")
     return start, min(end, total - 1)
 
 
-def _unsatisfiable(total: int) -> HubHTTPError:
-    return HubHTTPError(
-        416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{total}"}
-    )
+def _unsatisfiable(total: int, message: str = "Requested range not satisfiable") -> HubHTTPError:
+    return HubHTTPError(416, message, headers={"Content-Range": f"bytes */{total}"})

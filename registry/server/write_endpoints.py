@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from loradex.errors import StorageError
 from registry.cards import parse_front_matter
 from registry.server.blobstore import BlobMismatch, BlobTooLarge, is_sha256
 from registry.server.commit_request import parse_commit_body
 from registry.server.errors import HubHTTPError, bad_request
-from registry.server.http_io import MAX_JSON_BODY, Endpoints, json_body, read_body
+from registry.server.http_io import (
+    DRAIN_LIMIT,
+    MAX_JSON_BODY,
+    Endpoints,
+    drain_body,
+    json_body,
+    read_body,
+    refuse,
+)
+
+# An upload URL with a bad or expired signature: its body is drained up to this, no more.
+UNSIGNED_DRAIN_LIMIT = 1024 * 1024
 
 
 class WriteEndpoints(Endpoints):
@@ -98,29 +110,55 @@ class WriteEndpoints(Endpoints):
         return JSONResponse(result, media_type="application/vnd.git-lfs+json")
 
     async def lfs_upload(self, request: Request, oid: str) -> Response:
-        """``PUT`` of a signed upload URL: stream to a temp file, verify sha256 + size, store."""
+        """``PUT`` of a signed upload URL: stream to a temp file, verify sha256 + size, store.
+
+        Every refusal (bad signature, a body longer or shorter than the signed size, a sha256
+        that differs, no space left) drains the body first, within a bound, so the client
+        reads the 4xx/507 instead of a broken pipe; the temporary file is always dropped.
+        """
         q = request.query_params
-        size = self.service.check_upload_signature(
-            oid, q.get("size", ""), q.get("exp", ""), q.get("sig", "")
-        )
+        try:
+            size = self.service.check_upload_signature(
+                oid, q.get("size", ""), q.get("exp", ""), q.get("sig", "")
+            )
+        except HubHTTPError as exc:  # nobody vouched for this body: drain little of it
+            raise await refuse(request, exc, UNSIGNED_DRAIN_LIMIT) from None
+        drain_limit = size + DRAIN_LIMIT  # the signature allowed `size` bytes, and a margin
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) != size:
-            raise bad_request(f"Content-Length {declared} differs from the announced size {size}")
-        if self.service.blobs.size_of(oid) == size:
-            async for _ in request.stream():  # already stored: drain and accept
-                pass
+            raise await refuse(
+                request,
+                bad_request(f"Content-Length {declared} differs from the announced size {size}"),
+                drain_limit,
+            )
+        if self.service.blobs.size_of(oid) == size:  # already stored: drain and accept
+            if not await drain_body(request, drain_limit):
+                raise bad_request(f"more bytes than the announced size {size}")
             return Response(status_code=200)
-        writer = await run_in_threadpool(self.service.blobs.writer, size)
+        try:
+            writer = await run_in_threadpool(self.service.blobs.writer, size)
+        except StorageError:
+            await drain_body(request, drain_limit)
+            raise
         try:
             async for chunk in request.stream():
                 if chunk:
                     writer.write(chunk)
             await run_in_threadpool(writer.commit, oid, size)
+        except ClientDisconnect:
+            writer.abort()
+            raise
         except BlobTooLarge:
             writer.abort()
-            raise bad_request(f"more bytes than the announced size {size}") from None
-        except BlobMismatch as exc:
+            raise await refuse(
+                request, bad_request(f"more bytes than the announced size {size}"), drain_limit
+            ) from None
+        except BlobMismatch as exc:  # the whole body was read: nothing to drain
             raise bad_request(f"upload rejected: {exc}") from None
+        except Exception:  # no space left (507), an I/O error (500): drain, then answer
+            writer.abort()
+            await drain_body(request, drain_limit)
+            raise
         except BaseException:
             writer.abort()
             raise

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from loradex.errors import ConfigError
 from loradex.settings import Settings
+
+if TYPE_CHECKING:  # the server stack loads only in the commands that run it
+    from registry.server.types import ServerConfig
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
 _UNITS = {
@@ -76,6 +80,30 @@ def _settings(
         endpoint=(endpoint or base.endpoint).rstrip("/"),
         token=token or base.token,
     )
+
+
+def _reindex_pending(config: ServerConfig) -> None:
+    """Report the repos a previous run left pending re-indexing (a crash between a commit and
+    its indexing, a database down at the time) and index them before serving."""
+    from registry.db import make_engine
+    from registry.server.indexing import make_registry_indexer
+
+    engine = make_engine(config.db_url)
+    try:
+        indexer = make_registry_indexer(engine, config)
+        pending = indexer.pending()
+        if not pending:
+            return
+        shown = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+        click.echo(f"{len(pending)} repo(s) pending re-indexing: {shown}", err=True)
+        done, left = indexer.retry_pending()
+        click.echo(
+            f"re-indexed {done} repo(s)"
+            + (f"; {left} still pending, retried in the background" if left else ""),
+            err=True,
+        )
+    finally:
+        engine.dispose()
 
 
 @click.command()
@@ -181,6 +209,7 @@ def serve(
         click.echo(f"removed {removed} unreferenced blob(s), {freed} bytes", err=True)
     if gc_only:
         return
+    _reindex_pending(config)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     click.echo(
         f"loradex Hub on http://{host}:{port} (data {config.data_dir}, {workers} worker(s))",
