@@ -117,6 +117,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a results file of the same settings with a smaller --test-limit: its "
                         "rows are extended to this run's larger test split by scoring only the "
                         "new examples with the systems it recorded (no search runs again)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run the (task, seed) cells on a Ray cluster (ADDRESS, or alone for "
+                        "RAY_ADDRESS or a Ray on this machine): every worker holds the base "
+                        "model, this process writes --out as cells finish")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --ray: at most this many workers (default: as many as fit)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="with --ray: CPU cores each worker asks for")
+    p.add_argument("--shared-library", action="store_true",
+                   help="with --ray: workers read --library from the same path (a shared file "
+                        "system) instead of receiving its modules through Ray's object store")
     p.add_argument("--markdown", action="store_true", help="print the tables")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: print the tables of what --out holds so far")
@@ -191,7 +202,10 @@ def main(argv: Sequence[str] | None = None) -> Study:
         print(report(study.results, study.systems()))
         return study
     try:
-        study.run(tasks, range(args.first_seed, args.seeds))
+        if args.ray is not None:
+            run_on_ray(study, tasks, range(args.first_seed, args.seeds), args)
+        else:
+            study.run(tasks, range(args.first_seed, args.seeds))
     except KeyboardInterrupt:
         study.save()
         print(f"stopped; finished cells are in {args.out}, run again to resume",
@@ -200,3 +214,22 @@ def main(argv: Sequence[str] | None = None) -> Study:
     if args.markdown:
         print(report(study.results, study.systems()))
     return study
+
+
+def run_on_ray(study: Study, tasks: dict[str, Path], seeds: Sequence[int],
+               args: argparse.Namespace) -> None:
+    """Every missing cell as a unit on the Ray cluster of ``--ray``; failed cells are reported
+    (the others recorded) and raise at the end."""
+    from benchmarks.study.units import StudyJob
+    from composer.scaleout.ray_runner import RayRunner
+    from composer.scaleout.units import Resources, run_units
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker}")
+    job = StudyJob(study, tasks, seeds, resources=Resources(cpus=args.cpus_per_worker),
+                   shared_library=args.shared_library)
+    runner = RayRunner(None if args.ray == "auto" else args.ray, max_workers=args.workers,
+                       python_path=[str(ROOT)])  # workers import benchmarks.study from here
+    run_units(job, runner, progress=not args.quiet).check()

@@ -46,12 +46,17 @@ if TYPE_CHECKING:
 
 
 class Study:
-    """Runs the cells of a study and keeps the results file up to date."""
+    """Runs the cells of a study and keeps the results file up to date.
+
+    A Ray worker (:mod:`benchmarks.study.units`) makes one with ``out`` None and the
+    ``results`` of the one cell it computes (nothing is saved there: the driver writes), its
+    ``prior`` cell and the ``library_dir`` the modules were shipped to.
+    """
 
     def __init__(
         self,
         settings: StudySettings,
-        out: Path,
+        out: Path | None,
         *,
         compose: Sequence[ComposeSpec],
         oracle: bool,
@@ -59,9 +64,13 @@ class Study:
         hydra_modules: Sequence[Path] = (),
         quiet: bool = False,
         extend_from: Path | None = None,
+        results: dict[str, Any] | None = None,
+        prior: dict[str, Any] | None = None,
+        library_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.out = out
+        self.library_dir = library_dir or Path(settings.library)
         self.compose = list(compose)
         self.oracle = oracle
         self.hydra_heads = hydra_heads
@@ -71,6 +80,10 @@ class Study:
         self._signatures: SignatureIndex | None = None  # the pool's, built on first use
         self._embedder: Embedder
         self.computed: list[tuple[str, int, str]] = []
+        if results is not None:  # a worker's one cell
+            self.prior, self.results = prior, results
+            return
+        assert out is not None
         self.prior = open_prior(extend_from, settings) if extend_from else None
         self.results = open_results(out, settings)
         if self.prior is not None:
@@ -87,8 +100,10 @@ class Study:
         return taken
 
     def save(self) -> None:
-        """Write the results file atomically (a crash never leaves half a file)."""
-        save_results(self.out, self.results)
+        """Write the results file atomically (a crash never leaves half a file); a worker
+        writes nothing."""
+        if self.out is not None:
+            save_results(self.out, self.results)
 
     def _say(self, message: str) -> None:
         if not self.quiet:
@@ -138,12 +153,17 @@ class Study:
                     self.results["wall_seconds"] += time.perf_counter() - started
                     self.save()
 
+    def missing(self, task: str, examples: Sequence[Example], seed: int) -> list[str]:
+        """The systems of the (task, seed) cell not in the results yet."""
+        cell = self.results["tasks"].get(task, {}).get(str(seed), {})
+        with_choices = all(ex.choices for ex in examples)
+        return [name for name in self.systems()
+                if name not in cell.get("systems", {}) and applies(name, with_choices)]
+
     def _run_cell(self, task: str, examples: list[Example], seed: int) -> None:
         s = self.settings
+        todo = self.missing(task, examples, seed)
         cell = self.results["tasks"].setdefault(task, {}).setdefault(str(seed), {})
-        with_choices = all(ex.choices for ex in examples)
-        todo = [name for name in self.systems()
-                if name not in cell.get("systems", {}) and applies(name, with_choices)]
         if not todo:
             self._say(f"[{task} seed {seed}] done already, skipped")
             return
@@ -307,9 +327,9 @@ class Study:
             self._embedder = load_embedder()
             centroids = []
             for name in pool:
-                signature = folder_signature(Path(s.library) / name)
+                signature = folder_signature(self.library_dir / name)
                 if signature is None or signature.embedder != self._embedder.name:
-                    raise ModuleNotFound(f"{Path(s.library) / name}: no data signature from "
+                    raise ModuleNotFound(f"{self.library_dir / name}: no data signature from "
                                          f"{self._embedder.name} (loradex library sign)")
                 centroids.append(signature.centroid())
             self._signatures = SignatureIndex(self._embedder.name, [("", n) for n in pool],
@@ -333,7 +353,7 @@ class Study:
     def _candidate(self, name: str) -> Candidate:
         from composer.candidates import read_candidate
 
-        folder = Path(self.settings.library) / name
+        folder = self.library_dir / name
         if not (folder / "adapter_config.json").is_file():
             raise ModuleNotFound(
                 f"{folder}: module {name} of this study's frozen pool is gone from --library"

@@ -117,3 +117,46 @@ def test_a_build_whose_driver_is_killed_resumes(ray_cluster, upstream, tmp_path)
 
     _build(upstream, on_ray, "--ray", ray_cluster.address, steps=40)
     assert_same_library(local, on_ray)
+
+
+TIMINGS = {"seconds", "search_seconds", "screen_seconds", "newly_scored"}
+
+
+def _rows(results_file: Path) -> dict:
+    """A study's cells without their timings (and how many examples a row scored anew, which
+    depends on which seed of a task got to an example first)."""
+    results = json.loads(results_file.read_text())
+    for cells in results["tasks"].values():
+        for cell in cells.values():
+            for row in cell["systems"].values():
+                for key in TIMINGS & set(row):
+                    del row[key]
+    return {"tasks": results["tasks"], "per_example": results["per_example"]}
+
+
+def test_study_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
+    from benchmarks.study import main
+    from tests.support.tiny_models import save_lora
+
+    library = tmp_path / "library"
+    for i in range(2):
+        save_lora(upstream["model"], library / f"mod{i}", seed=20 + i)
+    tasks = tmp_path / "bbh"
+    tasks.mkdir()
+    for name, labels in (("yesno", ("yes", "no")), ("truth", ("true", "false"))):
+        write_jsonl(tasks / f"{name}.jsonl", [
+            {"input": f"question {i}: is {i} even?", "target": labels[i % 3 == 0],
+             "choices": list(labels)} for i in range(12)])
+
+    def argv(out: Path, *extra: str) -> list[str]:
+        return ["--tasks-dir", str(tasks), "--library", str(library), "--base-model",
+                str(upstream["model"]), "--seeds", "2", "--budget", "3", "--k", "2",
+                "--methods", "lorahub", "--objectives", "lm", "--out", str(out), "--quiet",
+                *extra]
+
+    local = main(argv(tmp_path / "local.json"))
+    on_ray = main(argv(tmp_path / "ray.json", "--ray", ray_cluster.address))
+    assert sorted(on_ray.computed) == sorted(local.computed) and len(local.computed) == 4 * 5
+    assert _rows(tmp_path / "ray.json") == _rows(tmp_path / "local.json")
+    # Resumed: nothing left to compute.
+    assert main(argv(tmp_path / "ray.json", "--ray", ray_cluster.address)).computed == []
