@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "publish": "loradex.cli.commands.hub_cmds:publish",
     "train": "loradex.cli.commands.composer_cmds:train",
     "compose": "loradex.cli.commands.composer_cmds:compose",
+    "compose-batch": "loradex.cli.commands.compose_batch:compose_batch",
     "eval": "loradex.cli.commands.composer_cmds:eval_cmd",
     "library": "loradex.cli.commands.library_cmds:library",
     "demo": "loradex.cli.commands.demo:demo",
