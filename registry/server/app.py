@@ -101,7 +101,8 @@ class HubApp(Endpoints):
         that passes (database down or locked: 503 + Retry-After; disk full: 507) is logged in
         one line; one that needs the operator (a storage or database error with no better
         name) is logged with its traceback and answered 500."""
-        error = storage_error(exc) if isinstance(exc, OSError) else exc
+        # Not isinstance(exc, OSError): DatabaseUnavailable is a ConnectionError, an OSError.
+        error = exc if isinstance(exc, LoradexError) else storage_error(exc)
         answer = http_error_for(error)
         if answer is None:
             log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)

@@ -32,7 +32,13 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from loradex.errors import DatabaseLocked, InvalidAdapter, LoradexError, ModuleNotFound
+from loradex.errors import (
+    DatabaseConflict,
+    DatabaseLocked,
+    InvalidAdapter,
+    LoradexError,
+    ModuleNotFound,
+)
 from registry.adapter_files import read_json_object
 from registry.adapter_metadata import module_from_metadata
 from registry.cards import CARD
@@ -54,7 +60,9 @@ log = logging.getLogger("loradex.server")
 
 PENDING_DIR = "index-pending"
 RETRY_INTERVAL = 5.0  # seconds between two rounds of re-indexing in each server process
-LOCKED_ATTEMPTS = 4  # a locked database is retried this many times before the commit returns
+# A locked database (or another process's upsert of the same module) is retried this many
+# times before the commit returns; then the repo is left pending.
+LOCKED_ATTEMPTS = 4
 
 
 def hosted_module(commit: HostedCommit, source: str) -> Module | None:
@@ -228,7 +236,7 @@ class RegistryIndexer:
             try:
                 index_commit(self.store, commit, self.source)
                 return
-            except DatabaseLocked:
+            except (DatabaseLocked, DatabaseConflict):  # busy, or another process's upsert
                 if attempt == LOCKED_ATTEMPTS - 1:
                     raise
                 time.sleep(0.05 * 2**attempt)
