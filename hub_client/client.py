@@ -14,7 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradex.errors import HubError, HubUnavailable, InvalidAdapter, LoradexError, ModuleNotFound
+from loradex.errors import (
+    GatedRepo,
+    HubError,
+    HubRateLimited,
+    HubRepoNotFound,
+    HubUnavailable,
+    InvalidAdapter,
+    LoradexError,
+    ModuleNotFound,
+)
 from loradex.files import atomic_write
 
 if TYPE_CHECKING:
@@ -24,6 +33,10 @@ if TYPE_CHECKING:
 # First bytes fetched for a safetensors header; adapters' headers are a few KB.
 HEADER_PROBE_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 10 * 1024 * 1024  # a config or model card; the largest cards are ~1 MB
+# A 429 that names no wait (neither RateLimit nor Retry-After): how long to wait before trying.
+DEFAULT_RATE_LIMIT_WAIT = 5.0
+# Listing pages of the public Hub hold at most 1,000 repos.
+LISTING_PAGE_SIZE = 1000
 
 
 def disable_xet() -> None:
@@ -80,16 +93,23 @@ class HubClient:
             raise HubUnavailable(
                 f"cannot reach the Hub at {self.endpoint} and {what} is not in the cache"
             ) from exc
-        except hf_errors.GatedRepoError as exc:
-            raise HubError(f"{what}: gated repo, access not granted") from exc
-        except (
-            hf_errors.RepositoryNotFoundError,
-            hf_errors.RevisionNotFoundError,
-            hf_errors.RemoteEntryNotFoundError,
-        ) as exc:
+        except hf_errors.GatedRepoError as exc:  # before RepositoryNotFoundError, its parent
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise GatedRepo(
+                f"{what}: gated repo, access not granted ({status}: {_server_message(exc)})"
+            ) from exc
+        except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
+            raise HubRepoNotFound(f"{what}: {_server_message(exc)}") from exc
+        except hf_errors.RemoteEntryNotFoundError as exc:
             raise ModuleNotFound(f"{what}: {_server_message(exc)}") from exc
         except hf_errors.HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
+            if status == 429 and exc.response is not None:
+                wait = rate_limit_wait(exc.response.headers)
+                raise HubRateLimited(
+                    f"{what}: rate-limited by the Hub at {self.endpoint} (retry in {wait:g} s)",
+                    wait,
+                ) from exc
             if isinstance(status, int) and status >= 500:
                 raise HubUnavailable(f"Hub at {self.endpoint} failed ({status}) on {what}") from exc
             raise HubError(f"{what}: Hub answered {status}: {_server_message(exc)}") from exc
@@ -116,24 +136,68 @@ class HubClient:
                 timeout=self.timeout,
             )
 
-    def list_models(
+    def listing_url(
         self,
         *,
         filters: Iterable[str] = (),
         author: str | None = None,
         search: str | None = None,
-        limit: int | None = None,
-    ) -> Iterator[ModelInfo]:
-        """Model repos matching all ``filters`` (tags), with sha, siblings and card data."""
+        page_size: int = LISTING_PAGE_SIZE,
+    ) -> str:
+        """The first page of the repos matching all ``filters`` (tags), oldest-stable order.
+
+        Sorted by creation time, the one key a repo never changes: on a Hub whose cursor
+        remembers the last key (this one's and huggingface.co's), a repo created or updated
+        while the pages are read moves no other repo across a page boundary, so none is
+        missed or seen twice.
+        """
+        from urllib.parse import urlencode
+
+        params: list[tuple[str, str]] = [("filter", f) for f in filters]
+        if author:
+            params.append(("author", author))
+        if search:
+            params.append(("search", search))
+        params += [
+            ("sort", "createdAt"),
+            ("limit", str(page_size)),
+            ("full", "True"),
+            ("cardData", "True"),
+        ]
+        return f"{self.endpoint}/api/models?{urlencode(params)}"
+
+    def list_models_page(self, url: str) -> tuple[list[ModelInfo], str | None]:
+        """One page of a listing and the URL of the next (its ``Link: rel="next"``), or None.
+
+        A next link off this endpoint is refused: the token would go with it.
+        """
+        from huggingface_hub.hf_api import ModelInfo
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
         with self.errors("listing models"):
-            yield from self.api.list_models(
-                filter=list(filters) or None,
-                author=author,
-                search=search,
-                limit=limit,
-                full=True,
-                cardData=True,
+            response = get_session().get(url, headers=self._headers, timeout=self.timeout)
+            hf_raise_for_status(response)
+            next_url = response.links.get("next", {}).get("url")
+        try:
+            items = response.json()
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            raise HubError(f"listing models: the Hub at {self.endpoint} sent no list")
+        if next_url is not None and not next_url.startswith(f"{self.endpoint}/"):
+            raise HubError(
+                f"listing models: the Hub's next-page link leaves {self.endpoint}: {next_url}"
             )
+        infos = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise HubError(f"listing models: the Hub at {self.endpoint} sent a bad entry")
+            item.setdefault("siblings", None)
+            try:
+                infos.append(ModelInfo(**item))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise HubError(f"listing models: bad entry for {item['id']}: {exc}") from exc
+        return infos, next_url
 
     def model_info(self, repo_id: str, revision: str | None = None) -> ModelInfo:
         """Model info with file metadata (sizes, LFS sha256)."""
@@ -274,6 +338,33 @@ def _server_message(exc: Any) -> str:
         if message:
             return str(message)
     return _first_line(exc)
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> float:
+    """Seconds a 429 asks to wait: the IETF ``RateLimit`` reset when nothing remains (what
+    huggingface.co sends, read by huggingface_hub's own parser), else ``Retry-After`` (seconds
+    or an HTTP date), else ``DEFAULT_RATE_LIMIT_WAIT``."""
+    from email.utils import parsedate_to_datetime
+
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    info = parse_ratelimit_headers(headers)
+    if info is not None and info.remaining == 0:
+        return float(info.reset_in_seconds)
+    value = (headers.get("retry-after") or "").strip()
+    if value.isdigit():
+        return float(value)
+    if value:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return DEFAULT_RATE_LIMIT_WAIT
+        from datetime import UTC, datetime
+
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return DEFAULT_RATE_LIMIT_WAIT
 
 
 def _total_size(headers: Mapping[str, str], status: int) -> int | None:

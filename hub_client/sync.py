@@ -7,7 +7,13 @@ registry's own ``module_from_metadata``; the weights are never downloaded. Hydra
 ``docs/hydra-format.md``) are read the same way and judged by ``hydra_module_from_metadata``.
 Fetches run in a bounded thread pool; writes happen in the calling thread in short batches
 (modules first, then their sync states, at least once a second and again on Ctrl-C), so an
-interrupted sync resumes where it stopped.
+interrupted sync resumes where it stopped, and a killed one redoes at most its last batch.
+
+What a real Hub does to a sync, and what the sync records (``SyncState.status``): a 429 is
+waited out as the Hub says (``hub_client.throttle``), with fewer fetches in flight; a gated
+repo the token may not read is ``gated``; a repo deleted (or made private) between the
+listing and its fetch is ``gone``; a repo with pickle weights only is ``skipped`` for that
+reason, as is a broken adapter; a refusal of another kind is ``error``, retried next time.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from loradex.errors import ConfigError, HubUnavailable, InvalidAdapter, LoradexError
+from hub_client.throttle import RateGate
+from loradex.errors import (
+    ConfigError,
+    GatedRepo,
+    HubError,
+    HubRateLimited,
+    HubRepoNotFound,
+    HubUnavailable,
+    InvalidAdapter,
+    LoradexError,
+)
 from registry.adapter_files import PICKLE_WEIGHTS, parse_json_object
 from registry.adapter_metadata import module_from_metadata
 from registry.cards import CARD
@@ -41,8 +57,13 @@ if TYPE_CHECKING:
 PEFT_FILTER = "peft"
 HYDRA_FILTER = "hydra-lora"  # ``loradex publish`` tags Hydra repos with it
 STATUS_OK = "ok"
-STATUS_SKIPPED = "skipped"  # the adapter itself is broken at that sha: not retried until it changes
+# Not indexable at that sha (broken, or pickle weights only): not retried until it changes.
+STATUS_SKIPPED = "skipped"
 STATUS_ERROR = "error"  # the Hub refused a request: retried on the next sync
+# Gated and this token has no access: not retried at that sha unless --retry-failed.
+STATUS_GATED = "gated"
+# Deleted (or made private) after the listing showed it: looked at again if listed again.
+STATUS_GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,13 @@ class SyncOptions:
         metadata={"help": "remove modules whose repo the Hub no longer lists (deleted, private)"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    max_wait: float = field(
+        default=900.0,
+        metadata={"help": "longest rate-limit wait (s) before the sync stops; it resumes later"},
+    )
+    page_size: int = field(
+        default=1000, metadata={"help": "repos per listing page (the Hub's own maximum)"}
+    )
 
 
 @dataclass
@@ -72,10 +100,18 @@ class SyncReport:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    skipped: int = 0  # pickle weights only
+    gated: int = 0
+    gone: int = 0  # deleted between the listing and the fetch
     removed: int | None = None  # None: not pruned
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # Repos not indexed but not failed either: (repo, status, reason).
+    not_indexed: list[tuple[str, str, str]] = field(default_factory=list)
     # Repos indexed without their signature file, and why (a bad or oversized file).
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    rate_limited: int = 0  # 429 answers seen
+    waited: float = 0.0  # seconds spent waiting them out
+    lowest_jobs: int = 0  # fewest fetches in flight the rate limits brought the sync down to
 
     def summary(self) -> str:
         """The one summary line ``loradex sync`` prints."""
@@ -83,6 +119,9 @@ class SyncReport:
             f"new {self.new}, updated {self.updated}, unchanged {self.unchanged}, "
             f"failed {self.failed}"
         )
+        for name in ("skipped", "gated", "gone"):
+            if getattr(self, name):
+                line += f", {name} {getattr(self, name)}"
         return line if self.removed is None else f"{line}, removed {self.removed}"
 
 
@@ -127,7 +166,7 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
     )
     if weights_name not in siblings:
         if PICKLE_WEIGHTS in siblings:
-            raise InvalidAdapter(
+            raise PickleOnly(
                 f"{repo_id}: pickle weights only ({PICKLE_WEIGHTS}); loradex reads "
                 f"{ADAPTER_WEIGHTS} (pickle can run code)"
             )
@@ -174,6 +213,10 @@ def module_from_hub(client: HubClient, info: ModelInfo) -> Module:
     return module
 
 
+class PickleOnly(InvalidAdapter):
+    """A repo whose weights exist only as a pickle: not broken, not read (pickle runs code)."""
+
+
 class _IndexedWithout(Exception):
     """A module to index without its signature file, and why (the sync reports it)."""
 
@@ -206,25 +249,49 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions,
              embedder: Embedder | None = None) -> SyncReport:
     """Sync the adapters ``options`` selects from ``client``'s Hub into ``store`` (with card
     signatures by ``embedder`` when given, and each repo's data signature file if it has one)."""
-    from tqdm import tqdm
-
     if options.prune and (options.limit or options.base_model):
         raise ConfigError(
             "--prune needs the complete listing: it cannot be combined with --limit or "
             "--base-model"
         )
-    report = SyncReport()
+    report = SyncReport(lowest_jobs=options.jobs)
     client.check_reachable()
-    states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
+    gate = RateGate(options.jobs, options.max_wait)
+    try:
+        return _sync(client, store, options, embedder, report, gate)
+    finally:
+        report.rate_limited, report.waited = gate.hits, gate.waited
+        report.lowest_jobs = gate.lowest
+
+
+def list_adapters(client: HubClient, options: SyncOptions, gate: RateGate) -> dict[str, ModelInfo]:
+    """Every adapter repo ``options`` selects, by id, each once, following the listing's
+    ``Link`` pages (and waiting out rate limits through ``gate``)."""
     listed: dict[str, ModelInfo] = {}
+    page_size = min(options.page_size, options.limit or options.page_size)
     for filters in adapter_listings(options.base_model):
-        for info in client.list_models(
-            filters=filters,
-            author=options.author,
-            search=options.search,
-            limit=options.limit,
-        ):
-            listed.setdefault(info.id, info)
+        url: str | None = client.listing_url(
+            filters=filters, author=options.author, search=options.search, page_size=page_size
+        )
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen:  # a Hub sending the same page again would keep us here forever
+                raise HubError(f"listing models: the Hub at {client.endpoint} repeats {url}")
+            seen.add(url)
+            page, url = gate.call(client.list_models_page, url)
+            for info in page:
+                listed.setdefault(info.id, info)
+            if options.limit and len(listed) >= options.limit:
+                return listed
+    return listed
+
+
+def _sync(client: HubClient, store: RegistryStore, options: SyncOptions,
+          embedder: Embedder | None, report: SyncReport, gate: RateGate) -> SyncReport:
+    from tqdm import tqdm
+
+    states = {s.repo_id: s for s in store.sync_states(client.endpoint)}
+    listed = list_adapters(client, options, gate)
     infos = list(listed.values())[: options.limit] if options.limit else list(listed.values())
     todo: list[tuple[ModelInfo, bool]] = []  # (info, already known)
     for info in infos:
@@ -234,7 +301,7 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions,
             and state.last_sha == info.sha
             and (
                 state.status == STATUS_OK
-                or (state.status == STATUS_SKIPPED and not options.retry_failed)
+                or (state.status in (STATUS_SKIPPED, STATUS_GATED) and not options.retry_failed)
             )
         ):
             report.unchanged += 1
@@ -246,7 +313,7 @@ def sync_hub(client: HubClient, store: RegistryStore, options: SyncOptions,
         total=len(todo), unit="repo", desc="sync", disable=not options.progress, leave=False
     ) as bar:
         try:
-            for (info, known), outcome in _fetch_all(client, todo, options.jobs):
+            for (info, known), outcome in _fetch_all(client, todo, options.jobs, gate):
                 writer.add(info, known, outcome)
                 bar.update(1)
         finally:
@@ -262,6 +329,19 @@ def _in_scope(repo_id: str, options: SyncOptions) -> bool:
     if options.author and repo_id.split("/", 1)[0].lower() != options.author.lower():
         return False
     return not options.search or options.search.lower() in repo_id.lower()
+
+
+def failure_status(error: BaseException) -> tuple[str, str]:
+    """(sync status, report count) of a repo whose fetch raised ``error``."""
+    if isinstance(error, PickleOnly):
+        return STATUS_SKIPPED, "skipped"
+    if isinstance(error, InvalidAdapter):
+        return STATUS_SKIPPED, "failed"
+    if isinstance(error, GatedRepo):
+        return STATUS_GATED, "gated"
+    if isinstance(error, HubRepoNotFound):
+        return STATUS_GONE, "gone"
+    return STATUS_ERROR, "failed"
 
 
 class _BatchWriter:
@@ -283,7 +363,8 @@ class _BatchWriter:
         self.report = report
         self.modules: list[Module] = []
         self.states: list[SyncState] = []
-        self.pending: list[tuple[str, bool, str | None]] = []  # (repo, known, failure reason)
+        # (repo, known, report bucket, reason): what the report counts once written
+        self.pending: list[tuple[str, bool, str, str | None]] = []
         self.started = time.monotonic()
 
     def add(self, info: ModelInfo, known: bool, outcome: Module | BaseException) -> None:
@@ -294,12 +375,12 @@ class _BatchWriter:
         if isinstance(outcome, Module):
             self.modules.append(outcome)
             self.states.append(SyncState(self.endpoint, info.id, info.sha, STATUS_OK, None))
-            self.pending.append((info.id, known, None))
+            self.pending.append((info.id, known, STATUS_OK, None))
         else:
-            status = STATUS_SKIPPED if isinstance(outcome, InvalidAdapter) else STATUS_ERROR
+            status, bucket = failure_status(outcome)
             reason = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
             self.states.append(SyncState(self.endpoint, info.id, info.sha, status, reason))
-            self.pending.append((info.id, known, reason))
+            self.pending.append((info.id, known, bucket, reason))
         if len(self.states) >= self.BATCH or time.monotonic() - self.started >= self.BATCH_SECONDS:
             self.flush()
 
@@ -311,10 +392,13 @@ class _BatchWriter:
             self.store.bulk_upsert(self.modules)
         if self.states:
             self.store.set_sync_states(self.states)
-        for repo_id, known, reason in self.pending:
-            if reason is not None:
+        for repo_id, known, bucket, reason in self.pending:
+            if reason is not None and bucket == "failed":
                 self.report.failed += 1
                 self.report.failures.append((repo_id, reason))
+            elif reason is not None:
+                setattr(self.report, bucket, getattr(self.report, bucket) + 1)
+                self.report.not_indexed.append((repo_id, bucket, reason))
             elif known:
                 self.report.updated += 1
             else:
@@ -324,12 +408,14 @@ class _BatchWriter:
 
 
 def _fetch_all(
-    client: HubClient, todo: Iterable[tuple[ModelInfo, bool]], jobs: int
+    client: HubClient, todo: Iterable[tuple[ModelInfo, bool]], jobs: int, gate: RateGate
 ) -> Iterable[tuple[tuple[ModelInfo, bool], Module | BaseException]]:
-    """Yield (item, Module or the error) with at most ``2 * jobs`` fetches in flight.
+    """Yield (item, Module or the error) with at most ``2 * jobs`` fetches queued and at most
+    ``gate.limit`` of them sending requests.
 
-    A Hub that cannot be reached stops the whole sync (every repo would fail the same way);
-    any other error belongs to its repo. On Ctrl-C, queued fetches are cancelled.
+    A Hub that cannot be reached, or whose rate limit cannot be waited out, stops the whole
+    sync (every repo would fail the same way); any other error belongs to its repo. On Ctrl-C,
+    queued fetches are cancelled and waiting ones woken.
     """
     pending: dict[Future[Module], tuple[ModelInfo, bool]] = {}
     items = iter(todo)
@@ -343,7 +429,7 @@ def _fetch_all(
                 except StopIteration:
                     exhausted = True
                     break
-                pending[executor.submit(module_from_hub, client, item[0])] = item
+                pending[executor.submit(gate.call, module_from_hub, client, item[0])] = item
             if not pending:
                 return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -353,7 +439,7 @@ def _fetch_all(
                 if isinstance(error, _IndexedWithout):
                     yield item, error
                     continue
-                if isinstance(error, HubUnavailable) or (
+                if isinstance(error, (HubUnavailable, HubRateLimited)) or (
                     error is not None and not isinstance(error, Exception)
                 ):
                     raise error  # Hub down for everyone, or Ctrl-C / exit: stop the whole sync
@@ -362,4 +448,5 @@ def _fetch_all(
                     error = LoradexError(f"{item[0].id}: {type(error).__name__}: {error}")
                 yield item, (error if error is not None else future.result())
     finally:
+        gate.close()
         executor.shutdown(wait=True, cancel_futures=True)

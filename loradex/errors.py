@@ -56,6 +56,22 @@ class HubError(LoradexError, RuntimeError):
     exit_code = 8
 
 
+class GatedRepo(HubError, PermissionError):
+    """The Hub repo is gated and this token (or no token) has not been granted access."""
+
+
+class HubRateLimited(HubError):
+    """The Hub answered 429; ``retry_after`` is how many seconds it asked to wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HubRepoNotFound(ModuleNotFound):
+    """The Hub has no such repo or revision (deleted, recreated, or made private)."""
+
+
 class DatabaseError(LoradexError, RuntimeError):
     """The registry database is unreachable or its schema is not what this version expects."""
 

@@ -46,6 +46,7 @@ def serve_args(
     workers: int | None = None,
     max_upload_size: int | str | None = None,
     log_level: str | None = None,
+    rate_limit: str | None = None,
 ) -> list[str]:
     """The ``loradex`` arguments that serve ``db_url``; ``None`` keeps the command's default.
 
@@ -62,6 +63,8 @@ def serve_args(
         args += ["--max-upload-size", str(max_upload_size)]
     if log_level is not None:
         args += ["--log-level", log_level]
+    if rate_limit is not None:
+        args += ["--rate-limit", rate_limit]
     return args
 
 
@@ -106,6 +109,7 @@ def start_server(
     workers: int | None = None,
     max_upload_size: int | str | None = None,
     log_level: str | None = None,
+    rate_limit: str | None = None,
     env: Mapping[str, str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
     timeout: float = 60,
@@ -117,7 +121,8 @@ def start_server(
     """
     port = free_port(host) if port is None else port
     args = serve_args(db_url, data_dir, port=port, host=host, workers=workers,
-                      max_upload_size=max_upload_size, log_level=log_level)
+                      max_upload_size=max_upload_size, log_level=log_level,
+                      rate_limit=rate_limit)
     command = [sys.executable, "-m", "loradex", *args]
     log = Path(log_path) if log_path is not None else None
     child_env = dict(env) if env is not None else None

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.hub_models import SqlHubCommit, SqlHubRef, SqlHubRepo, SqlHubTreeEntry
 from registry.server.blobstore import BlobStore
-from registry.server.errors import entry_not_found
+from registry.server.errors import HubHTTPError, entry_not_found
 from registry.server.queries import resolve_revision, tree_files, visible_repo
 from registry.server.timestamps import iso_z
 from registry.server.types import Identity, ResolvedFile, TreeFile, tree_oid
@@ -100,6 +100,7 @@ class RepoReader:
         # Slow path: find out which of repo, revision or file is missing, for the right 404.
         with self.sessions.begin() as session:
             repo = visible_repo(session, identity, repo_id)
+            check_gate(identity, repo_id, repo.namespace, repo.gated)
             commit = resolve_revision(session, repo, revision)
             row = session.get(SqlHubTreeEntry, (commit.id, path))
             if row is None:
@@ -132,6 +133,7 @@ class RepoReader:
             select(
                 repos.c.private,
                 repos.c.namespace,
+                repos.c.gated,
                 commits.c.sha,
                 entries.c.blob_sha256,
                 entries.c.size,
@@ -145,9 +147,10 @@ class RepoReader:
             row = conn.execute(query).first()
         if row is None:
             return None
-        private, namespace, sha, blob, size, is_lfs, git_oid = row
+        private, namespace, gated, sha, blob, size, is_lfs, git_oid = row
         if private and (identity is None or namespace not in identity.namespaces):
             return None
+        check_gate(identity, repo_id, namespace, gated)
         tree_file = TreeFile(path, blob, size, bool(is_lfs), git_oid)
         return ResolvedFile(sha, tree_file, self.blobs.path_for(blob))
 
@@ -193,6 +196,28 @@ class RepoReader:
             return history
 
 
+def check_gate(
+    identity: Identity | None, repo_id: str, namespace: str, gated: str | None
+) -> None:
+    """Files of a gated repo are read by its namespace only, as on the Hub: 401 to an anonymous
+    caller, 403 to a token without access (``X-Error-Code: GatedRepo`` on both, which
+    huggingface_hub raises as ``GatedRepoError``). Its info, tree and listing stay public."""
+    if not gated or (identity is not None and namespace in identity.namespaces):
+        return
+    if identity is None:
+        raise HubHTTPError(
+            401,
+            f"Access to model {repo_id} is restricted. You must have access to it and be "
+            "authenticated to access it. Please log in.",
+            "GatedRepo",
+        )
+    raise HubHTTPError(
+        403,
+        f"Access to model {repo_id} is restricted and you are not in the authorized list.",
+        "GatedRepo",
+    )
+
+
 def repo_json(
     repo: SqlHubRepo | Any, commit: SqlHubCommit | Any, tree: list[TreeFile] | None
 ) -> dict[str, Any]:
@@ -207,7 +232,7 @@ def repo_json(
         "createdAt": iso_z(repo.created_at),
         "private": bool(repo.private),
         "disabled": False,
-        "gated": False,
+        "gated": repo.gated or False,
         "downloads": 0,
         "likes": 0,
         "trendingScore": 0,

@@ -1,4 +1,5 @@
-"""Creating and deleting repos (the id of a deleted repo may be created afresh)."""
+"""Creating and deleting repos (the id of a deleted repo may be created afresh), and their
+settings."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from registry.lfs import LFS_PATTERNS
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, git_blob_sha1
 from registry.server.commits import add_commit, notify_indexer
-from registry.server.errors import HubHTTPError, unauthorized
+from registry.server.errors import HubHTTPError, bad_request, unauthorized
 from registry.server.queries import begin_write, visible_repo
 from registry.server.timestamps import utcnow
 from registry.server.types import HostedCommit, Identity, Indexer, TreeFile
 from registry.server.validation import check_repo_id
 
 DEFAULT_BRANCH = "main"
+GATED_MODES = ("auto", "manual")  # the Hub's gated modes; False (or null) opens the repo
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
 
@@ -105,3 +107,30 @@ class RepoAdmin:
             session.execute(delete(SqlHubCommit).where(SqlHubCommit.repo_id == repo.id))
             session.execute(delete(SqlHubRepo).where(SqlHubRepo.id == repo.id))
         notify_indexer(self.indexer, HostedCommit(repo_id, "", utcnow(), (), self.blobs))
+
+    def update_settings(
+        self, identity: Identity | None, repo_id: str, settings: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``PUT /api/models/{id}/settings`` by a writer of the repo's namespace, as
+        ``HfApi.update_repo_settings`` sends it: ``{"gated": "auto" | "manual" | false}``.
+
+        Visibility is chosen when the repo is created; this server changes only ``gated``.
+        """
+        if identity is None:
+            raise unauthorized("a token is required to change a repo's settings")
+        unknown = sorted(set(settings) - {"gated"})
+        if unknown:
+            raise bad_request(
+                f"settings: this server changes only 'gated', not {', '.join(map(repr, unknown))}"
+            )
+        if "gated" not in settings:
+            raise bad_request("settings: nothing to change (give 'gated')")
+        gated = settings["gated"]
+        if gated is not False and gated is not None and gated not in GATED_MODES:
+            raise bad_request(f"settings: 'gated' must be 'auto', 'manual' or false, not {gated!r}")
+        with self.sessions.begin() as session:
+            begin_write(session)
+            repo = visible_repo(session, identity, repo_id, lock=True)
+            require_write(identity, repo.namespace)
+            repo.gated = gated or None
+        return {"gated": gated or False}

@@ -50,6 +50,7 @@ class HubService:
         repos = RepoAdmin(sessions, blobs, indexer)
         self.create_repo = repos.create_repo
         self.delete_repo = repos.delete_repo
+        self.update_repo_settings = repos.update_settings
         reads = RepoReader(sessions, engine, blobs)
         self.model_info = reads.model_info
         self.tree = reads.tree

@@ -28,6 +28,10 @@ class ServerConfig:
         default=None,
         metadata={"help": "registry 'source' of hosted modules; default public_url or 'local'"},
     )
+    rate_limit: int = field(
+        default=0, metadata={"help": "requests per window per client and kind; 0: no limit"}
+    )
+    rate_limit_window: int = field(default=0, metadata={"help": "seconds of one window"})
 
     @property
     def blobs_dir(self) -> Path:

@@ -141,6 +141,14 @@ def _reindex_pending(config: ServerConfig) -> None:
     help="Base URL clients reach the server at (default: from the Host header).",
 )
 @click.option(
+    "--rate-limit",
+    default=None,
+    metavar="N/SECONDS",
+    help="Answer 429 (with RateLimit and Retry-After headers, as huggingface.co does) past N "
+    "requests per SECONDS window, per client and kind (api, resolvers, pages), per worker; "
+    "e.g. 500/300.",
+)
+@click.option(
     "--gc-only",
     is_flag=True,
     help="Delete unreferenced blobs (from failed commits or abandoned uploads, unused for 2 h) "
@@ -162,6 +170,7 @@ def serve(
     workers: int,
     max_upload_size: str,
     public_url: str | None,
+    rate_limit: str | None,
     gc_only: bool,
     log_level: str,
 ) -> None:
@@ -185,9 +194,11 @@ def serve(
     from registry.schema import ensure_schema
     from registry.server.app import CONFIG_ENV, config_to_env, create_app, load_or_create_secret
     from registry.server.blobstore import BlobStore
+    from registry.server.ratelimit import parse_rate_limit, with_rate_limit
     from registry.server.service import HubService
     from registry.server.types import ServerConfig
 
+    quota, window = parse_rate_limit(rate_limit) if rate_limit else (0, 0)
     _check_port_free(host, port)
     settings = _settings(ctx, db=db)
     data = Path(data_dir).expanduser() if data_dir else settings.home / "hub"
@@ -196,6 +207,8 @@ def serve(
         db_url=settings.db_url,
         public_url=public_url,
         max_upload_size=parse_size(max_upload_size),
+        rate_limit=quota,
+        rate_limit_window=window,
     )
     ensure_schema(config.db_url)
     secret = load_or_create_secret(config.data_dir)
@@ -224,10 +237,11 @@ def serve(
         "lifespan": "on",
     }
     if workers == 1:
-        uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
+        uvicorn.run(with_rate_limit(create_app(config), config), **common)  # type: ignore[arg-type]
     else:
         os.environ[CONFIG_ENV] = config_to_env(config)
-        uvicorn.run("registry.server.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        factory = "registry.server.ratelimit:app_from_env"  # the app, rate-limited if asked
+        uvicorn.run(factory, factory=True, workers=workers, **common)  # type: ignore[arg-type]
 
 
 @click.group()
@@ -358,6 +372,14 @@ def token_revoke(ctx: click.Context, token_id: int, db: str | None) -> None:
     is_flag=True,
     help="Remove modules of this Hub whose repo it no longer lists (deleted or made private).",
 )
+@click.option(
+    "--max-wait",
+    default=900.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Longest wait (seconds) a Hub's rate limit may ask for before the sync stops; "
+    "it resumes where it stopped.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def sync(
@@ -370,6 +392,7 @@ def sync(
     jobs: int,
     retry_failed: bool,
     prune: bool,
+    max_wait: float,
     quiet: bool,
 ) -> None:
     """Index the PEFT adapters of a Hub into the registry (incremental, resumable).
@@ -402,6 +425,7 @@ def sync(
         retry_failed=retry_failed,
         prune=prune,
         progress=not quiet,
+        max_wait=max_wait,
     )
     from loradex.cli.embedding import optional_embedder
 
@@ -410,10 +434,18 @@ def sync(
     click.echo(report.summary())
     for repo_id, reason in report.warnings[:20]:
         click.echo(f"  warning {repo_id}: {reason}; indexed without it", err=True)
+    for repo_id, status, reason in report.not_indexed[:20]:
+        click.echo(f"  {status} {repo_id}: {reason}", err=True)
     for repo_id, reason in report.failures[:20]:
         click.echo(f"  failed {repo_id}: {reason}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more failures", err=True)
+    if report.rate_limited:
+        click.echo(
+            f"  rate-limited {report.rate_limited} time(s): waited {report.waited:.1f} s, "
+            f"down to {report.lowest_jobs} fetch(es) in flight",
+            err=True,
+        )
 
 
 @click.command()
