@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loradex.errors import IncompatibleModules, InvalidAdapter, ModuleNotFound
+from registry.entities import LOCAL_SOURCE
 
 if TYPE_CHECKING:
     import torch
@@ -55,16 +56,16 @@ def read_candidate(
 ) -> Candidate:
     """Read and validate an adapter folder (config + safetensors header; no tensors loaded)."""
     from registry.adapter_files import inspect_adapter_folder
+    from registry.peft_options import read_peft_options
 
     path = Path(folder).expanduser()
     if not path.exists():
         raise ModuleNotFound(f"candidate {folder}: no such folder")
     module = inspect_adapter_folder(path, repo_id=repo_id, revision=revision)
     config = json.loads((path / "adapter_config.json").read_text())
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise InvalidAdapter(f"{path}: per-layer rank_pattern/alpha_pattern is not supported")
-    if config.get("use_dora"):
-        raise InvalidAdapter(f"{path}: DoRA adapters cannot be composed as LoRA")
+    blocker = read_peft_options(config).composition_blocker()
+    if blocker:
+        raise InvalidAdapter(f"{path}: {blocker}")
     return Candidate(
         repo_id=module.repo_id,
         revision=module.revision,
@@ -87,12 +88,14 @@ def resolve_candidate(
     cache_dir: Path | None = None,
     module_dirs: Sequence[Path] = (),
     fetch: Fetcher | None = None,
+    local_module: Callable[[str], Module | None] | None = None,
 ) -> Candidate:
     """A candidate from a folder path, or a Hub repo id (``id`` or ``id@revision``).
 
-    ``local/NAME`` (a module indexed from a folder) is looked up as ``DIR/NAME`` in
-    ``module_dirs``. A Hub id goes through ``fetch`` when given (e.g. ``loradex pull``),
-    else it must already be in the huggingface_hub cache at ``cache_dir``.
+    ``local/NAME`` (a module indexed from a folder) is the folder the registry recorded when
+    it was added (``local_module`` looks it up), else ``DIR/NAME`` in ``module_dirs``. A Hub
+    id goes through ``fetch`` when given (e.g. ``loradex pull``), else it must already be in
+    the huggingface_hub cache at ``cache_dir``.
     """
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -101,6 +104,9 @@ def resolve_candidate(
     if ref.startswith((".", "/", "~")) or repo_id.count("/") != 1:
         raise ModuleNotFound(f"candidate {ref}: no such folder")
     if repo_id.startswith("local/"):
+        indexed = local_module(repo_id) if local_module is not None else None
+        if indexed is not None and indexed.local_path:
+            return candidate_from_module(indexed, cache_dir, module_dirs, fetch)
         name = repo_id.split("/", 1)[1]
         for folder in module_dirs:
             if (Path(folder) / name).is_dir():
@@ -131,6 +137,41 @@ def resolve_candidate(
     return read_candidate(snap, repo_id=repo_id, revision=revision or snap.name)
 
 
+def candidate_from_module(
+    module: Module,
+    cache_dir: Path | None = None,
+    module_dirs: Sequence[Path] = (),
+    fetch: Fetcher | None = None,
+) -> Candidate:
+    """The candidate for a registry module: a module added from a folder is read from the
+    folder it was added from, checked to hold the same files (sha256) as when it was indexed;
+    any other module is resolved by id and revision (cache or ``fetch``)."""
+    from loradex.files import file_sha256
+
+    if module.source != LOCAL_SOURCE or not module.local_path:
+        ref = f"{module.repo_id}@{module.revision}" if module.revision else module.repo_id
+        return resolve_candidate(ref, cache_dir, module_dirs, fetch)
+    folder = Path(module.local_path)
+    if not folder.is_dir():
+        raise ModuleNotFound(
+            f"candidate {module.repo_id}: its folder {folder} is gone (moved or deleted); "
+            "`loradex add` it again from where it is now"
+        )
+    for recorded in module.files:
+        if recorded.path in ADAPTER_FILES and recorded.sha256:
+            path = folder / recorded.path
+            if not path.is_file() or file_sha256(path) != recorded.sha256:
+                raise IncompatibleModules(
+                    f"candidate {module.repo_id}: {path} changed since it was indexed; "
+                    f"`loradex add {folder}` again to index what is there now"
+                )
+    return read_candidate(folder, repo_id=module.repo_id, revision=module.revision)
+
+
+# The files that define a module's weights: a change to either makes its index stale.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
 def check_compatible(
     candidates: Sequence[Candidate],
     *,
@@ -143,7 +184,7 @@ def check_compatible(
     All must share the base model (and match ``base_model`` when given) and the target
     modules; with ``same_rank`` also the rank and scale, as the LoraHub composition needs.
     """
-    from registry.normalize import base_model_key, normalize_base_model
+    from registry.normalize import base_model_key, recorded_base_model
 
     if not candidates:
         raise IncompatibleModules("no candidate modules to compose")
@@ -153,12 +194,12 @@ def check_compatible(
         raise IncompatibleModules(f"candidate(s) given twice: {', '.join(dupes)}")
     first = candidates[0]
     if base_model is not None:
-        want = base_model_key(normalize_base_model(base_model))
+        want = base_model_key(base_model)
         for c in candidates:
             if base_model_key(c.base_model) != want:
                 raise IncompatibleModules(
                     f"{c.repo_id} was trained on {c.base_model}, not on the base model "
-                    f"{normalize_base_model(base_model)}"
+                    f"{recorded_base_model(base_model)[0]}"
                 )
     for c in candidates[1:]:
         if base_model_key(c.base_model) != base_model_key(first.base_model):
@@ -236,5 +277,4 @@ def select_from_registry(
     modules.sort(key=lambda m: (m.repo_id, m.source))
     if k is not None and k < len(modules):
         modules = random.Random(seed).sample(modules, k)
-    refs = [f"{m.repo_id}@{m.revision}" if m.revision else m.repo_id for m in modules]
-    return [resolve_candidate(ref, cache_dir, module_dirs, fetch) for ref in refs]
+    return [candidate_from_module(m, cache_dir, module_dirs, fetch) for m in modules]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from composer.data import Example
     from composer.hydra.compose import HydraComposeResult
     from composer.models import LoadedModel
-    from registry.entities import SearchQuery
+    from registry.entities import Module, SearchQuery
 
 OUTPUTS = ("lora", "hydra")
 
@@ -51,13 +51,19 @@ class RegistrySelection:
     )
     screen_pool: int = field(
         default=20, metadata={"help": "modules retrieved before the screen keeps k"})
+    include_composed: bool = field(
+        default=False,
+        metadata={"help": "also draw modules composed from others (their parents are in the "
+                          "pool already, so by default they are left out)"},
+    )
 
     def query(self, base_model: str) -> SearchQuery:
-        """The registry query: LoRA modules of ``base_model`` that match the filters."""
+        """The registry query: plain LoRA modules of ``base_model`` that match the filters."""
         from registry.entities import SearchQuery
 
         return SearchQuery(text=self.text, task=self.task, tags=self.tags, rank=self.rank,
-                           base_model=base_model, kind="lora")
+                           base_model=base_model, kind="lora", composable=True,
+                           include_composed=self.include_composed)
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,29 @@ def select_candidates(
         ), ({"method": "random", "k": chosen.k} if chosen.k is not None else None)
     if not chosen:
         raise ConfigError("no candidates: give adapter folders or ids, or a registry selection")
-    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in chosen], None
+    lookup = _local_module_lookup(settings.db_url)
+    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch, lookup) for ref in chosen], None
+
+
+def _local_module_lookup(db_url: str) -> Callable[[str], Module | None]:
+    """Look up ``local/NAME`` in the registry (None when not indexed or no registry there)."""
+    from loradex.errors import RegistryNotFound
+    from registry.entities import LOCAL_SOURCE
+    from registry.schema import registry_missing
+    from registry.store import RegistryStore
+
+    def lookup(repo_id: str) -> Module | None:
+        if registry_missing(db_url):
+            return None
+        store = RegistryStore.from_url(db_url)
+        try:
+            return store.get_module(repo_id, source=LOCAL_SOURCE)
+        except (ModuleNotFound, RegistryNotFound):
+            return None
+        finally:
+            store.engine.dispose()
+
+    return lookup
 
 
 def _retrieve_candidates(
@@ -150,7 +178,7 @@ def _retrieve_candidates(
 ) -> tuple[list[Candidate], dict[str, Any]]:
     """The best modules of the registry query by task signature (``k``, or ``screen_pool``
     before a screen), with their scores."""
-    from composer.candidates import resolve_candidate
+    from composer.candidates import candidate_from_module
     from composer.models import base_model_name_for
     from composer.selection import check_select
     from registry.embedders import load_embedder
@@ -172,16 +200,13 @@ def _retrieve_candidates(
         modules = {(m.source, m.repo_id): m for m in store.modules_by_keys([h.key for h in hits])}
     finally:
         store.engine.dispose()
-    refs = []
-    for hit in hits:
-        module = modules[hit.key]
-        refs.append(f"{module.repo_id}@{module.revision}" if module.revision else module.repo_id)
     selection: dict[str, Any] = {
         "method": chosen.select, "embedder": embedder.name, "pool_size": len(pool), "k": k,
         "retrieved": [{"repo_id": h.repo_id, "score": round(h.score, 6),
                        "signature": h.signature} for h in hits],
     }
-    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch) for ref in refs], selection
+    return [candidate_from_module(modules[hit.key], settings.cache_dir, dirs, fetch)
+            for hit in hits], selection
 
 
 def hydra_head_count(num_heads: int | None, router_steps: int, n_candidates: int) -> int:

@@ -10,6 +10,7 @@ loaded: the weights are judged by their safetensors header
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def inspect_adapter_folder(
         # registry.hydra builds on this module's readers, hence the import here.
         from registry.hydra import hydra_module_entity
 
-        return hydra_module_entity(folder, repo_id=repo_id, revision=revision, source=source)
+        module = hydra_module_entity(folder, repo_id=repo_id, revision=revision, source=source)
+        return _remember_folder(module, folder)
     weights_path = folder / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         if (folder / PICKLE_WEIGHTS).is_file():
@@ -111,7 +113,7 @@ def inspect_adapter_folder(
         card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else None
     )
     rid = repo_id or f"{LOCAL_SOURCE}/{folder.resolve().name}"
-    return module_from_metadata(
+    module = module_from_metadata(
         rid,
         config,
         header,
@@ -121,3 +123,12 @@ def inspect_adapter_folder(
         files=list_folder_files(folder),
         label=str(folder),
     )
+    return _remember_folder(module, folder)
+
+
+def _remember_folder(module: Module, folder: Path) -> Module:
+    """A module read from a folder of its own (source "local") keeps the folder's absolute
+    path, so that ``local/NAME`` can be used by id wherever the folder is."""
+    if module.source != LOCAL_SOURCE:
+        return module
+    return replace(module, local_path=str(folder.resolve()))

@@ -28,7 +28,13 @@ from loradex.errors import InvalidAdapter
 from registry.cards import CARD, first_paragraph, parse_card
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.lora_tensors import ADAPTER_CONFIG, analyse_lora_tensors
-from registry.normalize import normalize_base_model, normalize_license, normalize_tags
+from registry.normalize import (
+    is_local_path,
+    normalize_license,
+    normalize_tags,
+    recorded_base_model,
+)
+from registry.peft_options import read_peft_options
 
 __all__ = ["module_from_metadata"]
 
@@ -77,6 +83,17 @@ def _lineage(value: Any) -> tuple[LineageEdge, ...]:
     return tuple(edges)
 
 
+def _base_model(config: Mapping[str, Any], front: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The recorded base model and whether it is a local path. A config that names a folder
+    on the author's disk ("/content/llama") yields to a Hub id in the card's ``base_model``."""
+    from_config = _as_str(config.get("base_model_name_or_path"))
+    from_card = _as_str(as_list(front.get("base_model"))[:1])
+    if from_config and is_local_path(from_config) and from_card and not is_local_path(from_card):
+        return from_card, False
+    raw = from_config or from_card
+    return raw, is_local_path(raw)
+
+
 def module_from_metadata(
     repo_id: str,
     config: Mapping[str, Any],
@@ -119,9 +136,7 @@ def module_from_metadata(
     def meta(key: str) -> Any:
         return extra.get(key, front.get(key))
 
-    base_raw = _as_str(config.get("base_model_name_or_path")) or _as_str(
-        as_list(front.get("base_model"))[:1]
-    )
+    base_raw, base_is_path = _base_model(config, front)
     if not base_raw:
         raise InvalidAdapter(
             f"{prefix}no base model: {ADAPTER_CONFIG} has no base_model_name_or_path "
@@ -138,6 +153,7 @@ def module_from_metadata(
         lineage = _lineage(extra.get("lineage"))
         alpha = _number(config.get("lora_alpha"), "lora_alpha")
         dropout = _number(config.get("lora_dropout"), "lora_dropout")
+        options = read_peft_options(config, body)
     except InvalidAdapter as exc:
         raise InvalidAdapter(f"{prefix}{exc}") from exc
     namespace = repo_id.split("/", 1)[0] if "/" in repo_id else None
@@ -148,8 +164,9 @@ def module_from_metadata(
         source=source,
         kind=kind,
         num_heads=num_heads,
-        base_model=normalize_base_model(base_raw),
+        base_model=recorded_base_model(base_raw)[0],
         base_model_raw=base_raw,
+        base_model_is_path=base_is_path,
         peft_type=peft_type,
         task_type=_as_str(config.get("task_type")),
         rank=tensors.rank,
@@ -168,6 +185,14 @@ def module_from_metadata(
         dataset=_as_str(datasets),
         language=_as_str(front.get("language")),
         description=_as_str(meta("description")) or first_paragraph(body),
+        use_dora=options.use_dora,
+        use_rslora=options.use_rslora,
+        lora_bias=options.lora_bias,
+        peft_version=options.peft_version,
+        rank_pattern=options.rank_pattern,
+        alpha_pattern=options.alpha_pattern,
+        modules_to_save=options.modules_to_save,
+        layers_to_transform=options.layers_to_transform,
         downloads=int(downloads or 0),
         likes=int(likes or 0),
         created_at=created_at,

@@ -74,11 +74,30 @@ def parse_front_matter(text: str) -> dict[str, Any]:
         raise ValueError(f"invalid YAML front matter: {exc}") from None
 
 
+# What card templates leave in place of the author's words: huggingface_hub's model card
+# template (used by PEFT and transformers) fills every field it was not given with this.
+_PLACEHOLDER = "[More Information Needed]"
+_TEMPLATE_SENTENCES = (
+    "This is the model card of a 🤗 transformers model that has been pushed on the Hub.",
+    "This model card has been automatically generated.",
+)
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
+# "- PEFT 0.13.2" under the template's "Framework versions": a version list, not prose.
+_FRAMEWORK_LINE = re.compile(
+    r"^-\s*(peft|transformers|pytorch|torch|datasets|tokenizers|trl|accelerate)\s+v?\d", re.I
+)
+
+
 def first_paragraph(body: str) -> str | None:
-    """The first paragraph of prose in a card body (headings, tables, code, images skipped)."""
+    """The first paragraph of prose in a card body (headings, tables, code, images, HTML
+    comments and template placeholders skipped)."""
+    body = _HTML_COMMENT.sub("", body)
+    for sentence in _TEMPLATE_SENTENCES:
+        body = body.replace(sentence, "")
     for block in re.split(r"\n\s*\n", body):
         lines = [ln.strip() for ln in block.strip().splitlines()]
-        lines = [ln for ln in lines if ln and not ln.startswith(("#", "<!--", "|", "```", "!["))]
+        lines = [ln for ln in lines if ln and not ln.startswith(("#", "|", "```", "!["))
+                 and _PLACEHOLDER not in ln and not _FRAMEWORK_LINE.match(ln)]
         if lines:
             return " ".join(lines)[:1000]
     return None

@@ -156,6 +156,14 @@ class SearchQuery:
     peft_type: str | None = field(default=None, metadata={"help": "PEFT type, case-insensitive"})
     kind: str | None = field(default=None, metadata={"help": "'lora' or 'hydra'"})
     source: str | None = field(default=None, metadata={"help": "only modules from this source"})
+    composable: bool = field(
+        default=False,
+        metadata={"help": "only plain LoRA the composer can use (no DoRA, patterns, lora_bias, "
+                          "modules_to_save, layers_to_transform)"},
+    )
+    include_composed: bool = field(
+        default=True, metadata={"help": "False: leave out modules composed from others"}
+    )
     compatible_with: str | None = field(
         default=None, metadata={"help": "repo id: same base model and target set as it"}
     )
@@ -219,6 +227,7 @@ def module_to_dict(module: Module, *, include_card: bool = True) -> dict[str, An
         "num_heads": module.num_heads,
         "base_model": module.base_model,
         "base_model_raw": module.base_model_raw,
+        "base_model_is_path": module.base_model_is_path,
         "peft_type": module.peft_type,
         "task_type": module.task_type,
         "rank": module.rank,
@@ -239,6 +248,17 @@ def module_to_dict(module: Module, *, include_card: bool = True) -> dict[str, An
             "language": module.language,
             "description": module.description,
         },
+        "peft": {
+            "version": module.peft_version,
+            "use_dora": module.use_dora,
+            "use_rslora": module.use_rslora,
+            "lora_bias": module.lora_bias,
+            "rank_pattern": dict(module.rank_pattern),
+            "alpha_pattern": dict(module.alpha_pattern),
+            "modules_to_save": list(module.modules_to_save),
+            "layers_to_transform": list(module.layers_to_transform),
+        },
+        "local_path": module.local_path,
         "downloads": module.downloads,
         "likes": module.likes,
         "created_at": _iso(module.created_at),

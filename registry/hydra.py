@@ -23,10 +23,10 @@ from registry.adapter_files import list_folder_files, read_json_object
 from registry.cards import parse_card
 from registry.entities import LOCAL_SOURCE, LineageEdge, Module, ModuleFile
 from registry.normalize import (
-    normalize_base_model,
     normalize_license,
     normalize_tags,
     normalize_targets,
+    recorded_base_model,
 )
 from registry.safetensors_header import DTYPE_NAMES, read_safetensors_header
 
@@ -449,13 +449,15 @@ def _module(
         if isinstance(item, dict) and item.get("repo_id")
     )
     datasets = task.get("datasets")
+    base_model, base_is_path = recorded_base_model(config.base_model)
     return Module(
         repo_id=repo_id,
         revision=revision,
         source=source,
         kind="hydra",
         num_heads=config.num_heads,
-        base_model=normalize_base_model(config.base_model),
+        base_model=base_model,
+        base_model_is_path=base_is_path,
         base_model_raw=config.base_model,
         peft_type="HYDRA",
         task_type="CAUSAL_LM",

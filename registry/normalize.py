@@ -67,8 +67,50 @@ def normalize_base_model(raw: str | None) -> str:
     return value
 
 
+# First folders of relative paths that name a checkpoint on someone's disk, never a Hub org:
+# "models/Qwen2_5-1_5b-Instruct", "outputs/llama-7b" (seen in adapter configs in the wild).
+_LOCAL_FIRST_PARTS = frozenset({
+    "models", "model", "checkpoints", "checkpoint", "output", "outputs", "content", "data",
+    "workspace", "home", "root", "tmp", "mnt", "pretrained", "pretrained_models", "weights",
+    "ckpt", "ckpts", "base_models", "hf_models", "saved_models", "cache", "drive",
+})
+
+
+def is_local_path(raw: str | None) -> bool:
+    """True when a recorded base model is a folder on someone's disk rather than a Hub id
+    (a huggingface_hub cache path and a Hub URL name a Hub id, so they are not)."""
+    if not raw:
+        return False
+    value = raw.strip().replace("\\", "/")
+    lowered = value.lower()
+    if lowered.startswith(_URL_PREFIXES) or _CACHE_DIR.search(value.rstrip("/")):
+        return False
+    if _looks_like_path(value):
+        url_suffix = _URL_SUFFIX.match(value)
+        return not (url_suffix and not _looks_like_path(url_suffix.group("id")))
+    first = value.split("/", 1)[0].lower()
+    return "/" in value and first in _LOCAL_FIRST_PARTS
+
+
+def recorded_base_model(raw: str) -> tuple[str, bool]:
+    """What the registry records for a base model: ``(name, is_path)``; a Hub id (from an id,
+    URL or cache path) normalised to ``org/name``, a local path kept as the path."""
+    if is_local_path(raw):
+        return raw.strip().replace("\\", "/").rstrip("/") or raw, True
+    return normalize_base_model(raw), False
+
+
+def local_path_key(raw: str) -> str:
+    """The comparison key of a local-path base model: "path:" and the path, which no Hub id
+    can equal (a Hub id has no colon), so such a module never matches a Hub base model."""
+    return "path:" + raw.strip().replace("\\", "/").rstrip("/").lower()
+
+
 def base_model_key(name: str | None) -> str:
-    """The case-insensitive comparison key of a (raw or normalised) base model."""
+    """The case-insensitive comparison key of a (raw or normalised) base model; a local path
+    keys as itself (:func:`local_path_key`), so it only ever matches the same path."""
+    if name and is_local_path(name):
+        return local_path_key(name)
     return normalize_base_model(name).lower()
 
 

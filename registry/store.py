@@ -47,10 +47,10 @@ from registry.models import (
 )
 from registry.normalize import (
     base_model_key,
-    normalize_base_model,
     normalize_license,
     normalize_tags,
     normalize_targets,
+    recorded_base_model,
     target_key,
 )
 
@@ -373,7 +373,7 @@ class RegistryStore:
 
     @staticmethod
     def _module_row(m: Module, now: datetime) -> dict[str, Any]:
-        base = normalize_base_model(m.base_model)
+        base, is_path = recorded_base_model(m.base_model)
         return {
             "source": m.source,
             "repo_id": m.repo_id,
@@ -381,7 +381,7 @@ class RegistryStore:
             "kind": m.kind,
             "num_heads": m.num_heads,
             "base_model": base,
-            "base_model_key": base.lower(),
+            "base_model_key": base_model_key(base),
             "base_model_raw": m.base_model_raw if m.base_model_raw is not None else m.base_model,
             "peft_type": m.peft_type.upper(),
             "task_type": m.task_type,
@@ -408,7 +408,7 @@ class RegistryStore:
             "alpha_pattern": _json_or_none(dict(m.alpha_pattern)),
             "modules_to_save": _json_or_none(list(m.modules_to_save)),
             "layers_to_transform": _json_or_none(list(m.layers_to_transform)),
-            "base_model_is_path": m.base_model_is_path,
+            "base_model_is_path": is_path,
             "local_path": m.local_path,
             "downloads": m.downloads,
             "likes": m.likes,
@@ -589,7 +589,8 @@ class RegistryStore:
         with self.engine.connect() as conn:
             ref_id = self._resolve_id(conn, repo_id, source)
             ref = conn.execute(
-                sa.select(_modules.c.base_model_key, _modules.c.target_key, _modules.c.rank)
+                sa.select(_modules.c.base_model_key, _modules.c.target_key, _modules.c.rank,
+                          _modules.c.use_dora)
                 .where(_modules.c.id == ref_id)
             ).one()
             same_rank = sa.case((_modules.c.rank == ref.rank, 0), else_=1)
@@ -598,6 +599,8 @@ class RegistryStore:
                 .where(
                     _modules.c.base_model_key == ref.base_model_key,
                     _modules.c.target_key == ref.target_key,
+                    # A DoRA module is another method: never offered for a LoRA, nor back.
+                    _modules.c.use_dora == ref.use_dora,
                     _modules.c.id != ref_id,
                 )
                 .order_by(same_rank, _modules.c.downloads.desc(), _modules.c.id)
@@ -706,14 +709,24 @@ class RegistryStore:
             stmt = stmt.where(m.kind == q.kind.lower())
         if q.source:
             stmt = stmt.where(m.source == q.source)
+        if q.composable:
+            # What the composer can use as a plain LoRA (registry.peft_options).
+            stmt = stmt.where(
+                m.use_dora.is_(False), m.lora_bias.is_(False), m.rank_pattern.is_(None),
+                m.alpha_pattern.is_(None), m.modules_to_save.is_(None),
+                m.layers_to_transform.is_(None),
+            )
+        if not q.include_composed:
+            stmt = stmt.where(~sa.exists().where(_lineage.c.module_id == m.id))
         if q.compatible_with:
             ref_id = self._resolve_id(conn, q.compatible_with, None)
             ref = conn.execute(
-                sa.select(m.base_model_key, m.target_key).where(m.id == ref_id)
+                sa.select(m.base_model_key, m.target_key, m.use_dora).where(m.id == ref_id)
             ).one()
             stmt = stmt.where(
                 m.base_model_key == ref.base_model_key,
                 m.target_key == ref.target_key,
+                m.use_dora == ref.use_dora,
                 m.id != ref_id,
             )
         terms = [(_targets, "target", t) for t in normalize_targets(q.targets)]

@@ -206,9 +206,12 @@ def test_refused_first_add_leaves_no_module(run: Run, adapters: dict[str, Path])
 
 def test_user_errors_are_one_line(run: Run, adapters: dict[str, Path]) -> None:
     code, _, err = run("show", "nobody/nothing")
+    assert code == 16 and err.startswith("error: no registry at ")  # nothing created yet
+    assert run("add", str(adapters["plural"]))[0] == 0
+    code, _, err = run("show", "nobody/nothing")
     assert (code, err) == (3, "error: module 'nobody/nothing' is not in the registry\n")
     code, _, err = run("add", str(adapters["past"]), "--id", "not an id")
-    assert code == 2 and "not a repo id of the form namespace/name" in err
+    assert code == 11 and "not a repo id of the form namespace/name" in err
     code, _, err = run("search", "--min-rank", "16", "--max-rank", "8")
     assert code == 2 and "--min-rank is greater than --max-rank" in err
     code, _, err = run("search", "--sort", "relevance")
@@ -218,26 +221,28 @@ def test_user_errors_are_one_line(run: Run, adapters: dict[str, Path]) -> None:
     # psycopg's refusal spans two lines ("... Is the server running ...?"); ours is one
     unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none"
     code, _, err = run("--db", unreachable, "search", "x", db=False)
-    assert code == 9 and err.startswith("error: cannot open postgresql") and err.count("\n") == 1
+    assert code == 12 and err.startswith("error: cannot reach postgresql") and err.count("\n") == 1
 
 
 def test_db_commands(run: Run) -> None:
     code, out, _ = run("db", "current")
     assert code == 0 and "empty (run `loradex db upgrade`" in out
     code, out, _ = run("db", "upgrade")
-    assert code == 0 and "at revision" in out
+    assert code == 0 and "upgraded from empty to " in out
     code, out, _ = run("db", "current")
     assert code == 0 and out.strip().endswith("(head)")
 
 
-def test_default_database_is_created_on_first_use(
+def test_default_database_is_created_on_first_write(
     loradex_home: Path, capsys: pytest.CaptureFixture[str], adapters: dict[str, Path]
 ) -> None:
     run = Run(f"sqlite:///{loradex_home / 'registry.db'}", capsys)
-    code, out, _ = run("search", db=False)
-    assert (code, out.strip()) == (0, "no modules match")
-    assert (loradex_home / "registry.db").is_file()
+    code, out, err = run("search", db=False)  # read-only: says so, creates nothing
+    assert (code, out) == (16, "") and err.startswith("error: no registry at sqlite:///")
+    assert not (loradex_home / "registry.db").exists()
     assert run("add", str(adapters["plural"]), db=False)[0] == 0
+    assert (loradex_home / "registry.db").is_file()
+    assert run("search", db=False)[0] == 0
     assert run("db", "current", db=False)[1].strip().endswith("(head)")
     assert run.module_count() == 1
 

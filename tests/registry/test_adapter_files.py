@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -168,7 +169,9 @@ def test_hub_path_builds_the_same_module_from_metadata(tmp_path: Path) -> None:
         revision="d" * 40,
         files=on_disk.files,
     )
-    assert from_hub == on_disk
+    # The same module, but only the one read from disk knows where its folder is.
+    assert on_disk.local_path == str(folder.resolve()) and from_hub.local_path is None
+    assert dataclasses.replace(from_hub, local_path=on_disk.local_path) == on_disk
 
 
 def test_pickle_only_folder_is_refused(tmp_path: Path) -> None:

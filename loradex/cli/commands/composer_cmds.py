@@ -286,6 +286,9 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "random: a seeded random --k (the paper).")
 @click.option("--screen-pool", default=20, show_default=True,
               help="With --select retrieve+screen: modules retrieved before the screen.")
+@click.option("--include-composed", is_flag=True,
+              help="With --from-registry: also draw modules composed from others (left out by "
+                   "default: their parents are candidates already).")
 @click.option("--query", default=None, help="Registry filter: free text.")
 @click.option("--task", default=None, help="Registry filter: task name or category.")
 @click.option("--tag", "tags", multiple=True, help="Registry filter: tag (repeatable).")
@@ -352,8 +355,8 @@ def _hub_fetcher(settings: Settings) -> Any:
 @click.pass_obj
 def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             candidate_opts: tuple[str, ...], from_registry: bool, k: int, all_compatible: bool,
-            select: str, screen_pool: int, query: str | None, task: str | None,
-            tags: tuple[str, ...], rank_filter: int | None,
+            select: str, screen_pool: int, include_composed: bool, query: str | None,
+            task: str | None, tags: tuple[str, ...], rank_filter: int | None,
             module_dirs: tuple[Path, ...], base_model: str | None, device: str, dtype: str,
             no_chat_template: bool, method: str, svd_rank: int | None, objective: str,
             optimizer: str,
@@ -409,6 +412,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
         candidates=RegistrySelection(
             k=None if all_compatible else k, text=query, task=task, tags=tuple(tags),
             rank=rank_filter, select=select, screen_pool=screen_pool,
+            include_composed=include_composed,
         ) if from_registry else tuple(refs),
         module_dirs=tuple(module_dirs),
         model=ModelSpec(name_or_path=base_model, device=device, dtype=dtype),

@@ -348,9 +348,26 @@ def _show_lines(m: Module, card_lines: int) -> list[str]:
     field("kind", m.kind if m.num_heads is None else f"{m.kind} ({m.num_heads} heads)")
     recorded = m.base_model_raw not in (None, m.base_model)
     raw = f"  (recorded as {m.base_model_raw})" if recorded else ""
+    if m.base_model_is_path:
+        raw += "  [a local path on the author's disk, not a Hub id: matches no Hub base model]"
     field("base model", f"{m.base_model}{raw}")
-    field("peft type", f"{m.peft_type}" + (f" / {m.task_type}" if m.task_type else ""))
+    field("peft type", f"{m.peft_type}" + (f" / {m.task_type}" if m.task_type else "")
+          + (f"  (PEFT {m.peft_version})" if m.peft_version else ""))
     field("rank", f"{m.rank}  alpha {_num(m.alpha)}  dropout {_num(m.dropout)}")
+    flags = [name for name, on in (("use_dora", m.use_dora), ("use_rslora", m.use_rslora),
+                                   ("lora_bias", m.lora_bias)) if on]
+    if flags:
+        field("peft flags", ", ".join(flags))
+    if m.rank_pattern:
+        field("rank pattern", ", ".join(f"{k}={v}" for k, v in m.rank_pattern))
+    if m.alpha_pattern:
+        field("alpha pattern", ", ".join(f"{k}={v:g}" for k, v in m.alpha_pattern))
+    if m.modules_to_save:
+        field("saved whole", ", ".join(m.modules_to_save))
+    if m.layers_to_transform:
+        field("layers", ", ".join(str(i) for i in m.layers_to_transform))
+    if m.local_path:
+        field("folder", m.local_path)
     field("bias", m.bias)
     field("targets", ", ".join(m.target_modules))
     params = f"{m.num_parameters:,}" if m.num_parameters is not None else "-"
