@@ -2,9 +2,10 @@
 
 ``install_error_translation(engine)`` hooks SQLAlchemy's ``handle_error`` event, so every
 statement, flush and connect through that engine (the store, the server, migrations) raises a
-:class:`~loradex.errors.DatabaseError` subclass that says what happened and what to do, with
-the driver's exception chained as its cause. SQLAlchemy still invalidates the connection pool
-on a disconnect after the hook has raised, so the next statement after an outage reconnects.
+:class:`~loradex.errors.DatabaseError` subclass (or :class:`~loradex.errors.DiskFull`) that
+says what happened and what to do, with the driver's exception chained as its cause.
+SQLAlchemy still invalidates the connection pool on a disconnect after the hook has raised,
+so the next statement after an outage reconnects.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def install_error_translation(engine: Engine, display: str) -> None:
     def _translate(context: ExceptionContext) -> None:
         error = translate(context.original_exception, display, disconnect=context.is_disconnect)
         if error is not None:
-            raise error from context.sqlalchemy_exception or context.original_exception
+            raise error  # SQLAlchemy chains the driver's exception as its __cause__
 
 
 def translate(
