@@ -28,7 +28,8 @@ from loradex.errors import ModuleNotFound
 from registry.db import make_engine
 from registry.server.indexing import PENDING_DIR
 from registry.store import RegistryStore
-from tests.support.hub import HubServer, make_adapter, start_hub
+from tests.support.faults import start_fault_hub
+from tests.support.hub import HubServer, make_adapter
 from tests.support.pg_cluster import PgCluster, missing_reason, private_cluster
 
 pytestmark = pytest.mark.slow
@@ -148,7 +149,7 @@ def test_postgres_restart_under_twenty_committing_clients(
 ) -> None:
     for repo in range(REPOS):
         make_adapter(tmp_path / f"adapter{repo}", seed=repo)
-    hub = start_hub(tmp_path, cluster.url, workers=2)
+    hub = start_fault_hub(tmp_path, cluster.url, workers=2)
     try:
         api = hub.api(hub.alice)
         for repo in range(REPOS):
