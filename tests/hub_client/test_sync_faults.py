@@ -107,19 +107,19 @@ def test_sync_waits_out_rate_limits_with_fewer_fetches_in_flight(
 ) -> None:
     shas = {
         f"team/rl-{i}": upload(hub, f"team/rl-{i}", make_adapter(tmp_path / f"r{i}", seed=50 + i))
-        for i in range(10)
+        for i in range(8)
     }
     options = SyncOptions(search="rl-", jobs=4, page_size=4, progress=False)
     report = sync_hub(HubClient(limited.url), store, options)
     print(f"\nrate-limited sync: {report.summary()}; {report.rate_limited} x 429, waited "
           f"{report.waited:.1f} s, down to {report.lowest_jobs} of {options.jobs} fetches")
-    assert (report.new, report.failed) == (10, 0)
+    assert (report.new, report.failed) == (8, 0)
     assert report.rate_limited >= 1 and report.waited > 0
     assert report.lowest_jobs < options.jobs  # it lowered its concurrency
     for repo_id, sha in shas.items():
         assert store.get_module(repo_id, source=limited.url).revision == sha
     again = sync_hub(HubClient(limited.url), store, options)
-    assert (again.unchanged, again.new, again.failed) == (10, 0, 0)
+    assert (again.unchanged, again.new, again.failed) == (8, 0, 0)
 
 
 class _AddingClient(HubClient):
@@ -278,11 +278,11 @@ def test_repo_deleted_between_listing_and_fetch_is_recorded_gone(
 def test_sync_killed_mid_run_resumes_with_nothing_lost_or_duplicated(
     hub: HubServer, limited: LaunchedServer, store: RegistryStore, tmp_path: Path
 ) -> None:
-    repos = [f"team/kill-{i}" for i in range(10)]
+    repos = [f"team/kill-{i}" for i in range(8)]
     for i, repo in enumerate(repos):
         upload(hub, repo, make_adapter(tmp_path / f"k{i}", seed=100 + i))
-    # The rate limit paces the sync (30 file reads at 8 per 2 s): it is still running when
-    # its first batch is in the registry.
+    # The rate limit paces the sync (24 file reads at 8 per 2 s: three windows at least), so it
+    # is still running when its first batch (written after 1 s) is in the registry.
     process = subprocess.Popen(
         [sys.executable, "-m", "loradex", "--db", hub.db_url, "sync", "--endpoint", limited.url,
          "--search", "kill-", "--jobs", "2", "--quiet"],
