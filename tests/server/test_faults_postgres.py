@@ -197,12 +197,12 @@ def test_postgres_restart_under_twenty_committing_clients(
                  for r in range(REPOS)}
         head_files = {repo: set(api.list_repo_files(repo)) for repo in heads}
         with httpx.Client(base_url=hub.url, timeout=30) as http:
-            for repo, sha, digests in ledger.acknowledged:
-                assert set(digests) <= head_files[repo], f"{repo}@{sha} lost files"
+            for repo_id, sha, digests in ledger.acknowledged:
+                assert set(digests) <= head_files[repo_id], f"{repo_id}@{sha} lost files"
                 for path, digest in digests.items():
-                    got = http.get(f"/{repo}/resolve/{sha}/{path}")
-                    assert got.status_code == 200, (repo, sha, path, got.status_code)
-                    assert hashlib.sha256(got.content).hexdigest() == digest, (repo, sha, path)
+                    got = http.get(f"/{repo_id}/resolve/{sha}/{path}")
+                    assert got.status_code == 200, (repo_id, sha, path, got.status_code)
+                    assert hashlib.sha256(got.content).hexdigest() == digest, (repo_id, sha, path)
 
         # The registry catches up with every head (re-indexing of what failed meanwhile).
         engine = make_engine(cluster.url)
