@@ -27,6 +27,7 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import parse_ratelimit_headers
 
 from hub_client import HubClient, SyncOptions, sync_hub
+from loradex.errors import HubRateLimited
 from registry.db import make_engine
 from registry.entities import SyncState
 from registry.server.launch import LaunchedServer, start_server
@@ -312,3 +313,25 @@ def test_sync_killed_mid_run_resumes_with_nothing_lost_or_duplicated(
     states = [s for s in store.sync_states(limited.url) if s.repo_id in repos]
     assert sorted(s.repo_id for s in states) == sorted(repos)
     assert {s.status for s in states} == {"ok"}
+
+
+def test_a_wait_longer_than_max_wait_stops_the_sync_in_one_line(
+    hub: HubServer, limited: LaunchedServer, store: RegistryStore
+) -> None:
+    with httpx.Client(base_url=limited.url, trust_env=False) as http:
+        for _ in range(20 * QUOTA):  # spend the window's quota early in a window
+            answer = http.get("/api/models", params={"limit": 1})
+            if answer.status_code == 429 and answer.headers["retry-after"] == str(WINDOW):
+                break
+        else:
+            raise AssertionError("no 429 early in a window")
+    with pytest.raises(HubRateLimited, match=r"longer than the 0 s this sync may wait") as stop:
+        sync_hub(HubClient(limited.url), store, SyncOptions(max_wait=0, progress=False))
+    assert "\n" not in str(stop.value) and stop.value.exit_code == 8
+
+
+def test_a_bad_rate_limit_option_is_one_line(tmp_path: Path) -> None:
+    result = loradex("--db", f"sqlite:///{tmp_path / 'x.db'}", "serve", "--rate-limit", "many",
+                     check=False)
+    assert result.returncode == 11 and result.stderr.count("\n") == 1
+    assert "invalid --rate-limit 'many'" in result.stderr
