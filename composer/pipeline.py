@@ -147,11 +147,11 @@ def select_candidates(
         ), ({"method": "random", "k": chosen.k} if chosen.k is not None else None)
     if not chosen:
         raise ConfigError("no candidates: give adapter folders or ids, or a registry selection")
-    lookup = _local_module_lookup(settings.db_url)
+    lookup = local_module_lookup(settings.db_url)
     return [resolve_candidate(ref, settings.cache_dir, dirs, fetch, lookup) for ref in chosen], None
 
 
-def _local_module_lookup(db_url: str) -> Callable[[str], Module | None]:
+def local_module_lookup(db_url: str) -> Callable[[str], Module | None]:
     """Look up ``local/NAME`` in the registry (None when not indexed or no registry there)."""
     from loradex.errors import RegistryNotFound
     from registry.entities import LOCAL_SOURCE

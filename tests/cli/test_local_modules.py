@@ -48,6 +48,9 @@ def test_local_ids_compose_twice_in_a_row_without_modules_dir(
                                   "local/m0,local/m1"), capsys)
     assert code == 0, err
     assert list(json.loads(out)["weights"]) == ["local/m0", "local/m1"]
+    code, out, err = run(["--db", db, "eval", str(tiny["few"]), "--adapter", "local/m2",
+                          "--base-model", str(tiny["base"]), "--limit", "2"], capsys)
+    assert code == 0, err
 
     # From the registry, twice in a row: the first result is indexed as local/first; it is
     # left out of the draw by default (its parents are there), and DoRA is never drawn.
