@@ -8,6 +8,7 @@ in-process (one ``loradex publish`` per module would spend most of its time star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -54,6 +55,10 @@ class DemoConfig:
     base_model: str | None = field(default=None, metadata={"help": "None = embedded SmolLM2"})
     test_limit: int | None = field(default=None, metadata={"help": "evaluate at most N examples"})
     max_modules: int | None = field(default=None, metadata={"help": "publish at most N modules"})
+    wait: bool = field(
+        default=True,
+        metadata={"help": "keep the server up for its web page until Enter (only when standard "
+                          "input is a terminal)"})
 
 
 @dataclass
@@ -66,6 +71,7 @@ class DemoResult:
     plot: Path | None
     composed_repo: str
     seconds: float
+    page_url: str = ""  # the composed module's web page on the demo's server
 
 
 def repo_name_for(folder_name: str) -> str:
@@ -253,13 +259,33 @@ class DemoRun:
             repo = f"{cfg.namespace}/{repo_name_for(cfg.task_name)}-composed"
             self.loradex("publish", str(adapter), "--repo", repo)
             self.loradex("show", repo, "--card-lines", "0")
+            page_url = f"{self.endpoint}/{repo}"
+            self.echo(f"   its page (card, files, parents with weights, loss curve): {page_url}")
+            self.wait_for_user()
         finally:
             self.stop_server()
         plots = sorted(adapter.glob("*.png")) if adapter.is_dir() else []
         seconds = time.perf_counter() - started
         self.echo(f"\nDone in {seconds / 60:.1f} min. Adapter: {adapter}"
                   + (f"  Loss plot: {plots[0]}" if plots else ""))
-        return DemoResult(zero, composed, adapter, plots[0] if plots else None, repo, seconds)
+        return DemoResult(zero, composed, adapter, plots[0] if plots else None, repo, seconds,
+                          page_url)
+
+    def wait_for_user(self) -> None:
+        """Keep the server up until Enter, so the page can be opened; not when nobody can
+        press it (standard input is no terminal) or with ``--no-wait``."""
+        if not self.config.wait or not _stdin_is_terminal():
+            return
+        self.echo("   the server stays up for the page: press Enter to stop it")
+        with contextlib.suppress(EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: stop too
+            input()
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, OSError, ValueError):  # closed or replaced (pytest) stdin
+        return False
 
 
 def _metric(scores: dict[str, Any], *names: str) -> float | None:

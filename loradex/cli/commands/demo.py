@@ -31,15 +31,19 @@ import click
               help="Evaluate at most N held-out examples.")
 @click.option("--max-modules", type=click.IntRange(min=1), default=None,
               help="Publish at most N library modules.")
+@click.option("--no-wait", is_flag=True,
+              help="Stop the server at the end instead of keeping it up for the composed "
+                   "module's web page until Enter (it never waits without a terminal).")
 def demo(workdir: Path, library_dir: Path, few_shot: Path, test_file: Path, task_name: str,
          k: int, budget: int, seed: int, base_model: str | None, test_limit: int | None,
-         max_modules: int | None) -> None:
+         max_modules: int | None, no_wait: bool) -> None:
     """Run the main job end to end on embedded defaults.
 
     Starts a local Hub server, publishes the starter library to it, syncs it into a fresh
     registry, searches it, composes a module for an unseen BIG-Bench Hard task from 5
     examples (CMA-ES over 20 candidates), evaluates zero-shot vs composed, and publishes
-    the result with its provenance.
+    the result with its provenance. Prints the composed module's web page and keeps the
+    server up until Enter (not with --no-wait, nor when standard input is not a terminal).
 
     \b
     Example:
@@ -50,5 +54,5 @@ def demo(workdir: Path, library_dir: Path, few_shot: Path, test_file: Path, task
     run_demo(DemoConfig(
         workdir=workdir, library=library_dir, few_shot=few_shot, test=test_file,
         task_name=task_name, k=k, budget=budget, seed=seed, base_model=base_model,
-        test_limit=test_limit, max_modules=max_modules,
+        test_limit=test_limit, max_modules=max_modules, wait=not no_wait,
     ), echo=click.echo)
