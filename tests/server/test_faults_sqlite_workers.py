@@ -88,7 +88,7 @@ def test_two_workers_on_sqlite_with_cli_writes_beside_them(tmp_path: Path) -> No
         for thread in threads:
             thread.start()
         cli_commands = [["--db", url, "add", str(folder)] for folder in cli_folders]
-        cli_commands += [["--db", url, "token", "create", f"cli{i}"] for i in range(1)]
+        cli_commands.append(["--db", url, "token", "create", "cli"])
         # Two CLI processes at a time beside the server: writes from three processes at once.
         with ThreadPoolExecutor(max_workers=2) as pool:
             results = list(zip(cli_commands, pool.map(_run_cli, cli_commands), strict=True))
