@@ -18,6 +18,7 @@ turns that test into an unexpected pass and the marker must go.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -89,8 +90,6 @@ def load_case(name: str) -> Case:
 
 def _rank_of(config: Mapping[str, Any], module_path: str, default: int) -> int:
     """PEFT's rule: the first rank_pattern key matching the end of the module path."""
-    import re
-
     for key, value in (config.get("rank_pattern") or {}).items():
         if re.match(rf"(.*\.)?({key})$", module_path):
             return int(value)
