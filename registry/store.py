@@ -31,8 +31,6 @@ from registry.entities import (
     ModuleFile,
     SearchPage,
     SearchQuery,
-    Signature,
-    SyncState,
 )
 from registry.models import (
     LineageRow,
@@ -42,7 +40,6 @@ from registry.models import (
     ModuleSignatureRow,
     ModuleTagRow,
     ModuleTargetRow,
-    SyncStateRow,
     module_entity,
 )
 from registry.normalize import (
@@ -53,6 +50,8 @@ from registry.normalize import (
     recorded_base_model,
     target_key,
 )
+from registry.signature_store import SignatureQueries, signature_row
+from registry.sync_state_store import SyncStateQueries
 
 FTS_TABLE = "module_fts"
 # Bulk loads at least this big end with ANALYZE, so the planner picks the right indexes.
@@ -110,22 +109,6 @@ _CHILD_QUERIES: dict[str, sa.Select[Any]] = {
     "cards": _by_module_ids(_cards, "card_text"),
 }
 _MODULES_BY_ID = sa.select(_modules).where(_modules.c.id.in_(sa.bindparam("ids", expanding=True)))
-
-
-def _signature_row(module_id: int, sig: Signature) -> dict[str, Any]:
-    return {"module_id": module_id, "kind": sig.kind, "embedder": sig.embedder, "dim": sig.dim,
-            "count": sig.count, "vectors": sig.vectors,
-            "centroid": sig.centroid().astype("<f2").tobytes()}
-
-
-@dataclass(frozen=True)
-class SignatureRows:
-    """The centroids of every signature one embedder made: what the retrieval index loads."""
-
-    keys: list[tuple[str, str]]
-    kinds: list[str]
-    dim: int
-    centroids: bytes
 
 
 def search_tokens(text: str | None) -> list[str]:
@@ -192,7 +175,7 @@ class _Terms:
         return stmt
 
 
-class RegistryStore:
+class RegistryStore(SignatureQueries, SyncStateQueries):
     """Index, search and look up modules in one registry database."""
 
     def __init__(self, engine: Engine) -> None:
@@ -287,7 +270,7 @@ class RegistryStore:
             ]
             if module.card_text:
                 cards.append({"module_id": module_id, "card_text": module.card_text})
-            sigs += [_signature_row(module_id, sig)
+            sigs += [signature_row(module_id, sig)
                      for sig in {(x.kind, x.embedder): x for x in module.signatures}.values()]
             fts.append(self._fts_row(module_id, module, row))
         for table, values in ((_tags, tags), (_targets, targets), (_files, files),
@@ -769,53 +752,7 @@ class RegistryStore:
             return [m.rank, m.downloads.desc(), m.id]
         return [m.downloads.desc(), m.id]
 
-    # ------------------------------------------------------------------ sync state
-
-    # ------------------------------------------------------------------ signatures
-
-    def signatures(self, repo_id: str, source: str | None = None) -> list[Signature]:
-        """Every signature stored for one module (all kinds and embedders)."""
-        with self.engine.connect() as conn:
-            module_id = self._resolve_id(conn, repo_id, source)
-            rows = conn.execute(
-                sa.select(_signatures).where(_signatures.c.module_id == module_id)
-                .order_by(_signatures.c.kind, _signatures.c.embedder)
-            ).mappings().all()
-        return [Signature(kind=r["kind"], embedder=r["embedder"], dim=r["dim"],
-                          count=r["count"], vectors=bytes(r["vectors"])) for r in rows]
-
-    def signature_embedders(self) -> dict[str, int]:
-        """How many modules each embedder has signed (any kind)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(_signatures.c.embedder,
-                          sa.func.count(sa.distinct(_signatures.c.module_id)))
-                .group_by(_signatures.c.embedder)
-            ).all()
-        return {name: int(n) for name, n in rows}
-
-    def signature_rows(self, embedder: str) -> SignatureRows:
-        """The centroid of each module's signatures made by ``embedder``, data before card."""
-        m, g = _modules.c, _signatures.c
-        stmt = (sa.select(m.source, m.repo_id, g.kind, g.dim, g.centroid)
-                .join(_modules, m.id == g.module_id)
-                .where(g.embedder == embedder).order_by(g.module_id, g.kind.desc()))
-        keys: list[tuple[str, str]] = []
-        kinds: list[str] = []
-        chunks: list[bytes] = []
-        dim = 0
-        with self.engine.connect() as conn:
-            for source, repo_id, kind, width, centroid in conn.execute(stmt):
-                # 'data' sorts after 'card': descending puts a module's data signature first.
-                if keys and keys[-1] == (source, repo_id):
-                    continue
-                if dim and width != dim:
-                    continue
-                dim = width
-                keys.append((source, repo_id))
-                kinds.append(kind)
-                chunks.append(bytes(centroid))
-        return SignatureRows(keys=keys, kinds=kinds, dim=dim, centroids=b"".join(chunks))
+    # ------------------------------------------------------------------ pools and keys
 
     def matching_keys(self, query: SearchQuery) -> list[tuple[str, str]]:
         """(source, repo_id) of every module matching ``query``'s filters, unordered and
@@ -833,124 +770,6 @@ class RegistryStore:
         with self.engine.connect() as conn:
             found = dict(self._existing_keys(conn, keys))
             return self._load(conn, [found[k] for k in keys if k in found])
-
-    def put_signatures(self, repo_id: str, source: str | None,
-                       signatures: Sequence[Signature]) -> None:
-        """Store signatures for an indexed module, replacing those of the same kind and embedder."""
-        with self.engine.begin() as conn:
-            module_id = self._resolve_id(conn, repo_id, source)
-            self._put_signatures(conn, module_id, signatures)
-
-    def put_signatures_many(self, items: Sequence[tuple[tuple[str, str], Sequence[Signature]]],
-                            ) -> int:
-        """``put_signatures`` for many (source, repo_id) keys in one transaction; modules gone
-        meanwhile are skipped. Returns how many modules were signed."""
-        with self.engine.begin() as conn:
-            found = dict(self._existing_keys(conn, [key for key, _ in items]))
-            for key, signatures in items:
-                if key in found:
-                    self._put_signatures(conn, found[key], signatures)
-        return sum(1 for key, _ in items if key in found)
-
-    def _put_signatures(self, conn: Connection, module_id: int,
-                        signatures: Sequence[Signature]) -> None:
-        for sig in signatures:
-            conn.execute(sa.delete(_signatures).where(
-                _signatures.c.module_id == module_id, _signatures.c.kind == sig.kind,
-                _signatures.c.embedder == sig.embedder))
-        self._insert_rows(conn, _signatures, [_signature_row(module_id, s) for s in signatures])
-
-    def unsigned_keys(self, embedder: str) -> list[tuple[str, str]]:
-        """(source, repo_id) of the modules with no signature of any kind from ``embedder``,
-        found by one query (the modules themselves are loaded by the caller, a batch at a
-        time)."""
-        m, g = _modules.c, _signatures.c
-        signed = sa.select(g.module_id).where(g.module_id == m.id, g.embedder == embedder)
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(m.source, m.repo_id).where(~signed.exists())
-                                .order_by(m.id)).all()
-        return [(source, repo_id) for source, repo_id in rows]
-
-    def get_sync_state(self, endpoint: str, repo_id: str) -> SyncState | None:
-        """What the last sync of ``repo_id`` from ``endpoint`` recorded, or None."""
-        with self._sessions() as session:
-            row = session.get(SyncStateRow, (endpoint, repo_id))
-            return row.to_entity() if row is not None else None
-
-    def set_sync_state(
-        self,
-        endpoint: str,
-        repo_id: str,
-        *,
-        last_sha: str | None,
-        status: str = "ok",
-        error: str | None = None,
-    ) -> SyncState:
-        """Record the outcome of syncing one repository ('ok', 'skipped' or 'error')."""
-        with self._sessions.begin() as session:
-            row = session.get(SyncStateRow, (endpoint, repo_id))
-            if row is None:
-                row = SyncStateRow(endpoint=endpoint, repo_id=repo_id)
-                session.add(row)
-            row.last_sha = last_sha
-            row.status = status
-            row.error = error
-            row.synced_at = datetime.now(UTC)
-            session.flush()
-            return row.to_entity()
-
-    def set_sync_states(self, states: Sequence[SyncState]) -> None:
-        """Record many sync outcomes in one transaction (the last one per repo wins)."""
-        rows = {
-            (st.endpoint, st.repo_id): {
-                "endpoint": st.endpoint,
-                "repo_id": st.repo_id,
-                "last_sha": st.last_sha,
-                "status": st.status,
-                "error": st.error,
-                "synced_at": st.synced_at or datetime.now(UTC),
-            }
-            for st in states
-        }
-        if not rows:
-            return
-        table = cast(sa.Table, SyncStateRow.__table__)
-        keys = list(rows)
-        key_columns = sa.tuple_(table.c.endpoint, table.c.repo_id)
-        with self.engine.begin() as conn:
-            for start in range(0, len(keys), 400):
-                conn.execute(sa.delete(table).where(key_columns.in_(keys[start : start + 400])))
-            conn.execute(sa.insert(table), list(rows.values()))
-
-    def forget_repos(self, endpoint: str, repo_ids: Sequence[str]) -> int:
-        """Remove the modules synced from ``endpoint`` under ``repo_ids`` and their sync
-        states, in one transaction; return how many modules were removed."""
-        table = cast(sa.Table, SyncStateRow.__table__)
-        removed = 0
-        with self.engine.begin() as conn:
-            for start in range(0, len(repo_ids), 400):
-                chunk = list(repo_ids[start : start + 400])
-                ids = [
-                    module_id for _key, module_id
-                    in self._existing_keys(conn, [(endpoint, r) for r in chunk])
-                ]
-                self._delete_rows(conn, ids)
-                removed += len(ids)
-                conn.execute(
-                    sa.delete(table).where(table.c.endpoint == endpoint,
-                                           table.c.repo_id.in_(chunk))
-                )
-        return removed
-
-    def sync_states(self, endpoint: str) -> list[SyncState]:
-        """Every recorded sync state of one endpoint, by repo id."""
-        with self._sessions() as session:
-            rows = session.scalars(
-                sa.select(SyncStateRow)
-                .where(SyncStateRow.endpoint == endpoint)
-                .order_by(SyncStateRow.repo_id)
-            ).all()
-            return [row.to_entity() for row in rows]
 
 
 def _json_or_none(value: dict[str, Any] | list[Any]) -> str | None:
