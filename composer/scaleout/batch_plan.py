@@ -86,7 +86,10 @@ def load_plan(path: Path, *, index: bool = True) -> BatchPlan:
         raise fail("'tasks' must be a non-empty list")
     root = path.resolve().parent
     out_dir = root / str(data.get("out_dir") or "composed")
-    model = ModelSpec(name_or_path=_opt_str(data.get("base_model"), "base_model", fail),
+    base = _opt_str(data.get("base_model"), "base_model", fail)
+    if base is not None and (root / base).exists():  # a folder or GGUF beside the plan
+        base = str(root / base)
+    model = ModelSpec(name_or_path=base,
                       device=str(data.get("device") or "auto"),
                       dtype=str(data.get("dtype") or "auto"))
     parsed, names = [], set()

@@ -18,8 +18,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from composer.scaleout.summary import RunSummary
-from composer.scaleout.units import Handle, Job, Unit, UnitOutcome, WorkerSpec, run_one
-from loradex.errors import ConfigError
+from composer.scaleout.units import (
+    Handle,
+    Job,
+    Unit,
+    UnitOutcome,
+    WorkerSpec,
+    one_line,
+    run_one,
+)
+from loradex.errors import ConfigError, LoradexError
 
 
 def import_ray() -> Any:
@@ -35,17 +43,22 @@ class UnitHost:
     """The actor: builds its worker once (the base model loaded here), then runs units."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        started = time.perf_counter()
-        self.worker = spec.build()
-        self.load_seconds = time.perf_counter() - started
-        self.where = f"{socket.gethostname()}:{os.getpid()}"
         import ray
 
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
+        self.error: str | None = None  # every worker is built alike: the driver stops the run
+        started = time.perf_counter()
+        try:
+            self.worker = spec.build()
+        except Exception as exc:
+            self.error = one_line(exc)
+        self.load_seconds = time.perf_counter() - started
 
-    def ready(self) -> tuple[float, str]:
-        """How long the worker took to build, and the node it is on."""
-        return self.load_seconds, self.node
+    def ready(self) -> tuple[float, str, str | None]:
+        """How long the worker took to build, the node it is on, and why it could not be
+        built (None when it was)."""
+        return self.load_seconds, self.node, self.error
 
     def run(self, unit: Unit) -> UnitOutcome:
         """One unit's outcome (its own failure included)."""
@@ -150,10 +163,13 @@ class RayRunner:
                 if ref in starting:
                     actor = starting.pop(ref)
                     try:
-                        load, node = ray.get(ref)
+                        load, node, error = ray.get(ref)
                     except RayActorError:
                         lost(None)
                         continue
+                    if error is not None:
+                        raise LoradexError(f"a Ray worker could not start on {self.where_is(node)}:"
+                                           f" {error}")
                     summary.load_seconds.append(load)
                     nodes.add(node)
                     summary.nodes = len(nodes)
@@ -175,6 +191,15 @@ class RayRunner:
             elif time.perf_counter() - stalled > self.start_timeout:
                 raise ConfigError(f"no Ray worker could be started in {self.start_timeout:.0f} s "
                                   f"({len(queue)} unit(s) left; run again to resume)")
+
+    @staticmethod
+    def where_is(node_id: str) -> str:
+        """A node's address, for messages."""
+        ray = import_ray()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id:
+                return str(node.get("NodeManagerAddress", node_id))
+        return node_id
 
     def close(self) -> None:
         """Kill this run's actors (their models go with them); leave the cluster running."""

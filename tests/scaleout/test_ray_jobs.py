@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from loradex.cli import cli
+from loradex.errors import LoradexError
 from tests.support.tiny_models import save_tiny_causal, write_jsonl
 
 SIGNATURE = "loradex_signature.safetensors"
@@ -160,3 +161,60 @@ def test_study_on_ray_equals_in_process(ray_cluster, upstream, tmp_path):
     assert _rows(tmp_path / "ray.json") == _rows(tmp_path / "local.json")
     # Resumed: nothing left to compute.
     assert main(argv(tmp_path / "ray.json", "--ray", ray_cluster.address)).computed == []
+
+
+def _plan(root: Path, out_dir: str, model: Path) -> Path:
+    """Three tasks: two good ones and one whose candidate is a broken adapter folder."""
+    plan = root / f"{out_dir}.yaml"
+    plan.write_text(f"""
+base_model: {model}
+out_dir: {out_dir}
+defaults: {{budget: 6, seed: 0}}
+tasks:
+  - {{name: first, examples: few.jsonl, candidates: [loras/mod0, loras/mod1]}}
+  - {{name: broken, examples: few.jsonl, candidates: [loras/mod0, loras/broken]}}
+  - {{name: second, examples: few.jsonl, candidates: [loras/mod1, loras/mod2],
+      method: mixed-rank}}
+""")
+    return plan
+
+
+def _provenance(folder: Path) -> dict:
+    record = json.loads((folder / "loradex_provenance.json").read_text())
+    record["composition"].pop("seconds")  # wall time of the search, not a result
+    return dict(record)
+
+
+def test_compose_batch_on_ray_equals_in_process(ray_cluster, upstream, tmp_path, loradex_home):
+    from composer.scaleout.batch_plan import load_plan
+    from composer.scaleout.compose_jobs import ComposeBatchJob
+    from loradex.settings import Settings
+    from tests.support.tiny_models import FEW_SHOT, save_lora
+
+    for i in range(3):
+        save_lora(upstream["model"], tmp_path / "loras" / f"mod{i}", seed=i)
+    broken = tmp_path / "loras" / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{")
+    write_jsonl(tmp_path / "few.jsonl", FEW_SHOT)
+
+    runner = CliRunner()
+    local = runner.invoke(cli, ["compose-batch", str(_plan(tmp_path, "local", upstream["model"]))])
+    on_ray = runner.invoke(cli, ["compose-batch", str(_plan(tmp_path, "ray", upstream["model"])),
+                                 "--ray", ray_cluster.address])
+    for result in (local, on_ray):  # the failed unit is raised after the others are written
+        assert isinstance(result.exception, LoradexError), result.output
+        assert "compose-batch: 1 of 3 unit(s) failed" in str(result.exception)
+        assert "broken: InvalidAdapter" in str(result.exception)
+    for name in ("first", "second"):
+        a, b = tmp_path / "local" / name, tmp_path / "ray" / name
+        for file in ("adapter_model.safetensors", "adapter_config.json"):
+            assert (a / file).read_bytes() == (b / file).read_bytes()
+        assert _provenance(a) == _provenance(b)
+    assert not (tmp_path / "ray" / "broken").exists()
+    assert "indexed as local/second" in on_ray.output  # by the driver, in the registry
+
+    # A second run would compose only the task that failed.
+    job = ComposeBatchJob(load_plan(tmp_path / "ray.yaml"), Settings.resolve())
+    total, todo = job.plan()
+    assert (total, [u.key for u in todo]) == (3, ["broken"])
