@@ -274,7 +274,7 @@ class WebPages(Endpoints):
             viewer=identity.user if identity else None,
             csrf_field=CSRF_FIELD,
             csrf_token=self.session.csrf_token(seed),
-            here=request.url.path,
+            here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
             **context,
         )
         response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)

@@ -10,7 +10,7 @@ is treated everywhere as if it did not exist: not listed, not counted, its page 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
@@ -25,7 +25,7 @@ from registry.entities import Module, SearchQuery
 from registry.hub_models import SqlHubCommit, SqlHubRepo
 from registry.hydra import CONFIG_NAME as HYDRA_CONFIG
 from registry.models import LineageRow, ModuleRow
-from registry.normalize import base_model_key
+from registry.normalize import base_model_key, target_key
 from registry.server.blobstore import BlobStore
 from registry.server.queries import resolve_revision, tree_files, visible_repo
 from registry.server.repos import DEFAULT_BRANCH
@@ -93,12 +93,53 @@ class RepoView:
 
 
 @dataclass(frozen=True)
-class Family:
-    """A module's relatives: who it was composed from, what was composed from it, and what
-    it can be combined with."""
+class Relative:
+    """Another module of the family, as much as the page shows of it."""
 
-    children: tuple[Module, ...]
-    compatible: tuple[tuple[Module, bool], ...]  # (module, rank matches)
+    repo_id: str
+    rank: int
+    weight: float | None = None  # a child's weight on the module whose page this is
+    same_rank: bool = False  # a compatible module's rank equals the module's
+
+
+@dataclass(frozen=True)
+class Family:
+    """What was composed from a module, and what it can be combined with (its parents are
+    the module's own ``lineage``)."""
+
+    children: tuple[Relative, ...]
+    compatible: tuple[Relative, ...]
+
+
+class PrivateRepos:
+    """Every private repo (id, namespace), read again only when a repo was created since.
+
+    ``hub_repos.private`` has no index, so listing the private repos scans the table (25 ms
+    at 100,000 repos on PostgreSQL), far too much for every page. A repo's privacy is set
+    when it is created and no endpoint changes it, so the list can change only when a repo
+    is created: the newest repo's (id, uid) is one primary-key lookup and tells. (A deleted
+    private repo may stay in the list until then: hiding what no longer exists hides
+    nothing.) If an endpoint ever changes a repo's privacy, it must also change this key.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._repos: tuple[tuple[str, str], ...] = ()
+
+    def repos(self) -> tuple[tuple[str, str], ...]:
+        """(repo id, namespace) of every private repo."""
+        newest = select(SqlHubRepo.id, SqlHubRepo.uid).order_by(SqlHubRepo.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            key = tuple(conn.execute(newest).first() or ())
+            with self._lock:
+                if key != self._key:
+                    rows = conn.execute(select(SqlHubRepo.full_id, SqlHubRepo.namespace)
+                                        .where(SqlHubRepo.private == true())).all()
+                    self._repos = tuple((r[0], r[1]) for r in rows)
+                    self._key = key
+                return self._repos
 
 
 class WebQueries:
@@ -110,16 +151,14 @@ class WebQueries:
         self.source = source
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.store = RegistryStore(engine)
+        self.private = PrivateRepos(engine)
 
     # ------------------------------------------------------------------ visibility
 
     def hidden_repo_ids(self, identity: Identity | None) -> frozenset[str]:
         """Private repos the viewer may not read (their modules are left out everywhere)."""
-        query = select(SqlHubRepo.full_id).where(SqlHubRepo.private == true())
-        if identity is not None:
-            query = query.where(SqlHubRepo.namespace.not_in(sorted(identity.namespaces)))
-        with self.engine.connect() as conn:
-            return frozenset(conn.scalars(query))
+        return frozenset(repo for repo, namespace in self.private.repos()
+                         if identity is None or namespace not in identity.namespaces)
 
     # ------------------------------------------------------------------ search
 
@@ -255,24 +294,49 @@ class WebQueries:
         """Children (modules listing ``module`` as a parent) and compatible modules."""
         m, lin = _modules.c, _lineage.c
         query = (
-            select(m.repo_id)
+            select(m.repo_id, m.rank, lin.weight)
             .join(_lineage, lin.module_id == m.id)
             .where(lin.parent_repo_id == module.repo_id, m.source == self.source)
-            .group_by(m.repo_id)
-            .order_by(m.repo_id)
+            .order_by(m.repo_id, lin.position)
             .limit(FAMILY_LIMIT + len(hidden))
         )
         with self.engine.connect() as conn:
-            child_ids = [r for r in conn.scalars(query) if r not in hidden][:FAMILY_LIMIT]
-        children = self.store.modules_by_keys([(self.source, r) for r in child_ids])
-        compatible = self.store.compatible_with(
-            module.repo_id, self.source, limit=FAMILY_LIMIT + len(hidden)
+            children: dict[str, Relative] = {}
+            for repo, rank, weight in conn.execute(query).all():
+                if repo not in hidden and repo not in children:
+                    children[repo] = Relative(repo, rank, weight)
+            compatible = self._compatible(conn, module, hidden)
+        return Family(tuple(children.values())[:FAMILY_LIMIT], tuple(compatible))
+
+    def _compatible(
+        self, conn: sa.Connection, module: Module, hidden: frozenset[str]
+    ) -> list[Relative]:
+        """Up to FAMILY_LIMIT modules of the same kind, base model and target set, the same
+        rank first, most downloaded first.
+
+        The store's ``compatible_with`` loads and sorts every compatible module (thousands
+        at 100,000 modules); here each rank group is one query that walks the
+        (base model, downloads) index and stops at the page, and reads two columns.
+        """
+        m = _modules.c
+        base = select(m.repo_id, m.rank).where(
+            m.base_model_key == base_model_key(module.base_model),
+            m.target_key == target_key(module.target_modules),
+            m.source == self.source,
+            m.kind == module.kind,  # a Hydra module and a LoRA are never combined
+            m.repo_id != module.repo_id,
         )
-        # A Hydra module and a LoRA share base and targets but are never combined.
-        kept = [(c.module, c.rank_matches) for c in compatible
-                if c.module.repo_id not in hidden and c.module.source == self.source
-                and c.module.kind == module.kind]
-        return Family(tuple(children), tuple(kept[:FAMILY_LIMIT]))
+        wanted = FAMILY_LIMIT + len(hidden)
+        found: list[Relative] = []
+        for same in (True, False):
+            rank_test = m.rank == module.rank if same else m.rank != module.rank
+            query = base.where(rank_test).order_by(m.downloads.desc(), m.id)
+            found += [Relative(repo, rank, same_rank=same)
+                      for repo, rank in conn.execute(query.limit(wanted - len(found))).all()
+                      if repo not in hidden]
+            if len(found) >= FAMILY_LIMIT:
+                break
+        return found[:FAMILY_LIMIT]
 
     def _read_text(self, entry: TreeFile | None, limit: int) -> tuple[str | None, bool]:
         """A small file of the repo as text (its first ``limit`` bytes), and whether cut."""
@@ -311,7 +375,3 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def visible_only(modules: Sequence[Module], hidden: frozenset[str]) -> list[Module]:
-    """``modules`` without those of hidden repos."""
-    return [m for m in modules if m.repo_id not in hidden]

@@ -11,6 +11,7 @@ value reaches a page through Jinja2 autoescaping; the charts are built here from
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -36,6 +37,7 @@ _ATTRIBUTES = {
     "code": {"class"},
 }
 _LINK_SCHEMES = {"http", "https", "mailto"}
+_HEADING = re.compile(r"<(/?)h([1-6])>")  # nh3 leaves headings without attributes
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def render_card(markdown: str, links: CardLinks) -> str:
             return value if value.startswith("language-") and value.isascii() else None
         return value
 
-    return nh3.clean(
+    clean = nh3.clean(
         html,
         tags=_TAGS,
         clean_content_tags={"script", "style"},
@@ -80,6 +82,9 @@ def render_card(markdown: str, links: CardLinks) -> str:
         link_rel="noopener noreferrer nofollow",
         url_schemes=_LINK_SCHEMES,
     )
+    # The card sits under the page's "Model card" heading (h2): its h1 becomes an h3, so the
+    # page keeps one h1 and an outline that screen readers can follow.
+    return _HEADING.sub(lambda m: f"<{m[1]}h{min(6, int(m[2]) + 2)}>", clean)
 
 
 def _is_relative(value: str) -> bool:
