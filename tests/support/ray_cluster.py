@@ -33,18 +33,19 @@ class LocalRayCluster:
     """A head and a second node, started with ``ray start``; stopped by killing their process
     groups (and anything left that names the cluster's temp dir)."""
 
-    def __init__(self, temp_dir: Path) -> None:
+    def __init__(self, temp_dir: Path, *, object_store_mb: int = 80) -> None:
         self.temp_dir = temp_dir
+        self.object_store_mb = object_store_mb
         self.port = free_port()
         self.address = f"{HEAD_IP}:{self.port}"
         self.groups: dict[str, int] = {}  # node ip -> process group of its processes
 
     def _start(self, ip: str, *args: str) -> None:
         cmd = [str(RAY), "start", "--node-ip-address", ip, "--num-cpus", "1",
-               "--object-store-memory", str(80 * 1024 * 1024), "--disable-usage-stats",
-               "--temp-dir", str(self.temp_dir), *args]
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ADDRESS="")
-        env.pop("RAY_ADDRESS")
+               "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
+               "--disable-usage-stats", "--temp-dir", str(self.temp_dir), *args]
+        # This cluster's own head, whatever RAY_ADDRESS the environment names.
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.groups[ip] = proc.pid  # the session leader's pid is the group id
@@ -94,7 +95,7 @@ class LocalRayCluster:
         self.groups.clear()
         marker = str(self.temp_dir).encode()
         for pid in os.listdir("/proc"):
-            if not pid.isdigit():
+            if not pid.isdigit() or int(pid) in (os.getpid(), os.getppid()):
                 continue
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
