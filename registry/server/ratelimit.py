@@ -1,6 +1,7 @@
 """``loradex serve --rate-limit N/SECONDS``: refuse a client over its quota as huggingface.co does.
 
-The Hub counts requests in fixed windows, per client (token, or address when anonymous) and
+The Hub counts requests in fixed windows (here: starting at multiples of SECONDS since the
+epoch, so every worker's windows line up), per client (token, or address when anonymous) and
 per kind: ``api`` (``/api/...``), ``resolvers`` (file downloads) and ``pages`` (the rest).
 Every answer carries the IETF draft headers the Hub sends and huggingface_hub parses
 (``huggingface_hub.utils.parse_ratelimit_headers``)::
