@@ -22,6 +22,25 @@ BASE = DEFAULT_BASE_MODEL
 FILLERS = 7  # modules tagged "filler": pages of 3 make three pages
 LOSS_CURVE = [2.31, 2.05, 1.98, 1.71, 1.74, 1.52, 1.49, 1.41, 1.38, 1.36]
 
+# The body composer.compose.write_composition writes (its plot is drawn by the page instead).
+COMPOSED_CARD = """\
+# composed-tense
+
+A LoRA module composed by loradex from 2 modules with the `lorahub` method, searched with
+nevergrad `cma` over 10 evaluations on 5 examples.
+
+Few-shot loss: 2.4000 with zero weights, 1.3600 composed.
+
+![loss curve](loss_curve.png)
+
+## Parents
+
+| module | revision | weight |
+|---|---|---|
+| alice/past-tense | - | +0.7200 |
+| alice/plural | - | -0.1800 |
+"""
+
 XSS_CARD = """\
 # Totally harmless
 
@@ -94,7 +113,7 @@ def seed(server: HubServer, root: Path) -> SeededHub:
     provenance = {
         "kind": "lora",
         "composition": {
-            "method": "lorahub", "objective": "loss", "optimizer": "cma", "budget": 10,
+            "method": {"name": "lorahub"}, "objective": "loss", "optimizer": "cma", "budget": 10,
             "seed": 0, "few_shot_examples": 5, "loss_zero_weights": 2.4,
             "loss": LOSS_CURVE[-1], "loss_curve": LOSS_CURVE,
         },
@@ -108,7 +127,7 @@ def seed(server: HubServer, root: Path) -> SeededHub:
         front_matter={"base_model": BASE, "library_name": "peft", "license": "apache-2.0",
                       "tags": ["loradex", "lora", "peft", "composed", "lorahub"],
                       "loradex": provenance},
-        card="# composed-tense\n\nA LoRA module composed by loradex from 2 modules.\n")
+        card=COMPOSED_CARD)
     _publish(server, alice, composed, folder)
     hydra = "bob/hydra-tasks"
     folder = write_hydra_module(

@@ -148,6 +148,8 @@ def test_module_page_shows_metadata_family_and_charts(web_hub):
     assert loss is not None and len(loss.group(1).split()) == 10
     assert "Loss over 10 evaluations, from 2.3100 to 1.3600" in page
     assert page.count("<rect ") == 2  # one bar per parent
+    assert "<dt>method</dt><dd>lorahub</dd>" in page and "<dt>budget</dt><dd>10</dd>" in page
+    assert "<img" not in page  # the card's loss_curve.png is not in the repo: no broken image
     assert f"loradex pull {web_hub.composed} --endpoint {web_hub.url}" in page
     assert f'PeftModel.from_pretrained(base, "{web_hub.composed}")' in page
     assert f"--candidates {web_hub.composed}" in page

@@ -373,7 +373,8 @@ class WebPages(Endpoints):
         return self.html(
             request, identity, "module.html", view=view, module=module, family=family,
             card_html=card_html, revision=shown_revision, base_url=self.base_url(request),
-            peft_flags=_peft_flags(module), composition=composition, loss=loss,
+            peft_flags=_peft_flags(module), composition=_composition_facts(composition),
+            loss=loss,
             weights=weights, hidden=hidden, history_limit=HISTORY_ON_PAGE,
             heads=_heads(view.hydra_config),
         )
@@ -464,6 +465,22 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
 PEFT_FLAGS = ("use_dora", "use_rslora", "lora_bias", "peft_version", "rank_pattern",
               "alpha_pattern", "init_lora_weights", "layers_to_transform", "fan_in_fan_out",
               "modules_to_save")
+
+
+COMPOSITION_FACTS = ("method", "objective", "optimizer", "budget", "seed", "few_shot_examples",
+                     "loss_zero_weights", "loss", "seconds")
+
+
+def _composition_facts(composition: dict[str, Any]) -> list[tuple[str, str]]:
+    """The composition settings the page lists, as (label, text)."""
+    facts = []
+    for key in COMPOSITION_FACTS:
+        value = composition.get(key)
+        if isinstance(value, dict):  # e.g. method: {name: lorahub, ...}
+            value = value.get("name", ", ".join(f"{k}={v}" for k, v in value.items()))
+        if value is not None and not isinstance(value, list):
+            facts.append((key.replace("_", " "), str(value)))
+    return facts
 
 
 def _peft_flags(module: Any) -> list[tuple[str, Any]]:

@@ -38,6 +38,7 @@ _ATTRIBUTES = {
 }
 _LINK_SCHEMES = {"http", "https", "mailto"}
 _HEADING = re.compile(r"<(/?)h([1-6])>")  # nh3 leaves headings without attributes
+_IMAGE_WITHOUT_SOURCE = re.compile(r"<img(?![^>]*\ssrc=)[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def render_card(markdown: str, links: CardLinks) -> str:
     )
     # The card sits under the page's "Model card" heading (h2): its h1 becomes an h3, so the
     # page keeps one h1 and an outline that screen readers can follow.
-    return _HEADING.sub(lambda m: f"<{m[1]}h{min(6, int(m[2]) + 2)}>", clean)
+    clean = _HEADING.sub(lambda m: f"<{m[1]}h{min(6, int(m[2]) + 2)}>", clean)
+    # An image whose source was refused would show as a broken image: leave it out.
+    return _IMAGE_WITHOUT_SOURCE.sub("", clean)
 
 
 def _is_relative(value: str) -> bool:
