@@ -24,7 +24,7 @@ from loradex.errors import LoradexError
 from loradex.files import storage_error
 from registry.server.blobstore import BlobStore
 from registry.server.errors import HubHTTPError, bad_request, http_error_for
-from registry.server.http_io import Endpoints, error_response, lifespan
+from registry.server.http_io import Endpoints, drain_refused, error_response, lifespan
 from registry.server.indexing import RetryLoop
 from registry.server.read_endpoints import ReadEndpoints
 from registry.server.repos import DEFAULT_BRANCH
@@ -82,17 +82,24 @@ class HubApp(Endpoints):
             return
         request = Request(scope, receive)
         head = request.method == "HEAD"
+        error: HubHTTPError | None = None
         try:
             response = await self.dispatch(request)
         except ClientDisconnect:
             return
         except HubHTTPError as exc:
-            response = error_response(exc, head)
+            error = exc
         except (LoradexError, OSError) as exc:
-            response = error_response(self.fault_answer(request, exc), head)
+            error = self.fault_answer(request, exc)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.url.path)
-            response = error_response(HubHTTPError(500, "internal server error"), head)
+            error = HubHTTPError(500, "internal server error")
+        if error is not None:
+            try:  # the client reads the answer only once it has sent its body
+                await drain_refused(request, error)
+            except ClientDisconnect:
+                return
+            response = error_response(error, head)
         await response(scope, receive, send)
 
     @staticmethod

@@ -93,6 +93,21 @@ async def refuse(request: Request, error: HubHTTPError, limit: int = DRAIN_LIMIT
     return error
 
 
+async def drain_refused(request: Request, error: HubHTTPError) -> None:
+    """Before an error answer, read and drop what is left of the request's body (up to
+    ``DRAIN_LIMIT``), whichever step refused it: a 401, or a 503 because the database is
+    down, may come before the body was read. An answer already marked ``Connection: close``
+    has been drained as far as it will be."""
+    if error.headers.get("Connection") == "close":
+        return
+    try:
+        complete = await drain_body(request)
+    except RuntimeError:  # Starlette: the body was already read to its end
+        return
+    if not complete:
+        error.headers["Connection"] = "close"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it passes ``limit`` bytes (the rest of
     the body is drained first, up to ``DRAIN_LIMIT``, so the client reads the 413)."""

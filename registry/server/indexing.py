@@ -50,6 +50,7 @@ from registry.hydra import hydra_module_from_metadata
 from registry.lora_tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from registry.safetensors_header import read_safetensors_header
 from registry.server.blobstore import BlobStore
+from registry.server.errors import HubHTTPError
 from registry.server.queries import resolve_revision, tree_files
 from registry.server.repos import DEFAULT_BRANCH
 from registry.server.timestamps import utcnow
@@ -247,7 +248,10 @@ def _head(session: Session, repo_id: str) -> tuple[str, datetime, int] | None:
     repo = session.scalar(select(SqlHubRepo).where(SqlHubRepo.full_id == repo_id))
     if repo is None:
         return None
-    commit = resolve_revision(session, repo, DEFAULT_BRANCH)
+    try:
+        commit = resolve_revision(session, repo, DEFAULT_BRANCH)
+    except HubHTTPError:  # deleted between the two reads (SQLite reads are not one snapshot)
+        return None
     return commit.sha, commit.created_at, commit.id
 
 
@@ -263,7 +267,9 @@ def index_commit(store: RegistryStore, commit: HostedCommit, source: str) -> Non
         with contextlib.suppress(ModuleNotFound):
             store.delete_module(commit.repo_id, source=source)
         return
-    store.upsert_module(_with_data_signature(module, commit))
+    # bulk_upsert, not upsert_module: the latter reads the module back in a second
+    # transaction, which another process's upsert of the same repo can replace in between.
+    store.bulk_upsert([_with_data_signature(module, commit)])
 
 
 def make_registry_indexer(engine: Engine, config: ServerConfig) -> RegistryIndexer:
@@ -294,6 +300,7 @@ class RetryLoop:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        reported = 0  # pending count last logged: a long outage logs a line when it changes
         while not self._stop.wait(self.interval):
             if not self.indexer.queue.pending():
                 continue
@@ -302,8 +309,9 @@ class RetryLoop:
             except Exception:  # never let the loop die: the next round tries again
                 log.exception("re-indexing round failed")
                 continue
-            if done or left:
+            if done or left != reported:
                 log.warning("re-indexed %d repo(s); %d still pending re-indexing", done, left)
+                reported = left
 
 
 def _with_data_signature(module: Module, commit: HostedCommit) -> Module:

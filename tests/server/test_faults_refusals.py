@@ -105,6 +105,24 @@ def test_lfs_upload_not_matching_its_object_is_a_400_the_client_reads(
 
 
 @sqlite_hub
+def test_refusal_before_the_body_is_read_is_still_read_by_the_client(hub: HubServer) -> None:
+    """A 401 (bad token), like a 503 (database down), is decided before the body is read."""
+    lines = [{"key": "header", "value": {"summary": "big"}},
+             {"key": "file", "value": {"path": "big.txt", "encoding": "base64",
+                                       "content": base64.b64encode(b"y" * MAX_UPLOAD).decode()}}]
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    with httpx.Client(timeout=60) as client:
+        answer = client.post(
+            f"{hub.url}/api/models/alice/anything/commit/main",
+            content=_slowly(body),
+            headers={**_auth("not-a-token"), "content-type": "application/x-ndjson",
+                     "content-length": str(len(body))},
+        )
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["x-error-message"]
+
+
+@sqlite_hub
 def test_lfs_batch_of_100000_objects_is_a_413_the_client_reads(hub: HubServer) -> None:
     hub.api(hub.alice).create_repo("alice/huge-batch", exist_ok=True)
     objects = [{"oid": hashlib.sha256(str(i).encode()).hexdigest(), "size": i}
