@@ -251,3 +251,42 @@ def test_indexing_that_fails_on_a_locked_database_is_retried(tmp_path: Path) -> 
     assert indexer.pending() == []
     engine.dispose()
     impatient.dispose()
+
+
+def test_commit_on_a_database_locked_past_every_attempt_is_a_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry.server import commits
+    from registry.server.errors import HubHTTPError
+
+    monkeypatch.setattr(commits, "COMMIT_ATTEMPTS", 3)  # 20 attempts x the backoff: 8 s
+    db_file = tmp_path / "hub.db"
+    url = f"sqlite:///{db_file}"
+    ensure_schema(url)
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _short_wait(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout=20")
+
+    config = ServerConfig(data_dir=tmp_path / "data", db_url=url)
+    indexer = RegistryIndexer(engine, config)
+    service = HubService(engine, BlobStore(config.blobs_dir), config,
+                         load_or_create_secret(config.data_dir), indexer)
+    me = service.authenticate(f"Bearer {create_token(engine, 'alice', 'alice')}")
+    service.create_repo(me, "alice", "busy", False, "http://x")
+    op = [CommitOp("file", "a.txt", content=b"a")]
+    locker = sqlite3.connect(db_file, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(HubHTTPError) as refused:
+            service.commit(me, "alice/busy", "main", {"summary": "a"}, op, "http://x")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert refused.value.status == 503
+    assert refused.value.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert indexer.pending() == []  # nothing was committed: no re-indexing left to do
+    landed = service.commit(me, "alice/busy", "main", {"summary": "a"}, op, "http://x")
+    assert service.refs(me, "alice/busy")["branches"][0]["targetCommit"] == landed["commitOid"]
+    engine.dispose()
