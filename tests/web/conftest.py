@@ -77,6 +77,7 @@ class SeededHub:
     xss: str
     private: str
     fillers: tuple[str, ...]
+    notes: str
 
     @property
     def url(self) -> str:
@@ -156,7 +157,11 @@ def seed(server: HubServer, root: Path) -> SeededHub:
                                     card=f"# filler {i}\n\nPadding for pagination.\n")
         _publish(server, bob, repo, folder)
         fillers.append(repo)
-    return SeededHub(server, composed, parents, hydra, xss, private, tuple(fillers))
+    notes = "alice/notes"  # a repo that holds no adapter
+    server.api(alice).create_repo(notes)
+    server.api(alice).upload_file(path_or_fileobj=b"# Notes\n\nNo adapter here.\n",
+                                  path_in_repo="README.md", repo_id=notes)
+    return SeededHub(server, composed, parents, hydra, xss, private, tuple(fillers), notes)
 
 
 def _start(root: Path, backend: str) -> tuple[HubServer, str | None]:

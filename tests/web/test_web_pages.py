@@ -176,6 +176,13 @@ def test_history_has_a_page_per_revision(web_hub):
     assert "Add training notes" in history
 
 
+def test_a_repo_without_an_adapter_has_a_page_too(web_hub):
+    page = get(web_hub, f"/{web_hub.notes}")
+    assert page.status_code == 200
+    assert "Not indexed as an adapter" in page.text and "No adapter here." in page.text
+    assert web_hub.notes not in get(web_hub, "/models?per_page=100").text
+
+
 def test_hydra_module_page_shows_its_heads(web_hub):
     page = html.unescape(get(web_hub, f"/{web_hub.hydra}").text)
     assert "Hydra (3 heads)" in page
@@ -273,5 +280,5 @@ def test_base_model_and_author_pages(web_hub):
     hydra_only = get(web_hub, f"/base-models/{base}?kind=hydra").text
     assert result_ids(hydra_only) == [web_hub.hydra]
     author = get(web_hub, "/alice").text
-    assert set(result_ids(author)) == {web_hub.composed, *web_hub.parents}
+    assert set(result_ids(author)) == {web_hub.composed, *web_hub.parents, web_hub.notes}
     assert "<h1>alice</h1>" in author
