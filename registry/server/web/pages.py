@@ -16,12 +16,11 @@ query parameter is a 400 page naming it, a missing or hidden repo a 404 page.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -38,8 +37,6 @@ from registry.server.validation import check_name
 from registry.server.web import render
 from registry.server.web.queries import HISTORY_ON_PAGE, PageTooDeep, WebQueries
 from registry.server.web.session import CSRF_FIELD, MAX_TOKEN_LENGTH, WebSession
-
-log = logging.getLogger("loradex.server")
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -241,9 +238,7 @@ class WebPages(Endpoints):
         identity, stale = await self.viewer(request)
         try:
             response = await run_in_threadpool(build, request, identity)
-        except BadParameter as exc:
-            response = self.error_page(request, identity, 400, "Bad request", str(exc))
-        except PageTooDeep as exc:
+        except (BadParameter, PageTooDeep) as exc:
             response = self.error_page(request, identity, 400, "Bad request", str(exc))
         except HubHTTPError as exc:
             if exc.status >= 500:
@@ -428,8 +423,6 @@ class WebPages(Endpoints):
     @staticmethod
     async def form(request: Request) -> dict[str, str]:
         """A small url-encoded form (the sign-in and sign-out forms)."""
-        from urllib.parse import parse_qsl
-
         body = await read_body(request, MAX_FORM_BYTES)
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)

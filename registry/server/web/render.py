@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import nh3
 from markdown_it import MarkdownIt
@@ -101,7 +101,7 @@ def _image_source(value: str, links: CardLinks) -> str | None:
     value = value.strip()
     if not value or not _is_relative(value):
         return None
-    path = urlsplit(value).path.lstrip("./")
+    path = _repo_path(value)
     return links.file_url(path) if path in links.files else None
 
 
@@ -116,8 +116,16 @@ def _link_target(value: str, links: CardLinks) -> str | None:
         return value if parts.scheme.lower() in _LINK_SCHEMES else None
     if parts.netloc or value.startswith(("/", "\\")):
         return None if value.startswith(("//", "\\")) else value
-    path = parts.path.lstrip("./")
+    path = _repo_path(value)
     return links.file_url(path) if path and ".." not in path.split("/") else None
+
+
+def _repo_path(value: str) -> str:
+    """The repo file a relative URL names (markdown-it has already percent-encoded it)."""
+    path = unquote(urlsplit(value).path)
+    while path.startswith("./"):
+        path = path[2:]
+    return path
 
 
 # ---------------------------------------------------------------------------- numbers
