@@ -36,6 +36,8 @@ def missing_reason() -> str | None:
         return f"no {PG_USER!r} OS user to run PostgreSQL as"
     if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != PG_USER:
         return "must run as root or as the postgres user to start a private cluster"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "no runuser command to run PostgreSQL as the postgres user"
     return None
 
 
