@@ -80,8 +80,17 @@ _PLACEHOLDER = "[More Information Needed]"
 _TEMPLATE_SENTENCES = (
     "This is the model card of a 🤗 transformers model that has been pushed on the Hub.",
     "This model card has been automatically generated.",
+    "Users (both direct and downstream) should be made aware of the risks, biases and "
+    "limitations of the model.",
+    "More information needed for further recommendations.",
+    "Use the code below to get started with the model.",
+    "Carbon emissions can be estimated using the [Machine Learning Impact calculator]"
+    "(https://mlco2.github.io/impact#compute) presented in [Lacoste et al. (2019)]"
+    "(https://arxiv.org/abs/1910.09700).",
 )
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
+# "**BibTeX:**", "**APA:**": the template's labels of empty fields.
+_LABEL_ONLY = re.compile(r"^\*\*[^*]+\*\*:?$")
 # "- PEFT 0.13.2" under the template's "Framework versions": a version list, not prose.
 _FRAMEWORK_LINE = re.compile(
     r"^-\s*(peft|transformers|pytorch|torch|datasets|tokenizers|trl|accelerate)\s+v?\d", re.I
@@ -97,7 +106,8 @@ def first_paragraph(body: str) -> str | None:
     for block in re.split(r"\n\s*\n", body):
         lines = [ln.strip() for ln in block.strip().splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith(("#", "|", "```", "!["))
-                 and _PLACEHOLDER not in ln and not _FRAMEWORK_LINE.match(ln)]
+                 and _PLACEHOLDER not in ln and not _FRAMEWORK_LINE.match(ln)
+                 and not _LABEL_ONLY.match(ln)]
         if lines:
             return " ".join(lines)[:1000]
     return None

@@ -31,10 +31,11 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LORA_KEY = re.compile(
-    r"^(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])(?:\.(?P<adapter>[^.]+))?"
-    r"(?:\.weight)?$"
+    r"^(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])"
+    r"(?:\.(?P<adapter>(?!(?:weight|bias)$)[^.]+))?(?:\.(?P<param>weight|bias))?$"
 )
-"""A LoRA tensor name: groups ``module`` (its path), ``embedding``, ``side`` (A/B), ``adapter``."""
+"""A LoRA tensor name: groups ``module`` (its path), ``embedding``, ``side`` (A/B), ``adapter``,
+``param`` (``weight``, ``bias`` for PEFT's ``lora_bias``, or None for an embedding's)."""
 PEFT_PREFIX = "base_model.model."
 
 
@@ -71,6 +72,11 @@ def analyse_lora_tensors(
     ``r`` the config's rank (or its ``rank_pattern`` entry); the targeted module names are the
     config's ``target_modules`` (a list: same set; a string: a regex every module matches).
     """
+    if config.get("enable_lora"):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}: enable_lora (PEFT 0.2's LoRA of merged query/key/value "
+            "layers) is not supported; re-save the adapter with a recent PEFT"
+        )
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise InvalidAdapter(f"{ADAPTER_CONFIG}: 'r' must be a positive integer, got {rank!r}")
@@ -85,6 +91,8 @@ def analyse_lora_tensors(
         if not match:
             continue
         dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + 1
+        if match.group("param") == "bias":  # lora_B's bias (lora_bias): no rank to check
+            continue
         pairs.setdefault(match.group("module"), {})[match.group("side")] = info["shape"]
     if not pairs:
         raise InvalidAdapter(f"{label}: no lora_A/lora_B tensors found (is this a LoRA adapter?)")

@@ -88,8 +88,8 @@ def is_local_path(raw: str | None) -> bool:
     if _looks_like_path(value):
         url_suffix = _URL_SUFFIX.match(value)
         return not (url_suffix and not _looks_like_path(url_suffix.group("id")))
-    first = value.split("/", 1)[0].lower()
-    return "/" in value and first in _LOCAL_FIRST_PARTS
+    # "models/Qwen2" or a bare "model": a folder by its conventional name, no Hub id.
+    return value.split("/", 1)[0].lower() in _LOCAL_FIRST_PARTS
 
 
 def recorded_base_model(raw: str) -> tuple[str, bool]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from loradex.documents import as_list
 from registry.cards import CARD, parse_front_matter
+from registry.lora_tensors import ADAPTER_CONFIG
 from registry.server.blobstore import BlobStore
 from registry.server.types import TreeFile
 
@@ -32,12 +33,22 @@ def card_data(blobs: BlobStore, files: Sequence[TreeFile], repo_id: str) -> dict
     return result
 
 
-def repo_tags(card: dict[str, Any], paths: Iterable[str]) -> list[str]:
-    """Tags of a repo as the Hub derives them: card tags, library, base models, licence, formats."""
-    tags: list[str] = []
-    tags += as_list(card.get("tags"))
+def repo_library(card: dict[str, Any], paths: Iterable[str]) -> str | None:
+    """The repo's library as the Hub infers it: the card's ``library_name``, else "peft" for an
+    ``adapter_config.json`` at the root (most adapters have no card, or one PEFT did not write)."""
     library = card.get("library_name")
     if isinstance(library, str) and library:
+        return library
+    return "peft" if ADAPTER_CONFIG in paths else None
+
+
+def repo_tags(card: dict[str, Any], paths: Iterable[str]) -> list[str]:
+    """Tags of a repo as the Hub derives them: card tags, library, base models, licence, formats."""
+    paths = list(paths)
+    tags: list[str] = []
+    tags += as_list(card.get("tags"))
+    library = repo_library(card, paths)
+    if library:
         tags.append(library)
     for base in as_list(card.get("base_model")):
         tags.append(f"base_model:{base}")

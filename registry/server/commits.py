@@ -26,7 +26,7 @@ from loradex.errors import DatabaseLocked
 from registry.hub_models import SqlHubBlob, SqlHubCommit, SqlHubRef, SqlHubRepo, SqlHubTreeEntry
 from registry.server.auth import require_write
 from registry.server.blobstore import BlobStore, git_blob_sha1, lfs_pointer
-from registry.server.card_data import card_data, repo_tags
+from registry.server.card_data import card_data, repo_library, repo_tags
 from registry.server.errors import (
     HubHTTPError,
     bad_request,
@@ -253,7 +253,7 @@ def add_commit(
         f"{repo.uid}\n{parent_sha}\n{tree_digest}\n{author}\n{time.time_ns()}\n{title}\n"
         f"{secrets.token_hex(8)}"
     )
-    library = card.get("library_name")
+    library = repo_library(card, [f.path for f in files])
     pipeline = card.get("pipeline_tag")
     commit = SqlHubCommit(
         repo_id=repo.id,
@@ -266,7 +266,7 @@ def add_commit(
         card_data=json.dumps(card),
         tags=json.dumps(tags),
         tags_index="\n" + "".join(f"{t}\n" for t in tags),
-        library_name=library if isinstance(library, str) else None,
+        library_name=library,
         pipeline_tag=pipeline if isinstance(pipeline, str) else None,
     )
     session.add(commit)

@@ -186,7 +186,7 @@ def test_compose_objective_defaults_to_choice_when_every_example_has_choices(
                            str(tiny["base"]), "--budget", "2", "--objective", "choice",
                            "--out", str(tmp_path / "bad"), "--no-index", str(tiny["m0"])],
                           capsys)
-    assert code == 2 and "needs 'choices' on every example" in err
+    assert code == 11 and "needs 'choices' on every example" in err
 
 
 def test_compose_with_restarts_and_layer_groups(tiny, tmp_path, capsys, loradex_home):
@@ -207,7 +207,7 @@ def test_compose_with_restarts_and_layer_groups(tiny, tmp_path, capsys, loradex_
     assert len(summary["layer_group_weights"]) == 2
     code, _out, err = run([*argv[:-2], "--output", "hydra", "--out", str(tmp_path / "h"),
                            str(tiny["m0"]), str(tiny["m1"])], capsys)
-    assert code == 2 and "--layer-groups 1" in err
+    assert code == 11 and "--layer-groups 1" in err
 
 
 def test_compose_selects_candidates_by_signature_and_records_it(
@@ -262,11 +262,11 @@ def test_compose_selects_candidates_by_signature_and_records_it(
 
     code, _out, err = run([*argv, "--select", "retrieve", "--all-compatible",
                            "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and "--all-compatible" in err
+    assert code == 11 and "--all-compatible" in err
     code, _out, err = run(["--db", db_url, "compose", "--examples", str(tiny["few"]),
                            "--select", "retrieve", "--out", str(tmp_path / "y"),
                            str(tiny["m0"])], capsys)
-    assert code == 2 and "--from-registry" in err
+    assert code == 11 and "--from-registry" in err
 
 
 def test_train_writes_a_data_signature_that_add_indexes(tiny, db_url, tmp_path, capsys,
