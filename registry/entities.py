@@ -208,7 +208,9 @@ class SyncState:
     endpoint: str = field(metadata={"help": "Hub endpoint URL"})
     repo_id: str = field(metadata={"help": "repo id on that endpoint"})
     last_sha: str | None = field(default=None, metadata={"help": "last commit indexed"})
-    status: str = field(default="ok", metadata={"help": "'ok', 'skipped' or 'error'"})
+    status: str = field(
+        default="ok", metadata={"help": "'ok', 'skipped', 'gated', 'gone' or 'error'"}
+    )
     error: str | None = field(default=None, metadata={"help": "why it was skipped or failed"})
     synced_at: datetime | None = field(default=None, metadata={"help": "when, UTC"})
 

@@ -48,7 +48,8 @@ class SyncStateQueries:
         status: str = "ok",
         error: str | None = None,
     ) -> SyncState:
-        """Record the outcome of syncing one repository ('ok', 'skipped' or 'error')."""
+        """Record the outcome of syncing one repository: 'ok', 'skipped', 'gated', 'gone' or
+        'error'."""
         with self._sessions.begin() as session:
             row = session.get(SyncStateRow, (endpoint, repo_id))
             if row is None:
