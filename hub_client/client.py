@@ -110,6 +110,15 @@ class HubClient:
                     f"{what}: rate-limited by the Hub at {self.endpoint} (retry in {wait:g} s)",
                     wait,
                 ) from exc
+            if status == 503 and exc.response is not None and "retry-after" in exc.response.headers:
+                # A Hub that says when to come back (ours while its database restarts):
+                # waited out like a rate limit, not a failure.
+                wait = rate_limit_wait(exc.response.headers)
+                raise HubRateLimited(
+                    f"{what}: the Hub at {self.endpoint} is temporarily unavailable (503, "
+                    f"retry in {wait:g} s)",
+                    wait,
+                ) from exc
             if isinstance(status, int) and status >= 500:
                 raise HubUnavailable(f"Hub at {self.endpoint} failed ({status}) on {what}") from exc
             raise HubError(f"{what}: Hub answered {status}: {_server_message(exc)}") from exc

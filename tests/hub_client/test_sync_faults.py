@@ -346,3 +346,22 @@ def test_a_bad_rate_limit_option_is_one_line(tmp_path: Path) -> None:
                      check=False)
     assert result.returncode == 11 and result.stderr.count("\n") == 1
     assert "invalid --rate-limit 'many'" in result.stderr
+
+
+def test_a_503_with_retry_after_is_waited_out_like_a_rate_limit() -> None:
+    """A Hub that answers 503 with Retry-After (loradex serve while its database restarts)
+    asks the sync to wait, as a 429 does; a 503 without it is the Hub failing."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hub_client.client import HubClient
+    from loradex.errors import HubRateLimited, HubUnavailable
+
+    client = HubClient("http://127.0.0.1:9")
+    request = httpx2.Request("GET", "http://127.0.0.1:9/api/models")
+    for headers, error in (({"Retry-After": "3"}, HubRateLimited), ({}, HubUnavailable)):
+        response = httpx2.Response(503, headers=headers, request=request)
+        with pytest.raises(error) as info, client.errors("listing models"):
+            raise HfHubHTTPError("Service Unavailable", response=response)
+        if error is HubRateLimited:
+            assert info.value.retry_after == 3.0 and "temporarily unavailable" in str(info.value)
