@@ -42,12 +42,18 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--empty-units", type=int, default=40)
     p.add_argument("--modules", type=int, default=4, help="library modules to build")
-    p.add_argument("--steps", type=int, default=8, help="training steps per module")
-    p.add_argument("--study-tasks", default="navigate,sports_understanding")
+    p.add_argument("--steps", type=int, default=2, help="training steps per module")
+    p.add_argument("--batch-size", type=int, default=2, help="examples per training step")
+    p.add_argument("--max-length", type=int, default=64, help="training tokens per example")
+    p.add_argument("--test-size", type=int, default=4, help="held-out examples per module")
+    p.add_argument("--study-tasks", default="navigate")
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--budget", type=int, default=6)
-    p.add_argument("--test-limit", type=int, default=12)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--budget", type=int, default=2)
+    p.add_argument("--test-limit", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in-process; a one-CPU Ray worker runs on 1 (Ray sets "
+                        "OMP_NUM_THREADS from its CPUs), so 1 compares like with like")
     p.add_argument("--skip-study", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                    / f"scaleout_{dt.date.today().isoformat()}.json")
@@ -70,7 +76,7 @@ def empty_units(cluster_address: str, n: int, scratch: Path) -> dict[str, Any]:
     return out
 
 
-def library_build(cluster_address: str, modules: int, steps: int,
+def library_build(cluster_address: str, args: argparse.Namespace,
                   scratch: Path) -> dict[str, Any]:
     """The same small library build in-process and on Ray; equal modules checked."""
     from composer.library import LibrarySpec, task_files
@@ -80,22 +86,34 @@ def library_build(cluster_address: str, modules: int, steps: int,
     from composer.scaleout.units import LocalRunner, run_units
     from composer.train import TrainConfig
 
-    tasks = tuple(p.stem for p in task_files(DATA / "upstream"))[:modules]
-    out: dict[str, Any] = {"tasks": list(tasks), "steps": steps}
+    tasks = tuple(p.stem for p in task_files(DATA / "upstream"))[: args.modules]
+    train = TrainConfig(rank=8, steps=args.steps, lr=1e-3, batch_size=args.batch_size,
+                        max_length=args.max_length, save_dtype="float16")
+    out: dict[str, Any] = {"tasks": list(tasks), "train": str(train),
+                           "test_size": args.test_size}
     for name, runner in (("in_process", LocalRunner()),
                          ("ray", RayRunner(cluster_address))):
         spec = LibrarySpec(
             data_dir=DATA / "upstream", out_dir=scratch / f"library_{name}", tasks=tasks,
-            test_size=20, max_train=200,
-            train=TrainConfig(rank=8, steps=steps, lr=1e-3, batch_size=4, max_length=128,
-                              save_dtype="float16"))
+            test_size=args.test_size, max_train=100, train=train)
         summary = run_units(LibraryBuildJob(spec, ModelSpec(dtype="float32")), runner)
         out[name] = summary.as_dict()
     a, b = scratch / "library_in_process", scratch / "library_ray"
-    out["same_adapter_bytes"] = all(
-        (a / t / f).read_bytes() == (b / t / f).read_bytes()
-        for t in tasks for f in ("adapter_model.safetensors", "adapter_config.json", "README.md"))
+    out["same_bytes"] = {f: all((a / t / f).read_bytes() == (b / t / f).read_bytes()
+                                for t in tasks)
+                         for f in ("adapter_model.safetensors", "adapter_config.json",
+                                   "README.md", "training_log.json")}
+    out["adapter_max_abs_difference"] = max(adapter_difference(a / t, b / t) for t in tasks)
     return out
+
+
+def adapter_difference(a: Path, b: Path) -> float:
+    """The largest difference of one weight between two modules' adapters."""
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(
+        str(b / "adapter_model.safetensors"))
+    return float(max(abs(x[k].astype("float64") - y[k].astype("float64")).max() for k in x))
 
 
 def study_slice(cluster_address: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -133,12 +151,16 @@ def main() -> None:
     from tests.support.ray_cluster import LocalRayCluster
 
     args = parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="scaleout-bench-"))
     cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="ldx-ray-", dir="/tmp")),
                               object_store_mb=300)
     results: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "in_process_torch_threads": args.threads,
                     "load_average_at_start": os.getloadavg()},
         "cluster": "two Ray nodes on this machine (127.0.0.2 head, 127.0.0.3), 1 CPU each",
         "command": "python benchmarks/scaleout_bench.py " + " ".join(sys.argv[1:]),
@@ -149,8 +171,7 @@ def main() -> None:
         results["cluster_start_seconds"] = round(time.perf_counter() - started, 1)
         results["empty_units"] = empty_units(cluster.address, args.empty_units, scratch)
         print(json.dumps(results["empty_units"], indent=1), flush=True)
-        results["library_build"] = library_build(cluster.address, args.modules, args.steps,
-                                                 scratch)
+        results["library_build"] = library_build(cluster.address, args, scratch)
         print(json.dumps(results["library_build"], indent=1), flush=True)
         if not args.skip_study:
             results["study_slice"] = study_slice(cluster.address, args, scratch)

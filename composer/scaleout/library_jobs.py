@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from composer.library import (
 )
 from composer.models import ModelSpec
 from composer.scaleout.folders import FolderFiles, fill_folder, read_folder, write_folder
-from composer.scaleout.units import Resources, Unit
+from composer.scaleout.units import Lazy, Resources, Unit
 
 if TYPE_CHECKING:
     from composer.models import LoadedModel
@@ -41,6 +42,11 @@ class TrainPayload:
 
     task: str
     examples: list[Example]
+
+
+def train_payload(path: Path) -> TrainPayload:
+    """A build unit's payload: the task file's examples."""
+    return TrainPayload(path.stem, load_examples(path))
 
 
 class LibraryTrainer:
@@ -93,7 +99,7 @@ class LibraryBuildJob:
     def plan(self) -> tuple[int, list[Unit]]:
         """Each task file a unit; a task with a finished module folder is done."""
         files = task_files(self.spec.data_dir, self.spec.tasks)
-        todo = [Unit(p.stem, TrainPayload(p.stem, load_examples(p))) for p in files
+        todo = [Unit(p.stem, Lazy(partial(train_payload, p))) for p in files
                 if not (self.spec.out_dir / p.stem / "adapter_model.safetensors").is_file()]
         return len(files), todo
 
@@ -119,6 +125,11 @@ class EvalPayload:
     task: str
     files: FolderFiles
     test: list[Example]
+
+
+def eval_payload(spec: LibrarySpec, task: str) -> EvalPayload:
+    """An evaluation unit's payload: the module's files and its held-out split."""
+    return EvalPayload(task, read_folder(spec.out_dir / task), test_split(spec, task))
 
 
 class LibraryEvaluator:
@@ -160,12 +171,9 @@ class LibraryEvaluateJob:
     def plan(self) -> tuple[int, list[Unit]]:
         """Each module of the manifest a unit; a module with scores is done (unless forced)."""
         modules = load_manifest(self.spec.out_dir)["modules"]
-        todo = [
-            Unit(task, EvalPayload(task, read_folder(self.spec.out_dir / task),
-                                   test_split(self.spec, task)))
-            for task, record in sorted(modules.items())
-            if self.force or "accuracy" not in record
-        ]
+        todo = [Unit(task, Lazy(partial(eval_payload, self.spec, task)))
+                for task, record in sorted(modules.items())
+                if self.force or "accuracy" not in record]
         return len(modules), todo
 
     def worker_spec(self) -> LibraryEvaluatorSpec:

@@ -25,6 +25,7 @@ from composer.scaleout.units import (
     UnitOutcome,
     WorkerSpec,
     one_line,
+    ready_to_run,
     run_one,
 )
 from loradex.errors import ConfigError, LoradexError
@@ -156,7 +157,8 @@ class RayRunner:
         while queue or busy:
             while idle and queue:
                 actor, unit = idle.pop(), queue.popleft()
-                busy[actor.run.remote(unit)] = (actor, unit, time.perf_counter())
+                ref = actor.run.remote(ready_to_run(unit))  # a lazy payload is read just now
+                busy[ref] = (actor, unit, time.perf_counter())
             waiting = list(busy) + list(starting)
             ready, _ = ray.wait(waiting, num_returns=1, timeout=5.0)
             for ref in ready:

@@ -24,6 +24,8 @@ class RunSummary:
     overhead_seconds: list[float] = field(default_factory=list)  # round trip minus computing
     record_seconds: float = 0.0  # the driver writing results
     wall_seconds: float = 0.0
+    connect_seconds: float = 0.0  # reaching the cluster and sizing the pool
+    first_result_seconds: float | None = None  # start-up: workers built, first unit done
     failed: dict[str, str] = field(default_factory=dict)  # key -> one-line error
     finished: set[str] = field(default_factory=set)
     retried: int = 0  # units run again after their worker was lost
@@ -45,6 +47,9 @@ class RunSummary:
             "skipped": self.skipped, "ran": self.ran, "failed": dict(self.failed),
             "workers": self.workers, "nodes": self.nodes,
             "wall_seconds": round(self.wall_seconds, 3),
+            "connect_seconds": round(self.connect_seconds, 3),
+            "first_result_seconds": (round(self.first_result_seconds, 3)
+                                     if self.first_result_seconds is not None else None),
             "model_loads": len(self.load_seconds),
             "load_seconds_total": round(sum(self.load_seconds), 3),
             "unit_seconds_total": round(sum(self.unit_seconds), 3),
@@ -62,7 +67,9 @@ class RunSummary:
         out = [
             f"{self.title}: {self.ran - len(self.failed)} unit(s) done, {len(self.failed)} "
             f"failed, {self.skipped} done already; {self.where}",
-            f"  wall {self.wall_seconds:.1f} s: model loads {sum(self.load_seconds):.1f} s "
+            f"  wall {self.wall_seconds:.1f} s: connecting {self.connect_seconds:.1f} s, first "
+            f"result after {self.first_result_seconds or 0.0:.1f} s; model loads "
+            f"{sum(self.load_seconds):.1f} s "
             f"({len(self.load_seconds)} worker(s)), units {sum(self.unit_seconds):.1f} s of "
             f"worker time, transfer and scheduling {sum(self.overhead_seconds):.1f} s "
             f"({statistics.fmean(self.overhead_seconds):.3f} s a unit), driver writes "

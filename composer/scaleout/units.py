@@ -35,6 +35,19 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Lazy:
+    """A payload read only when its unit is about to run (a module's files, a task's
+    examples), so a job of many units never holds every payload at once."""
+
+    load: Callable[[], Any]
+
+
+def ready_to_run(unit: Unit) -> Unit:
+    """The unit with its payload read (a :class:`Lazy` payload is loaded now)."""
+    return Unit(unit.key, unit.payload.load()) if isinstance(unit.payload, Lazy) else unit
+
+
+@dataclass(frozen=True)
 class UnitOutcome:
     """What a worker made of one unit: a result, or the one-line error it failed with."""
 
@@ -133,7 +146,7 @@ class LocalRunner:
         summary.workers = 1
         for unit in units:
             started = time.perf_counter()
-            outcome = run_one(self.worker, unit, "local")
+            outcome = run_one(self.worker, ready_to_run(unit), "local")
             handle(outcome, time.perf_counter() - started)
 
     def close(self) -> None:
@@ -162,6 +175,7 @@ def run_units(
     by_key = {u.key: u for u in todo}
     started = time.perf_counter()
     summary.where = runner.start(job, len(todo))
+    summary.connect_seconds = time.perf_counter() - started
     bar = tqdm(total=total, initial=summary.skipped, unit="unit",
                desc=f"{job.title} [{summary.where}]", disable=not progress)
 
@@ -170,6 +184,8 @@ def run_units(
             summary.duplicates += 1
             return
         summary.finished.add(outcome.key)
+        if summary.first_result_seconds is None:
+            summary.first_result_seconds = time.perf_counter() - started
         summary.unit_seconds.append(outcome.seconds)
         summary.overhead_seconds.append(max(0.0, round_trip - outcome.seconds))
         if outcome.error is not None:

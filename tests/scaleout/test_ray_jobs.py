@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,10 +82,19 @@ def assert_same_library(a: Path, b: Path) -> None:
                 assert (a / name / file).read_bytes() == (b / name / file).read_bytes(), file
 
 
-def test_library_build_and_evaluate_on_ray_equal_in_process(ray_cluster, upstream, tmp_path):
+@pytest.fixture(scope="module")
+def local_library(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The library built in-process (40 steps a module: long enough to kill a driver mid-run)."""
+    out = tmp_path_factory.mktemp("local") / "library"
+    _build(upstream, out, steps=40)
+    return out
+
+
+def test_library_build_and_evaluate_on_ray_equal_in_process(ray_cluster, upstream, tmp_path,
+                                                            local_library):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    _build(upstream, local)
-    _build(upstream, on_ray, "--ray", ray_cluster.address)
+    shutil.copytree(local_library, local)
+    _build(upstream, on_ray, "--ray", ray_cluster.address, steps=40)
     assert len(_manifest(on_ray)["modules"]) == 4
     assert_same_library(local, on_ray)
 
@@ -95,9 +105,8 @@ def test_library_build_and_evaluate_on_ray_equal_in_process(ray_cluster, upstrea
     assert (local / "README.md").read_text() == (on_ray / "README.md").read_text()
 
 
-def test_a_build_whose_driver_is_killed_resumes(ray_cluster, upstream, tmp_path):
-    local, on_ray = tmp_path / "local", tmp_path / "ray"
-    _build(upstream, local, steps=40)
+def test_a_build_whose_driver_is_killed_resumes(ray_cluster, upstream, tmp_path, local_library):
+    on_ray = tmp_path / "ray"
     driver = subprocess.Popen(
         [sys.executable, "-m", "loradex.cli.main", "library", "build", "--data-dir",
          str(upstream["tasks"]), "--out", str(on_ray), "--base-model", str(upstream["model"]),
@@ -117,7 +126,7 @@ def test_a_build_whose_driver_is_killed_resumes(ray_cluster, upstream, tmp_path)
     assert 1 <= len(first) < 4
 
     _build(upstream, on_ray, "--ray", ray_cluster.address, steps=40)
-    assert_same_library(local, on_ray)
+    assert_same_library(local_library, on_ray)
 
 
 TIMINGS = {"seconds", "search_seconds", "screen_seconds", "newly_scored"}
