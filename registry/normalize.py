@@ -1,9 +1,11 @@
 """Normalising the values users filter on: base model ids, tags, target modules, licences.
 
 Adapter configs in the wild record their base model as a Hub id, a Hub URL, a path into the
-huggingface_hub cache, or a path on the author's disk. ``normalize_base_model`` turns all of
-those into ``org/name`` (case kept, for display); ``base_model_key`` is the case-insensitive
-comparison key stored next to it.
+huggingface_hub cache, or a path on the author's disk. ``recorded_base_model`` turns the first
+three into ``org/name`` (case kept, for display) and keeps a path on someone's disk as the
+path (``is_local_path``): it is no Hub id, even when it ends in ``org/name``.
+``base_model_key`` is the case-insensitive comparison key stored next to it (``path:...`` for
+a path, which no Hub id can equal).
 """
 
 from __future__ import annotations

@@ -199,10 +199,13 @@ class RegistryStore(SignatureQueries, SyncStateQueries):
     # ------------------------------------------------------------------ writes
 
     def upsert_module(self, module: Module) -> Module:
-        """Insert or replace one module (and its files, tags, targets, lineage); return it."""
+        """Insert or replace one module (and its files, tags, targets, lineage); return it as
+        stored, read back in the same transaction (another writer of the same repo may
+        replace it the moment this one commits)."""
         with self.engine.begin() as conn:
             self._write(conn, [module])
-        return self.get_module(module.repo_id, source=module.source)
+            module_id = self._resolve_id(conn, module.repo_id, module.source)
+            return self._load(conn, [module_id])[0]
 
     def bulk_upsert(self, modules: Iterable[Module], *, batch_size: int = 2000) -> int:
         """Insert or replace many modules with batched core inserts; return how many.

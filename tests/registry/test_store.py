@@ -89,9 +89,11 @@ def test_values_users_filter_on_are_normalised(
     assert stored.peft_type == "LORA"
     assert stored.target_modules == ("q_proj", "v_proj")
     for base in ("huggingfacetb/smollm2-135m-instruct",
-                 "/home/x/HuggingFaceTB/SmolLM2-135M-Instruct/",
                  "hf.co/HuggingFaceTB/SmolLM2-135M-Instruct"):
         assert _ids(store.search(SearchQuery(base_model=base))) == ["alice/m"]
+    # A folder on someone's disk is no Hub id, even one ending in org/name (issue 23).
+    local = "/home/x/HuggingFaceTB/SmolLM2-135M-Instruct/"
+    assert _ids(store.search(SearchQuery(base_model=local))) == []
     assert _ids(store.search(SearchQuery(tags=("GRAMMAR",), license="APACHE-2.0",
                                          peft_type="Lora"))) == ["alice/m"]
 
