@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loradex.errors import InvalidAdapter
+from registry.entities import Module
 from registry.lora_tensors import ADAPTER_CONFIG
 
 # "### Framework versions\n\n- PEFT 0.13.2" in the card PEFT writes.
@@ -133,4 +134,18 @@ def read_peft_options(config: Mapping[str, Any], card_body: str | None = None) -
         alpha_pattern=_pattern(config, "alpha_pattern", float),
         modules_to_save=_names(config, "modules_to_save"),
         layers_to_transform=_layers(config),
+    )
+
+
+def module_peft_options(module: Module) -> PeftOptions:
+    """The options the registry recorded for ``module``."""
+    return PeftOptions(
+        use_dora=module.use_dora,
+        use_rslora=module.use_rslora,
+        lora_bias=module.lora_bias,
+        peft_version=module.peft_version,
+        rank_pattern=module.rank_pattern,
+        alpha_pattern=module.alpha_pattern,
+        modules_to_save=module.modules_to_save,
+        layers_to_transform=module.layers_to_transform,
     )

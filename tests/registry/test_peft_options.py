@@ -138,3 +138,22 @@ def test_store_round_trips_options_and_filters_what_compose_can_use(
     assert {m.repo_id for m in store.search(SearchQuery(base_model="content/base"))} == set()
     assert {m.repo_id for m in store.search(SearchQuery(base_model="/content/base"))} == {
         "alice/local"}
+
+
+def test_the_composable_filter_is_the_composers_rule(
+    store: RegistryStore, module_factory: Callable[..., Module]
+) -> None:
+    """SQL's ``composable`` and ``PeftOptions.composition_blocker`` say the same of each option."""
+    from registry.peft_options import module_peft_options
+
+    options = {"use_dora": True, "use_rslora": True, "lora_bias": True,
+               "rank_pattern": (("q_proj", 4),), "alpha_pattern": (("q_proj", 8.0),),
+               "modules_to_save": ("lm_head",), "layers_to_transform": (0,)}
+    modules = [dataclasses.replace(module_factory(f"alice/{name}"), **{name: value})
+               for name, value in options.items()]
+    store.bulk_upsert(modules)
+    drawn = {m.repo_id for m in store.search(SearchQuery(composable=True, limit=50))}
+    for module in modules:
+        usable = module_peft_options(module).composition_blocker() is None
+        assert (module.repo_id in drawn) is usable, module.repo_id
+    assert drawn == {"alice/use_rslora"}

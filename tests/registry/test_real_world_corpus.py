@@ -32,7 +32,7 @@ from safetensors.numpy import save_file
 from loradex.errors import InvalidAdapter
 from registry.embedders import EMBEDDER_ENV
 from registry.entities import Module
-from registry.peft_options import PeftOptions
+from registry.peft_options import module_peft_options
 from registry.schema import upgrade
 from tests.support.cli import run
 from tests.support.pg import drop_pg_schema, make_pg_schema_url, pg_available
@@ -186,16 +186,7 @@ def observed(module: Module) -> dict[str, Any]:
 
 def composition_blocker(module: Module) -> str | None:
     """What the composer says of the module, from the options the registry recorded."""
-    return PeftOptions(
-        use_dora=module.use_dora,
-        use_rslora=module.use_rslora,
-        lora_bias=module.lora_bias,
-        peft_version=module.peft_version,
-        rank_pattern=module.rank_pattern,
-        alpha_pattern=module.alpha_pattern,
-        modules_to_save=module.modules_to_save,
-        layers_to_transform=module.layers_to_transform,
-    ).composition_blocker()
+    return module_peft_options(module).composition_blocker()
 
 
 def mismatches(case: Case, module: Module, *, only: tuple[str, ...] | None = None) -> list[str]:
