@@ -35,8 +35,10 @@ from registry.store import RegistryStore
 # Cards and configs above this are shown truncated rather than read whole into a page.
 MAX_CARD_BYTES = 512 * 1024
 MAX_CONFIG_BYTES = 256 * 1024
-# A search page counts its matches up to this many; beyond, it says "more than".
-COUNT_LIMIT = 10_000
+# A search page counts its matches up to this many; beyond, it says "more than" (as
+# `loradex search` does): an exact count of a broad query costs time proportional to its
+# matches.
+COUNT_LIMIT = 1_000
 # With private repos hidden from the viewer, a page is found by reading the ranking from its
 # start; deeper pages than this are refused (narrow the search instead).
 MAX_HIDDEN_WALK = 2_000
@@ -242,8 +244,9 @@ class WebQueries:
         """The repo at ``revision`` (404 HubHTTPError when missing or not visible)."""
         with self.sessions.begin() as session:
             repo = visible_repo(session, identity, repo_id)
-            commit = resolve_revision(session, repo, revision)
             head = resolve_revision(session, repo, DEFAULT_BRANCH)
+            commit = head if revision == DEFAULT_BRANCH else resolve_revision(
+                session, repo, revision)
             files = tree_files(session, commit.id)
             history, more = _history(session, head, HISTORY_ON_PAGE)
             private, namespace = bool(repo.private), repo.namespace
@@ -316,10 +319,14 @@ class WebQueries:
 
         The store's ``compatible_with`` loads and sorts every compatible module (thousands
         at 100,000 modules); here each rank group is one query that walks the
-        (base model, downloads) index and stops at the page, and reads two columns.
+        (base model, downloads) index and stops at the page, and reads two columns. SQLite
+        left to itself finds the group by the (base, targets, rank) index and sorts it
+        (5.8 ms against 0.2 ms at 100,000 modules), so it is told which index to walk.
         """
         m = _modules.c
-        base = select(m.repo_id, m.rank).where(
+        base = select(m.repo_id, m.rank).with_hint(
+            _modules, "INDEXED BY ix_modules_base_downloads", "sqlite"
+        ).where(
             m.base_model_key == base_model_key(module.base_model),
             m.target_key == target_key(module.target_modules),
             m.source == self.source,
