@@ -8,6 +8,7 @@ protocol and options are in :mod:`benchmarks.study.cli`).
   ``--extend-from``;
 - :mod:`~benchmarks.study.scoring`: a row's per-example scores and metrics;
 - :mod:`~benchmarks.study.runner`: :class:`Study`, the resumable runner;
+- :mod:`~benchmarks.study.units`: its (task, seed) cells as units on a Ray cluster (``--ray``);
 - :mod:`~benchmarks.study.stats`: McNemar, the paired bootstrap, spreads (no torch);
 - :mod:`~benchmarks.study.report`: the Markdown tables;
 - :mod:`~benchmarks.study.cli`: the command line (:func:`main`).

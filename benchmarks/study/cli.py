@@ -27,7 +27,10 @@ Prompts over ``--max-length`` tokens (1,024) lose their beginning, as in ``lorad
 each row records how many did (5-shot prompts can be far longer than the question alone).
 
 Results are written after every system to ``--out`` (atomically); a run that is stopped can be
-resumed and finished cells are not recomputed. ``--markdown`` prints the tables.
+resumed and finished cells are not recomputed. ``--ray [ADDRESS]`` runs the (task, seed) cells
+on a Ray cluster instead (every worker holds the base model; this process writes ``--out`` as
+each cell finishes): several machines without ``--first-seed`` and ``--merge``.
+``--markdown`` prints the tables.
 ``--extend-from OLD`` takes a study run with a smaller ``--test-limit`` to a larger test split
 (or the whole of it): the seeds' few-shot examples and candidates are the same and the first
 test examples too, so each recorded row is rebuilt from what it recorded (weights, module) and
