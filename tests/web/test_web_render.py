@@ -100,3 +100,17 @@ def test_charts_need_numbers():
     assert negative.x + negative.width == pytest.approx(bars.zero_x)  # grows left of zero
     assert positive.x == pytest.approx(bars.zero_x)
     assert positive.width == pytest.approx(2 * negative.width)
+
+
+def test_peft_flags_show_those_set_in_words():
+    from types import SimpleNamespace
+
+    from registry.server.web.pages import _peft_flags
+
+    module = SimpleNamespace(use_dora=True, use_rslora=False, peft_version="0.17.0",
+                             rank_pattern=(("q_proj", 16), ("v_proj", 4)),
+                             layers_to_transform=(0, 2), modules_to_save=())
+    assert _peft_flags(module) == [("use_dora", "yes"), ("peft_version", "0.17.0"),
+                                   ("rank_pattern", "q_proj: 16, v_proj: 4"),
+                                   ("layers_to_transform", "0, 2")]
+    assert _peft_flags(SimpleNamespace()) == []  # a registry from before the flags

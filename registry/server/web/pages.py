@@ -476,15 +476,24 @@ def _composition_facts(composition: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
-def _peft_flags(module: Any) -> list[tuple[str, Any]]:
-    """The PEFT config flags the registry records for ``module``, those that are set."""
+def _peft_flags(module: Any) -> list[tuple[str, str]]:
+    """The PEFT config flags the registry records for ``module``, those that are set, as
+    (name, text). Read with ``getattr``: registries indexed before a flag existed lack it."""
     if module is None:
         return []
     flags = []
     for name in PEFT_FLAGS:
         value = getattr(module, name, None)
-        if value not in (None, False, (), {}, ""):
-            flags.append((name, value))
+        if value in (None, False, (), {}, ""):
+            continue
+        if value is True:
+            text = "yes"
+        elif isinstance(value, tuple | list):  # (pattern, value) pairs, or plain values
+            text = ", ".join(f"{v[0]}: {v[1]}" if isinstance(v, tuple | list) and len(v) == 2
+                             else str(v) for v in value)
+        else:
+            text = str(value)
+        flags.append((name, text))
     return flags
 
 
