@@ -40,6 +40,19 @@ def import_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> str:
+    """The host of a ``HOST:PORT`` (or ``ray://HOST:PORT``) address that answers; a clear
+    error at once when nothing listens there (Ray itself would retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray {address}: not an address of the form HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+    return host
+
+
 class UnitHost:
     """The actor: builds its worker once (the base model loaded here), then runs units."""
 
@@ -90,8 +103,8 @@ class RayRunner:
             kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING",
                                       "runtime_env": {"env_vars": env} if env else None}
             address = self.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                host = address.removeprefix("ray://").rsplit(":", 1)[0]
+            if address and address != "auto":
+                host = check_reachable(address)
                 if host.startswith("127."):  # keep the driver on loopback with the cluster
                     kwargs["_node_ip_address"] = host
             try:
