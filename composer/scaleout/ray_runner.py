@@ -218,7 +218,7 @@ class RayRunner:
 
     def close(self) -> None:
         """Kill this run's actors (their models go with them); leave the cluster running."""
-        if not self.actors:
+        if not self.actors and not self._started_ray:
             return
         ray = import_ray()
         for actor in self.actors:
