@@ -8,27 +8,14 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from html.parser import HTMLParser
 
 import httpx
 import pytest
 
 from registry.server.web.pages import CONTENT_SECURITY_POLICY
+from tests.support.html import HtmlTags
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class CardTags(HTMLParser):
-    """Every tag name and attribute of an HTML fragment."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-        self.attributes: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.names.add(tag)
-        self.attributes += [(k.lower(), (v or "").strip().lower()) for k, v in attrs]
 
 
 def get(hub, path: str, client: httpx.Client | None = None) -> httpx.Response:
@@ -197,7 +184,7 @@ def test_a_hostile_card_is_rendered_inert(web_hub):
     page = get(web_hub, f"/{web_hub.xss}").text
     card = re.search(r'<div class="card-body">(.*?)</div>\n', page, re.S)
     assert card is not None
-    tags = CardTags()
+    tags = HtmlTags()
     tags.feed(card.group(1))
     assert not tags.names & {"script", "svg", "iframe", "object", "style", "form", "input"}
     for name, value in tags.attributes:

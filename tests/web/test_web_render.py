@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import pytest
 
 from registry.server.web.render import (
@@ -14,6 +12,7 @@ from registry.server.web.render import (
     resolve_url,
     weights_chart,
 )
+from tests.support.html import HtmlTags
 
 LINKS = CardLinks("alice/m", "main", frozenset({"loss_curve.png", "docs/a b.md"}))
 
@@ -38,7 +37,7 @@ LINKS = CardLinks("alice/m", "main", frozenset({"loss_curve.png", "docs/a b.md"}
 ])
 def test_payloads_lose_everything_that_runs_or_loads(markdown):
     html = render_card(markdown, LINKS)
-    tags = Tags()
+    tags = HtmlTags()
     tags.feed(html)
     assert not tags.names & {"script", "svg", "iframe", "style", "math", "object"}, html
     for name, value in tags.attributes:
@@ -46,19 +45,6 @@ def test_payloads_lose_everything_that_runs_or_loads(markdown):
         if name in ("href", "src"):
             assert value.startswith(("/alice/m/", "https://example.org", "#")), html
     assert "<!--" not in html
-
-
-class Tags(HTMLParser):
-    """Every tag name and attribute of an HTML fragment."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-        self.attributes: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.names.add(tag)
-        self.attributes += [(k.lower(), (v or "").strip().lower()) for k, v in attrs]
 
 
 def test_relative_links_and_images_point_at_the_repo_files():
