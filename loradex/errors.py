@@ -61,7 +61,7 @@ class GatedRepo(HubError, PermissionError):
 
 
 class HubRateLimited(HubError):
-    """The Hub answered 429; ``retry_after`` is how many seconds it asked to wait."""
+    """The Hub answered 429 (or 503 with Retry-After); ``retry_after``: the seconds to wait."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
