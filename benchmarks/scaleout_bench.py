@@ -182,6 +182,7 @@ def main() -> None:
         ray.shutdown()
         cluster.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
         results["machine"]["load_average_at_end"] = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ def ray_cluster() -> Iterator[LocalRayCluster]:
 
         ray.shutdown()
         cluster.stop()
+        shutil.rmtree(temp, ignore_errors=True)  # sessions' logs and sockets
 
 
 @pytest.fixture
