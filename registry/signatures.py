@@ -17,6 +17,7 @@ refuses to upload it.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Sequence
@@ -119,12 +120,20 @@ def card_signatures(embedder: Embedder, modules: Sequence[Module]) -> list[Signa
 
 
 def signature_file_bytes(signature: Signature) -> bytes:
-    """The content of ``loradex_signature.safetensors`` for ``signature``."""
-    from safetensors.numpy import save
-
+    """The content of ``loradex_signature.safetensors`` for ``signature``: the same bytes for
+    the same signature in every process (safetensors' own writer orders the metadata by a
+    per-process hash, so two runs of a library build wrote different files)."""
+    array = signature.array().astype("<f2")
     metadata = {"format": SIGNATURE_FORMAT, "version": SIGNATURE_VERSION,
                 "kind": signature.kind, "embedder": signature.embedder}
-    return save({TENSOR_NAME: signature.array().astype("<f2")}, metadata=metadata)
+    header = {
+        "__metadata__": metadata,
+        TENSOR_NAME: {"dtype": "F16", "shape": list(array.shape),
+                      "data_offsets": [0, array.nbytes]},
+    }
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads its header to 8 bytes with spaces
+    return struct.pack("<Q", len(text)) + text + array.tobytes()
 
 
 def write_signature_file(folder: Path, signature: Signature) -> Path:

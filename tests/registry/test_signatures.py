@@ -236,3 +236,21 @@ def test_mixed_pools_rank_each_kind_on_its_own_scale() -> None:
     small = SignatureIndex("e@1", keys[:6], [DATA] * 5 + [CARD],
                            np.stack([at(c) for c in [*data, 0.6]]))
     assert [h.repo_id for h in small.rank(query)][::5] == ["d4", "c0"]
+
+
+def test_a_signature_file_is_the_same_bytes_in_every_process() -> None:
+    """Same signature, same file, whatever the process's hash seed (a Ray worker and a local
+    run of the same library build write identical folders)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib, numpy as np; from registry.signatures import signature_file_bytes, "
+              "signature_from_array as s; a = np.arange(12, dtype='float32').reshape(3, 4); "
+              "print(hashlib.sha256(signature_file_bytes(s('data', 'e', a))).hexdigest())")
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1
