@@ -9,10 +9,6 @@ magnitude vectors, ``lora_B`` biases, whole ``modules_to_save`` modules, only th
 ``layers_to_transform``); ``synthetic.json`` names module paths where the targets alone cannot
 (a regex ``target_modules``, an ``lm_head``), or lists the tensors outright (PEFT 0.2's merged
 ``enable_lora`` layers).
-
-A field loradex gets wrong today is listed under ``findings`` in ``expected.json`` with the
-reason: the main tests leave it out, and a strict ``xfail`` test checks it alone, so the fix
-turns that test into an unexpected pass and the marker must go.
 """
 
 from __future__ import annotations
@@ -67,10 +63,6 @@ class Case:
     @property
     def repo_id(self) -> str:
         return f"{NAMESPACE}/{REPO_PREFIX}{self.name}"
-
-    @property
-    def findings(self) -> dict[str, str]:
-        return dict(self.expected.get("findings") or {})
 
 
 def load_case(name: str) -> Case:
@@ -189,10 +181,10 @@ def composition_blocker(module: Module) -> str | None:
     return module_peft_options(module).composition_blocker()
 
 
-def mismatches(case: Case, module: Module, *, only: tuple[str, ...] | None = None) -> list[str]:
-    """Where a module differs from expected.json (``only``: those keys; else all but findings)."""
+def mismatches(case: Case, module: Module) -> list[str]:
+    """Where a module differs from expected.json."""
     expected = case.expected
-    keys = only if only is not None else tuple(k for k in expected if k not in case.findings)
+    keys = tuple(expected)
     seen = observed(module)
     problems = []
     for key in keys:
@@ -212,31 +204,19 @@ def mismatches(case: Case, module: Module, *, only: tuple[str, ...] | None = Non
     return problems
 
 
-def refusal_problems(case: Case, message: str, *, check_text: bool) -> list[str]:
+def refusal_problems(case: Case, message: str) -> list[str]:
     """Why a refusal message is not the one line expected.json asks for."""
     problems = []
     if "\n" in message.strip() or "Traceback" in message:
         problems.append(f"not one line: {message!r}")
     want = case.expected.get("error_contains")
-    if check_text and want and want not in message:
+    if want and want not in message:
         problems.append(f"expected {want!r} in {message!r}")
     return problems
 
 
 def _main_params() -> list[Any]:
     return [pytest.param(name, id=name) for name in CASES]
-
-
-def _finding_params() -> list[Any]:
-    params = []
-    for name in CASES:
-        case = load_case(name)
-        for key, reason in case.findings.items():
-            params.append(pytest.param(
-                name, key, id=f"{name}-{key}",
-                marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason),
-            ))
-    return params
 
 
 # --------------------------------------------------------------------------- the corpus itself
@@ -251,7 +231,7 @@ def test_every_case_names_its_source_and_expectation() -> None:
         assert len(source["commit"]) == 40, name
         expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
         assert isinstance(expected.get("indexed"), bool), name
-        unknown = set(expected) - {*_FIELDS, "indexed", "error_contains", "findings",
+        unknown = set(expected) - {*_FIELDS, "indexed", "error_contains",
                                    "description_startswith", "composition_blocker"}
         assert not unknown, f"{name}: unknown keys {unknown}"
         for path in folder.iterdir():
@@ -325,25 +305,7 @@ def test_add_indexes_or_refuses_in_one_line(
     else:
         assert code == InvalidAdapter.exit_code, (code, out, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
-        check_text = "error_contains" not in case.findings
-        assert refusal_problems(case, err, check_text=check_text) == []
-
-
-@pytest.mark.parametrize(("name", "key"), _finding_params())
-def test_add_finding(name: str, key: str, tmp_path: Path) -> None:
-    """A field loradex gets wrong today (reason in expected.json): fails until it is fixed."""
-    from registry.adapter_files import inspect_adapter_folder
-
-    case = load_case(name)
-    folder = write_case_folder(case, tmp_path / name)
-    try:
-        module = inspect_adapter_folder(folder, repo_id=case.repo_id)
-    except InvalidAdapter as exc:
-        assert not case.expected["indexed"], f"refused: {exc}"
-        assert refusal_problems(case, str(exc), check_text=True) == []
-        return
-    assert case.expected["indexed"], "indexed, but a correct loradex refuses it"
-    assert mismatches(case, module, only=(key,)) == []
+        assert refusal_problems(case, err) == []
 
 
 # --------------------------------------------------------------------------- loradex sync
@@ -384,8 +346,7 @@ def test_sync_reads_each_repo_as_add_does(name: str, corpus_hub: HubServer) -> N
         return
     with pytest.raises(InvalidAdapter) as refused:
         module_from_hub(client, info)
-    check_text = "error_contains" not in case.findings
-    assert refusal_problems(case, str(refused.value), check_text=check_text) == []
+    assert refusal_problems(case, str(refused.value)) == []
     assert str(refused.value).startswith(case.repo_id)
 
 
@@ -420,9 +381,8 @@ def test_sync_indexes_each_case_or_skips_it_with_the_reason(corpus_hub: HubServe
             elif state.status != "skipped" or not state.error:
                 problems.append(f"{name}: {state.status}, expected skipped with a reason")
             else:
-                check_text = "error_contains" not in case.findings
                 problems += [f"{name}: {p}" for p in
-                             refusal_problems(case, state.error, check_text=check_text)]
+                             refusal_problems(case, state.error)]
         assert problems == []
         listed = [name for name in CASES if _card_library(name) in (None, "peft")]
         refused = sum(not load_case(name).expected["indexed"] for name in listed)
