@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from loradex.errors import InvalidAdapter
@@ -39,6 +39,10 @@ class PeftOptions:
         default=(), metadata={"help": "modules stored whole beside the adapter"})
     layers_to_transform: tuple[int, ...] = field(
         default=(), metadata={"help": "adapted layer indices (empty: all)"})
+
+    def as_fields(self) -> dict[str, Any]:
+        """The options as :class:`~registry.entities.Module` fields (the same names)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def composition_blocker(self) -> str | None:
         """Why the composer cannot use the adapter as a plain LoRA (None: it can).
@@ -138,14 +142,5 @@ def read_peft_options(config: Mapping[str, Any], card_body: str | None = None) -
 
 
 def module_peft_options(module: Module) -> PeftOptions:
-    """The options the registry recorded for ``module``."""
-    return PeftOptions(
-        use_dora=module.use_dora,
-        use_rslora=module.use_rslora,
-        lora_bias=module.lora_bias,
-        peft_version=module.peft_version,
-        rank_pattern=module.rank_pattern,
-        alpha_pattern=module.alpha_pattern,
-        modules_to_save=module.modules_to_save,
-        layers_to_transform=module.layers_to_transform,
-    )
+    """The options the registry recorded for ``module`` (the same field names)."""
+    return PeftOptions(**{f.name: getattr(module, f.name) for f in fields(PeftOptions)})
