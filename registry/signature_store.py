@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -44,16 +44,14 @@ class SignatureQueries:
 
     engine: Engine
 
-    # Provided by RegistryStore.
-    def _resolve_id(self, conn: Connection, repo_id: str, source: str | None) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RegistryStore, which this class is part of
+        def _resolve_id(self, conn: Connection, repo_id: str, source: str | None) -> int: ...
 
-    def _existing_keys(self, conn: Connection, keys: Sequence[tuple[str, str]],
-                       ) -> list[tuple[tuple[str, str], int]]:
-        raise NotImplementedError
+        def _existing_keys(self, conn: Connection, keys: Sequence[tuple[str, str]],
+                           ) -> list[tuple[tuple[str, str], int]]: ...
 
-    def _insert_rows(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        def _insert_rows(self, conn: Connection, table: sa.Table,
+                         rows: list[dict[str, Any]]) -> None: ...
 
     def signatures(self, repo_id: str, source: str | None = None) -> list[Signature]:
         """Every signature stored for one module (all kinds and embedders)."""

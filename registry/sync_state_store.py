@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -25,13 +25,11 @@ class SyncStateQueries:
     engine: Engine
     _sessions: sessionmaker[Session]
 
-    # Provided by RegistryStore.
-    def _existing_keys(self, conn: Connection, keys: Sequence[tuple[str, str]],
-                       ) -> list[tuple[tuple[str, str], int]]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RegistryStore, which this class is part of
+        def _existing_keys(self, conn: Connection, keys: Sequence[tuple[str, str]],
+                           ) -> list[tuple[tuple[str, str], int]]: ...
 
-    def _delete_rows(self, conn: Connection, ids: Sequence[int]) -> None:
-        raise NotImplementedError
+        def _delete_rows(self, conn: Connection, ids: Sequence[int]) -> None: ...
 
     def get_sync_state(self, endpoint: str, repo_id: str) -> SyncState | None:
         """What the last sync of ``repo_id`` from ``endpoint`` recorded, or None."""
