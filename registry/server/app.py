@@ -31,7 +31,7 @@ from registry.server.repos import DEFAULT_BRANCH
 from registry.server.service import HubService
 from registry.server.settings_endpoint import put_repo_settings
 from registry.server.types import ServerConfig
-from registry.server.validation import check_name
+from registry.server.validation import url_repo_id
 from registry.server.web.pages import WebPages
 from registry.server.write_endpoints import WriteEndpoints
 
@@ -196,16 +196,14 @@ class HubApp(Endpoints):
     @staticmethod
     def repo_id(namespace: str, name: str) -> str:
         """Validate the two halves of a repo id taken from a URL."""
-        try:
-            check_name(namespace, "namespace")
-            check_name(name, "repo name")
-        except HubHTTPError:
+        repo_id = url_repo_id(namespace, name)
+        if repo_id is None:
             raise HubHTTPError(
                 404,
                 f"Repository Not Found for url: {namespace}/{name} (invalid repo id).",
                 "RepoNotFound",
-            ) from None
-        return f"{namespace}/{name}"
+            )
+        return repo_id
 
 
 def create_app(config: ServerConfig) -> HubApp:

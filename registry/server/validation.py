@@ -25,6 +25,17 @@ def check_name(name: object, what: str = "repo name") -> str:
         raise bad_request(str(exc)) from None
 
 
+def url_repo_id(namespace: str, name: str) -> str | None:
+    """The repo id two URL segments name, or None when either half is no valid name (the
+    API and the pages each answer that with their own 404)."""
+    try:
+        check_name(namespace, "namespace")
+        check_name(name, "repo name")
+    except HubHTTPError:
+        return None
+    return f"{namespace}/{name}"
+
+
 def check_repo_id(namespace: str, name: str) -> str:
     """``namespace/name`` by the one rule of :mod:`registry.repo_ids`; else a 400."""
     try:

@@ -33,7 +33,7 @@ from registry.server.http_io import Endpoints, read_body
 from registry.server.repos import DEFAULT_BRANCH
 from registry.server.service import HubService
 from registry.server.types import Identity
-from registry.server.validation import check_name
+from registry.server.validation import check_name, url_repo_id
 from registry.server.web import render
 from registry.server.web.queries import HISTORY_ON_PAGE, PageTooDeep, WebQueries
 from registry.server.web.session import CSRF_FIELD, MAX_TOKEN_LENGTH, WebSession
@@ -433,12 +433,10 @@ class WebPages(Endpoints):
     @staticmethod
     def repo_id(namespace: str, name: str) -> str:
         """Validate the two halves of a repo id taken from a URL (a 404 page when invalid)."""
-        try:
-            check_name(namespace, "namespace")
-            check_name(name, "repo name")
-        except HubHTTPError:
-            raise HubHTTPError(404, f"no repository {namespace}/{name}") from None
-        return f"{namespace}/{name}"
+        repo_id = url_repo_id(namespace, name)
+        if repo_id is None:
+            raise HubHTTPError(404, f"no repository {namespace}/{name}")
+        return repo_id
 
 
 def _local_path(value: str | None) -> str:
