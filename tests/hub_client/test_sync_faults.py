@@ -32,6 +32,7 @@ from registry.db import make_engine
 from registry.entities import SyncState
 from registry.server.launch import LaunchedServer, start_server
 from registry.store import RegistryStore
+from tests.support.adapters import write_pickle_only_adapter
 from tests.support.hub import HubServer, loradex, make_adapter
 
 QUOTA, WINDOW = 8, 2  # the rate-limited server: 8 requests of a kind per 2 s window
@@ -225,11 +226,8 @@ def test_gated_repo_answers_401_or_403_and_sync_records_it_as_gated(
 def test_pickle_only_repo_is_skipped_for_that_reason(
     hub: HubServer, store: RegistryStore, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle bytes")
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
-    (folder / "README.md").write_text("---\nlibrary_name: peft\nbase_model: org/tiny-llama\n---\n")
+    folder = write_pickle_only_adapter(
+        tmp_path / "pickled", card="---\nlibrary_name: peft\nbase_model: org/tiny-llama\n---\n")
     upload(hub, "bob/pickle-only", folder)
     result = loradex("--db", hub.db_url, "sync", "--endpoint", hub.url, "--search", "pickle-only",
                      "--quiet")

@@ -21,6 +21,7 @@ from loradex.files import current_umask
 from registry.db import make_engine
 from registry.server.launch import free_port
 from registry.store import RegistryStore
+from tests.support.adapters import write_pickle_only_adapter
 from tests.support.hub import HubServer, loradex, make_adapter
 
 
@@ -293,10 +294,7 @@ def test_pull_verifies_hashes_places_files_and_works_offline(
 def test_pull_refuses_pickle_only_repos_and_unknown_ids(
     hub: HubServer, store: RegistryStore, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle bytes")
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    folder = write_pickle_only_adapter(tmp_path / "pickled")
     upload_adapter(hub, "alice/pickled", folder)
     client = HubClient(hub.url, cache_dir=tmp_path / "cache")
     with pytest.raises(InvalidAdapter, match="pickle"):

@@ -136,6 +136,17 @@ def write_example_adapters(root: str | os.PathLike[str]) -> Path:
     return base
 
 
+def write_pickle_only_adapter(folder: Path, card: str | None = None) -> Path:
+    """An adapter folder whose weights are only a pickle (``adapter_model.bin``): what
+    loradex refuses to read, everywhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle bytes")
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
 def write_hydra_module(
     folder: str | os.PathLike[str],
     *,
