@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,29 +23,36 @@ import torch
 from composer.adapter_io import lora_config_dict, write_adapter_folder
 from composer.candidates import Candidate, load_layers
 from composer.cards import hub_front_matter, render_card, settings_table
+from composer.crossval import (
+    GUARDS,
+    RESTART_PICKS,
+    GuardRecord,
+    Picked,
+    RestartRecord,
+    cross_validated_search,
+    cv_folds,
+    prepared,
+)
 from composer.data import Example
 from composer.lora_runtime import attached
 from composer.methods import CompositionMethod, ExportedLora, build_bank, get_method
 from composer.metrics import EvalConfig, evaluate_examples
 from composer.models import LoadedModel
-from composer.objectives import Objective, get_objective
+from composer.objectives import Objective
 from composer.search import (
     SearchConfig,
     SearchResult,
     generation_size,
-    l1_penalty,
     nevergrad_name,
     search_weights,
 )
 from loradex import __version__
 from loradex.errors import ConfigError
 
-RESTART_PICKS = ("best", "average")
 # Where the weight search starts: at zero (the paper), or at the best of zero and each
 # candidate alone (k + 1 evaluations of the budget), so the search refines the best single
 # module instead of having to find it from the middle.
 STARTS = ("zero", "best-single")
-MAX_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,11 @@ class ComposeConfig:
         metadata={"help": "zero (the paper) or best-single: first try zero and each candidate "
                           "alone (k + 1 evaluations of the budget), search from the best"},
     )
+    guard: str = field(
+        default="off",
+        metadata={"help": "off (the paper) or cv: keep the start point unless the search beats "
+                          "it in cross-validation on the examples (folds x more searches)"},
+    )
 
     def make_method(self) -> CompositionMethod:
         """The configured composition method (raises ConfigError for bad combinations)."""
@@ -94,6 +106,8 @@ class ComposeConfig:
             raise ConfigError(f"--restart-pick must be one of {', '.join(RESTART_PICKS)}")
         if self.start not in STARTS:
             raise ConfigError(f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if self.guard not in GUARDS:
+            raise ConfigError(f"--guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
         options = {"svd_rank": self.svd_rank} if self.method == "mixed-rank" else {}
         return get_method(self.method, **options)
 
@@ -188,17 +202,6 @@ class HoldoutRow:
 
 
 @dataclass
-class RestartRecord:
-    """One restart of the search: its seed, cross-validated loss and (when run) full search."""
-
-    seed: int
-    cv_loss: float  # mean held-out loss over the folds
-    fold_losses: list[float]
-    loss: float | None = None  # few-shot loss of its search on all examples
-    weights: list[float] | None = None
-
-
-@dataclass
 class ComposeResult:
     """Everything a composition run found."""
 
@@ -215,6 +218,7 @@ class ComposeResult:
     holdout: list[HoldoutRow] = field(default_factory=list)
     restarts: list[RestartRecord] = field(default_factory=list)
     folds: int = 0
+    guard: GuardRecord | None = None
     # How the candidates were chosen (composer.selection), recorded in the provenance.
     selection: dict[str, Any] | None = None
 
@@ -225,13 +229,6 @@ class ComposeResult:
     def parent_weights(self) -> np.ndarray:
         """One weight per candidate: its mean over the layer groups."""
         return self.weights_by_group().mean(axis=0)
-
-
-def cv_folds(n_examples: int) -> list[np.ndarray]:
-    """Indices of the held-out examples of each fold: leave-one-out up to 5 examples, else 5."""
-    if n_examples < 2:
-        raise ConfigError("--restarts > 1 needs at least 2 few-shot examples to cross-validate")
-    return list(np.array_split(np.arange(n_examples), min(n_examples, MAX_FOLDS)))
 
 
 def compose(
@@ -250,19 +247,25 @@ def compose(
     examples, else 5 folds: search on the rest, score the held-out loss), which costs N x folds
     searches. ``restart_pick`` ``best`` then searches all examples with the seed of the lowest
     held-out loss; ``average`` searches all examples with every seed and averages the weights.
+
+    With ``config.guard`` ``cv`` the same cross-validation also scores the search's start point
+    (zero weights, or the best single candidate of each fold), and the result is that start
+    point on all examples unless the search's mean held-out loss is lower
+    (:mod:`composer.crossval`).
     """
     config = config or ComposeConfig()
     method = config.make_method()
     method.check(candidates, base_model=loaded.name)
     config.check_budget(len(candidates))
-    objective = _prepared(loaded, config, examples)
+    objective = prepared(loaded, config, examples)
     search_cfg = config.search
     search_cfg.validate()
     if config.batched_population and search_cfg.population == 1:
         search_cfg = replace(search_cfg, population=0)
     dim = len(candidates) * config.layer_groups
     population = generation_size(search_cfg, dim)
-    folds = cv_folds(len(examples)) if config.restarts > 1 else []
+    cross_validate = config.restarts > 1 or config.guard == "cv"
+    folds = cv_folds(len(examples)) if cross_validate else []
 
     started = time.perf_counter()
     with ComposeSession(
@@ -280,11 +283,12 @@ def compose(
                 desc=desc,
             )
 
-        if folds:
-            picked = _restarted_search(session, run, loaded, config, examples, objective, folds)
+        if cross_validate:
+            picked = cross_validated_search(session, run, loaded, config, examples, objective,
+                                            0 if first is None else len(first))
         else:
-            picked = _Picked.of(run(objective, search_cfg.seed, "compose"))
-        result, weights, records = picked.search, picked.weights, picked.records
+            picked = Picked.of(run(objective, search_cfg.seed, "compose"))
+        result, weights = picked.search, picked.weights
         seconds = time.perf_counter() - started
         rows = (
             holdout_report(session, holdout, weights, config, progress=progress)
@@ -304,8 +308,9 @@ def compose(
         loss=picked.loss,
         objective=picked.objective,
         holdout=rows,
-        restarts=records,
+        restarts=picked.records if config.restarts > 1 else [],
         folds=len(folds),
+        guard=picked.guard,
     )
 
 
@@ -316,69 +321,6 @@ def start_points(start: str, k: int, layer_groups: int, bound: float) -> np.ndar
         return None
     unit = np.eye(k) * min(1.0, bound)
     return np.vstack([np.zeros((1, k * layer_groups)), np.tile(unit, layer_groups)])
-
-
-@dataclass
-class _Picked:
-    """The weights a compose run keeps, with the search whose curve is plotted."""
-
-    search: SearchResult
-    weights: np.ndarray
-    loss: float
-    objective: float
-    records: list[RestartRecord] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, search: SearchResult, records: list[RestartRecord] | None = None) -> _Picked:
-        return cls(search, search.weights, search.loss, search.objective, records or [])
-
-
-def _restarted_search(
-    session: ComposeSession,
-    run: Callable[[Objective, int, str], SearchResult],
-    loaded: LoadedModel,
-    config: ComposeConfig,
-    examples: Sequence[Example],
-    objective: Objective,
-    folds: Sequence[np.ndarray],
-) -> _Picked:
-    """Score seeds ``seed .. seed+N-1`` by cross-validation, then search all the examples."""
-    # Each fold's (fit, score) objectives are tokenised once and serve every restart.
-    fold_objectives: list[tuple[Objective, Objective]] = []
-    for held in folds:
-        left_out = set(held.tolist())
-        keep = [e for i, e in enumerate(examples) if i not in left_out]
-        fold_objectives.append((
-            _prepared(loaded, config, keep),
-            _prepared(loaded, config, [examples[i] for i in sorted(left_out)]),
-        ))
-    records: list[RestartRecord] = []
-    for r in range(config.restarts):
-        seed = config.search.seed + r
-        fold_losses = []
-        for k, (fitter, scorer) in enumerate(fold_objectives):
-            fit = run(fitter, seed, f"restart {r + 1}/{config.restarts} fold {k + 1}/{len(folds)}")
-            fold_losses.append(float(session.losses(scorer, fit.weights[None])[0]))
-        records.append(RestartRecord(seed, float(np.mean(fold_losses)), fold_losses))
-
-    best = min(records, key=lambda rec: rec.cv_loss)
-    searches: dict[int, SearchResult] = {}
-    for rec in records if config.restart_pick == "average" else [best]:
-        searches[rec.seed] = run(objective, rec.seed, f"seed {rec.seed}, all examples")
-        rec.loss = searches[rec.seed].loss
-        rec.weights = [float(x) for x in searches[rec.seed].weights]
-    if config.restart_pick == "best":
-        return _Picked.of(searches[best.seed], records)
-    weights = np.mean([found.weights for found in searches.values()], axis=0)
-    loss = float(session.losses(objective, weights[None])[0])
-    penalty = float(l1_penalty(weights[None], config.search.l1, config.search.l1_form)[0])
-    return _Picked(searches[best.seed], weights, loss, loss + penalty, records)
-
-
-def _prepared(loaded: LoadedModel, config: ComposeConfig, examples: Sequence[Example]) -> Objective:
-    objective = get_objective(config.objective)
-    objective.prepare(loaded, examples, use_chat_template=config.use_chat_template)
-    return objective
 
 
 def holdout_report(
@@ -445,6 +387,7 @@ def provenance(
             "nevergrad_optimizer": nevergrad_name(
                 s.optimizer, len(result.candidates) * result.config.layer_groups),
             "start": result.config.start,
+            "guard": result.config.guard,
             "budget": s.budget,
             "seed": s.seed,
             "l1": s.l1,
@@ -478,6 +421,9 @@ def provenance(
                 for r in result.restarts
             ],
         }
+    if result.guard is not None:
+        block["composition"]["guard_cv"] = {"folds": result.folds,
+                                            **_rounded(asdict(result.guard))}
     if result.selection is not None:
         block["selection"] = result.selection
     if loaded.gguf_file:
@@ -556,6 +502,15 @@ def write_composition(
     )
 
 
+def _rounded(record: dict[str, Any]) -> dict[str, Any]:
+    def r(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 6)
+        return [r(x) for x in v] if isinstance(v, list) else v
+
+    return {k: r(v) for k, v in record.items()}
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -602,9 +557,23 @@ def _card_body(result: ComposeResult, block: dict[str, Any]) -> str:
         ]
         for rec in result.restarts:
             lines.append(f"| {rec.seed} | {rec.cv_loss:.4f} | {_fmt(rec.loss)} |")
+    if result.guard is not None:
+        g = result.guard
+        start = "the best single parent" if result.config.start == "best-single" else "zero weights"
+        lines += [
+            "",
+            "## Guard",
+            "",
+            f"The search and its start point ({start}) were scored by {result.folds}-fold "
+            f"cross-validation on the few-shot examples: held-out loss {g.search_cv_loss:.4f} "
+            f"searched, {g.start_cv_loss:.4f} at the start. Kept: **{g.kept}**"
+            + (" (the weights above are the start point; the loss curve is the search's)."
+               if g.kept == "start" else "."),
+        ]
     settings = {
         k: v for k, v in comp.items()
-        if k not in ("loss_curve", "layer_group_weights", "layer_group_spans", "restarts")
+        if k not in ("loss_curve", "layer_group_weights", "layer_group_spans", "restarts",
+                     "guard_cv")
     }
     lines += ["", "## Settings", "", settings_table(settings)]
     if result.holdout:

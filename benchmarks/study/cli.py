@@ -86,10 +86,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--objectives", default=None,
                    help="search objectives (default: every one the composer offers of lm, choice)")
     p.add_argument("--compose", default=None,
-                   help="compose rows as METHOD/OBJECTIVE[/gN][/rN][/s] (N layer groups, N "
-                        "restarts, s: start from the best single candidate, k + 1 evaluations "
-                        "of the budget), comma-separated; default: every --methods x "
-                        "--objectives pair")
+                   help="compose rows as METHOD/OBJECTIVE[/gN][/rN][/s][/cv] (N layer groups, "
+                        "N restarts, s: start from the best single candidate, k + 1 evaluations "
+                        "of the budget, cv: the cross-validation guard), comma-separated; "
+                        "default: every --methods x --objectives pair")
     p.add_argument("--hydra-heads", type=int, default=0,
                    help="also build a Hydra module with this many heads from the weights of "
                         "the first lorahub compose row without layer groups (router fitted on "

@@ -419,7 +419,7 @@ class Study:
 
         config = ComposeConfig(
             method=spec.method, objective=spec.objective, layer_groups=spec.layer_groups,
-            restarts=spec.restarts, start=spec.start,
+            restarts=spec.restarts, start=spec.start, guard=spec.guard,
             search=SearchConfig(budget=self.settings.budget, seed=seed),
             use_chat_template=self.settings.use_chat_template,
         )
@@ -438,6 +438,10 @@ class Study:
         if result.restarts:
             out["restarts"] = [{"seed": r.seed, "cv_loss": round(r.cv_loss, 6)}
                                for r in result.restarts]
+        if result.guard is not None:
+            out["guard"] = {"kept": result.guard.kept,
+                            "search_cv_loss": round(result.guard.search_cv_loss, 6),
+                            "start_cv_loss": round(result.guard.start_cv_loss, 6)}
         return out
 
     def _hydra_compose_system(

@@ -64,9 +64,10 @@ class StudySettings:
 
 
 def compose_system(method: str, objective: str, layer_groups: int = 1, restarts: int = 1,
-                   start: str = "zero") -> str:
+                   start: str = "zero", guard: str = "off") -> str:
     """The name of a compose row, e.g. ``compose lorahub/lm`` or ``compose lorahub/choice/g3``
-    (``/s``: the search starts from the best single candidate)."""
+    (``/s``: the search starts from the best single candidate; ``/cv``: the cross-validation
+    guard keeps the start point unless the search beats it)."""
     name = f"compose {method}/{objective}"
     if layer_groups > 1:
         name += f"/g{layer_groups}"
@@ -74,35 +75,38 @@ def compose_system(method: str, objective: str, layer_groups: int = 1, restarts:
         name += f"/r{restarts}"
     if start == "best-single":
         name += "/s"
+    if guard == "cv":
+        name += "/cv"
     return name
 
 
 @dataclass(frozen=True)
 class ComposeSpec:
-    """One compose row: ``method/objective[/gN][/rN][/s]`` (N layer groups, N restarts, start
-    from the best single candidate)."""
+    """One compose row: ``method/objective[/gN][/rN][/s][/cv]`` (N layer groups, N restarts,
+    start from the best single candidate, cross-validation guard)."""
 
     method: str
     objective: str
     layer_groups: int = 1
     restarts: int = 1
     start: str = "zero"
+    guard: str = "off"
 
     @property
     def name(self) -> str:
         """The row's name in a results file and its tables."""
         return compose_system(self.method, self.objective, self.layer_groups, self.restarts,
-                              self.start)
+                              self.start, self.guard)
 
     @classmethod
     def parse(cls, spec: str) -> ComposeSpec:
-        """``lorahub/choice/g3/r3/s`` -> its spec; :class:`ConfigError` naming a bad part."""
+        """``lorahub/choice/g3/r3/s/cv`` -> its spec; :class:`ConfigError` naming a bad part."""
         from composer.methods import METHODS
         from composer.objectives import OBJECTIVES
 
         parts = spec.strip().removeprefix("compose ").split("/")
         if len(parts) < 2:
-            raise ConfigError(f"--compose {spec!r}: expected METHOD/OBJECTIVE[/gN][/rN][/s]")
+            raise ConfigError(f"--compose {spec!r}: expected METHOD/OBJECTIVE[/gN][/rN][/s][/cv]")
         method, objective, *extra = parts
         if method not in METHODS:
             raise ConfigError(f"--compose {spec!r}: unknown method; known: {', '.join(METHODS)}")
@@ -111,15 +115,17 @@ class ComposeSpec:
                 f"--compose {spec!r}: unknown objective; known: {', '.join(OBJECTIVES)}"
             )
         options = {"g": 1, "r": 1}
-        start = "zero"
+        start, guard = "zero", "off"
         for part in extra:
             if part == "s":
                 start = "best-single"
+            elif part == "cv":
+                guard = "cv"
             elif part[:1] not in options or not part[1:].isdigit() or int(part[1:]) < 1:
-                raise ConfigError(f"--compose {spec!r}: {part!r} is not gN, rN (N >= 1) or s")
+                raise ConfigError(f"--compose {spec!r}: {part!r} is not gN, rN (N >= 1), s or cv")
             else:
                 options[part[0]] = int(part[1:])
-        return cls(method, objective, options["g"], options["r"], start)
+        return cls(method, objective, options["g"], options["r"], start, guard)
 
 
 def applies(system: str, task_has_choices: bool) -> bool:

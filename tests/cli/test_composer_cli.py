@@ -210,6 +210,23 @@ def test_compose_with_restarts_and_layer_groups(tiny, tmp_path, capsys, loradex_
     assert code == 11 and "--layer-groups 1" in err
 
 
+def test_compose_with_the_cross_validation_guard(tiny, tmp_path, capsys, loradex_home):
+    argv = ["compose", "--examples", str(tiny["few"]), "--base-model", str(tiny["base"]),
+            "--budget", "5", "--start", "best-single", "--guard", "cv", "--no-index",
+            str(tiny["m0"]), str(tiny["m1"])]
+    code, out, err = run([*argv, "--out", str(tmp_path / "text")], capsys)
+    assert code == 0, err
+    assert "(6 searches of 5 evaluations)" in out  # 5 leave-one-out folds + all examples
+    assert "guard: held-out loss" in out and "; kept the " in out
+    code, out, err = run([*argv, "--out", str(tmp_path / "json"), "--json"], capsys)
+    assert code == 0, err
+    guard = json.loads(out)["guard"]
+    assert guard["kept"] == ("search" if guard["search_cv_loss"] < guard["start_cv_loss"]
+                             else "start")
+    provenance = json.loads((tmp_path / "json" / "loradex_provenance.json").read_text())
+    assert provenance["composition"]["guard_cv"]["kept"] == guard["kept"]
+
+
 def test_compose_selects_candidates_by_signature_and_records_it(
         tiny, db_url, tmp_path, capsys, loradex_home):
     """Retrieval picks the module whose data signature matches the examples; the screen

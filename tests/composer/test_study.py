@@ -275,6 +275,10 @@ def test_compose_spec_names_round_trip():
     assert spec.name == "compose lorahub/choice/g3/r2/s"
     assert ComposeSpec.parse(spec.name) == spec
     assert ComposeSpec.parse("lorahub/lm").start == "zero"
+    guarded = ComposeSpec.parse("lorahub/lm/s/cv")
+    assert (guarded.start, guarded.guard, guarded.name) == ("best-single", "cv",
+                                                           "compose lorahub/lm/s/cv")
+    assert ComposeSpec.parse("lorahub/lm").guard == "off"
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -7,18 +7,13 @@ command functions, so ``loradex --help`` stays fast.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from loradex.errors import ConfigError
 from loradex.settings import Settings
-
-if TYPE_CHECKING:
-    from composer.pipeline import ComposeOutcome, ComposeRequest
-    from hub_client.publish import PublishResult
 
 _model_options = [
     click.option("--base-model", default=None, metavar="ID|DIR|FILE.gguf",
@@ -336,6 +331,11 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "try zero and each candidate alone (k + 1 evaluations of --budget) and "
                    "search from the best. auto: best-single for candidates chosen by "
                    "retrieve+screen, else zero.")
+@click.option("--guard", default="off", show_default=True, type=click.Choice(["off", "cv"]),
+              help="cv: score the search and its start point (zero weights, or the best single "
+                   "candidate) by cross-validation on the examples (leave-one-out up to 5) and "
+                   "keep the start point unless the search does better; costs folds x more "
+                   "searches.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
 @click.option("--output", "output_kind", default="lora", show_default=True,
@@ -362,7 +362,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             optimizer: str,
             budget: int, l1: float, l1_form: str, bound: float, seed: int,
             holdout: Path | None, batched_population: bool, layer_groups: int, restarts: int,
-            restart_pick: str, start: str, out: Path, output_kind: str,
+            restart_pick: str, start: str, guard: str, out: Path, output_kind: str,
             hydra_heads: int | None, router_steps: int, name: str | None,
             publish_repo: str | None, no_index: bool, overwrite: bool, as_json: bool) -> None:
     """Compose candidate LoRA modules into one for the task of --examples (LoraHub).
@@ -422,6 +422,7 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
                                 bound=bound, seed=seed),
             batched_population=batched_population, use_chat_template=not no_chat_template,
             layer_groups=layer_groups, restarts=restarts, restart_pick=restart_pick, start=start,
+            guard=guard,
         ),
         holdout=holdout,
         output=output_kind,
@@ -451,80 +452,9 @@ def compose(settings: Settings, candidate_args: tuple[str, ...], examples: Path,
             )
         finally:
             store.engine.dispose()
-    _print_compose(outcome, request, published, as_json)
+    from loradex.cli.compose_output import print_compose
 
-
-def _print_compose(outcome: ComposeOutcome, request: ComposeRequest,
-                   published: PublishResult | None, as_json: bool) -> None:
-    """What ``loradex compose`` prints of a run (and of its publication, when there was one):
-    the JSON summary, or the losses, weights, held-out rows and where the module went."""
-    result, config = outcome.result, request.compose
-    summary: dict[str, Any] = {
-        "out": str(outcome.folder),
-        "method": config.method,
-        "optimizer": config.search.optimizer,
-        "loss_zero_weights": round(result.zero_loss, 6),
-        "loss": round(result.loss, 6),
-        "objective": round(result.objective, 6),
-        "seconds": round(result.seconds, 2),
-        "weights": {c.repo_id: round(float(w), 6)
-                    for c, w in zip(result.candidates, result.parent_weights(), strict=True)},
-        "registry_id": outcome.registry_id,
-        "published": f"{published.repo_id}@{published.revision}" if published else None,
-    }
-    if config.layer_groups > 1:
-        summary["layer_group_weights"] = result.weights_by_group().round(6).tolist()
-    if result.restarts:
-        summary["restarts"] = [
-            {"seed": r.seed, "cv_loss": round(r.cv_loss, 6),
-             "loss": None if r.loss is None else round(r.loss, 6)}
-            for r in result.restarts
-        ]
-    if result.holdout:
-        summary["holdout"] = [row.__dict__ for row in result.holdout]
-    hydra_summary = None
-    if outcome.hydra is not None:
-        from loradex.cli.hydra_output import compose_summary
-
-        hydra_summary = summary["hydra"] = compose_summary(outcome.hydra)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    budget = config.search.budget
-    runs = f"{budget} evaluations"
-    if result.restarts:
-        searches = (config.restarts * result.folds
-                    + sum(r.loss is not None for r in result.restarts))
-        runs = f"{searches} searches of {budget} evaluations"
-    click.echo(f"few-shot loss {result.zero_loss:.4f} (zero weights) -> "
-               f"{result.loss:.4f} in {result.seconds:.1f}s ({runs})")
-    if result.restarts:
-        cv = [r.cv_loss for r in result.restarts]
-        click.echo(f"restarts: held-out loss {statistics.mean(cv):.4f} +- "
-                   f"{statistics.pstdev(cv):.4f} over {len(cv)} seeds ({result.folds} folds); "
-                   f"pick {config.restart_pick}")
-        for rec in result.restarts:
-            full = "" if rec.loss is None else f"  all examples {rec.loss:.4f}"
-            click.echo(f"  seed {rec.seed}: held-out {rec.cv_loss:.4f}{full}")
-    mean_note = f" (mean of {config.layer_groups} layer groups)" if config.layer_groups > 1 else ""
-    click.echo(f"weights{mean_note}:")
-    for repo_id, weight in summary["weights"].items():
-        click.echo(f"  {weight:+.4f}  {repo_id}")
-    if result.holdout:
-        click.echo("held-out:")
-        for row in result.holdout:
-            em = "-" if row.exact_match is None else f"{row.exact_match:.3f}"
-            acc = "" if row.choice_accuracy is None else f"  choice acc {row.choice_accuracy:.3f}"
-            click.echo(f"  loss {row.loss:.4f}  exact match {em}{acc}  {row.label}")
-    if hydra_summary is not None:
-        from loradex.cli.hydra_output import print_compose_summary
-
-        print_compose_summary(hydra_summary, click.echo)
-    click.echo(f"wrote {outcome.folder}")
-    if outcome.registry_id:
-        click.echo(f"indexed as {outcome.registry_id}")
-    if published:
-        click.echo(f"published {published.repo_id}@{published.revision} -> {published.url}")
+    print_compose(outcome, request, published, as_json)
 
 
 @click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"]})
