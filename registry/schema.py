@@ -32,8 +32,9 @@ _DOWN = re.compile(r"^down_revision(?:\s*:[^=]+)?=\s*(.+)$", re.M)
 
 # Backend-specific objects made by hand in the migrations, invisible to the models: the
 # full-text tables (an FTS5 virtual table and its shadow tables on SQLite; a tsvector table
-# on PostgreSQL) and their indexes. Autogenerate must neither drop nor compare them.
-UNMODELLED_PREFIXES: tuple[str, ...] = ("module_fts",)
+# on PostgreSQL) and their indexes, and PostgreSQL-only indexes (``ix_pg_``: NULLS LAST, which
+# SQLite's CREATE INDEX cannot say). Autogenerate must neither drop nor compare them.
+UNMODELLED_PREFIXES: tuple[str, ...] = ("module_fts", "ix_pg_")
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:

@@ -538,14 +538,14 @@ class RegistryStore(SignatureQueries, SyncStateQueries):
                 if stmt.whereclause is None and not terms.terms:
                     # Text alone: rank inside the full-text index, no module row needed
                     # (ties are then broken by id, not downloads).
-                    inner = self._text_only(terms.tokens).subquery()
+                    inner = self._fenced(self._text_only(terms.tokens)).subquery()
                     tiebreak: list[Any] = [inner.c.id]
                 elif self._sqlite:
                     ranked = self._with_text(stmt, terms, scored=True, page=True)
                     inner = ranked.add_columns(_modules.c.downloads).subquery()
                     tiebreak = [inner.c.downloads.desc(), inner.c.id]
                 else:
-                    inner = self._pg_ranked_survivors(stmt, terms).subquery()
+                    inner = self._fenced(self._pg_ranked_survivors(stmt, terms)).subquery()
                     tiebreak = [inner.c.downloads.desc(), inner.c.id]
                 ordered = sa.select(
                     inner.c.id, sa.func.count().over().label("total")
@@ -630,28 +630,35 @@ class RegistryStore(SignatureQueries, SyncStateQueries):
             score = sa.func.ts_rank(fts.c.document, tsquery)
         return stmt.add_columns(score.label("score")) if scored else stmt
 
+    def _fenced(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        """``stmt`` with ``OFFSET 0`` on PostgreSQL, so the planner keeps it a subquery.
+
+        Flattened into the query around it, its ``ts_rank`` would be computed after the count
+        window, which then carries every match's whole tsvector and spills them to disk: 100 ms
+        instead of 40 ms for a word matching 15,000 of 100,000 modules (docs/benchmarks/web.md).
+        """
+        return stmt if self._sqlite else stmt.offset(0)
+
     def _pg_ranked_survivors(self, stmt: sa.Select[Any], terms: _Terms) -> sa.Select[Any]:
         """(id, downloads, score) on PostgreSQL, ts_rank computed after the other filters.
 
         Left to itself the planner sorts every text match by ts_rank first (to feed an
-        incremental sort), ranking thousands of documents the filters then throw away.
+        incremental sort), ranking thousands of documents the filters then throw away. The
+        materialised CTE ranks each survivor once and keeps only its score: carrying the
+        documents out of it (to rank outside) spilled them to disk and cost 250 ms p50 for one
+        word matching 15,000 of 100,000 modules, against 40 ms (docs/benchmarks/web.md).
         """
-        matches = (
-            self._with_text(stmt, terms, scored=False, page=True)
-            .add_columns(
-                _modules.c.downloads, sa.literal_column(f"{FTS_TABLE}.document").label("document")
-            )
-            .cte("matches")
-            .prefix_with("MATERIALIZED")
-        )
         tsquery = sa.func.to_tsquery(
             sa.literal_column("'english'"), " & ".join(f"{t}:*" for t in terms.tokens)
         )
-        return sa.select(
-            matches.c.id,
-            matches.c.downloads,
-            sa.func.ts_rank(matches.c.document, tsquery).label("score"),
+        document: sa.ColumnElement[Any] = sa.literal_column(f"{FTS_TABLE}.document")
+        matches = (
+            self._with_text(stmt, terms, scored=False, page=True)
+            .add_columns(_modules.c.downloads, sa.func.ts_rank(document, tsquery).label("score"))
+            .cte("matches")
+            .prefix_with("MATERIALIZED")
         )
+        return sa.select(matches.c.id, matches.c.downloads, matches.c.score)
 
     def _text_only(self, tokens: list[str]) -> sa.Select[Any]:
         """(id, score) of the modules matching ``tokens``, from the full-text index alone."""
@@ -693,7 +700,7 @@ class RegistryStore(SignatureQueries, SyncStateQueries):
             stmt = stmt.where(m.peft_type == q.peft_type.upper())
         if q.kind:
             stmt = stmt.where(m.kind == q.kind.lower())
-        if q.source:
+        if q.source and not self._only_source(conn, q.source):
             stmt = stmt.where(m.source == q.source)
         if q.composable:
             # What the composer can use as a plain LoRA (registry.peft_options).
@@ -719,6 +726,17 @@ class RegistryStore(SignatureQueries, SyncStateQueries):
         terms += [(_tags, "tag", t) for t in normalize_tags(q.tags)]
         sizes = [] if tokens else [self._posting_size(conn, *term) for term in terms]
         return stmt, _Terms(terms, sizes, tokens)
+
+    @staticmethod
+    def _only_source(conn: Connection, source: str) -> bool:
+        """Whether no module has another source: then filtering on it is a no-op that would
+        still cost a pass over every text match's module row (a server's registry usually
+        holds only its own modules). Two probes of the (source, repo_id) index."""
+        m = _modules.c
+        return not any(
+            conn.scalar(sa.select(m.id).where(other).limit(1)) is not None
+            for other in (m.source < source, m.source > source)
+        )
 
     def _counted(self, stmt: sa.Select[Any], terms: _Terms) -> sa.Select[Any]:
         """What to count: the term tables alone when nothing else filters, else everything."""

@@ -37,6 +37,20 @@ def test_models_and_migrations_agree(db_url: str) -> None:
     assert schema.metadata_diff(db_url) == []
 
 
+def test_postgresql_gets_its_own_sort_indexes(db_url: str) -> None:
+    """"Recently updated first" (NULLS LAST) has an index on PostgreSQL, which SQLite's
+    CREATE INDEX cannot say and its NULL ordering does not need."""
+    schema.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            names = {ix["name"] for ix in sa.inspect(conn).get_indexes("modules")}
+    finally:
+        engine.dispose()
+    wanted = {"ix_pg_modules_updated_desc", "ix_pg_modules_base_updated_desc"}
+    assert (wanted <= names) if db_url.startswith("postgresql") else not (wanted & names)
+
+
 def test_upgrade_downgrade_upgrade(db_url: str, module_factory: Callable[..., Module]) -> None:
     schema.upgrade(db_url)
     assert schema.current(db_url) == schema.script_heads()

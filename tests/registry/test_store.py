@@ -308,6 +308,26 @@ def test_relevance_pages_and_totals(catalogue: RegistryStore) -> None:
     assert (filtered.total, _ids(list(filtered.modules))) == (2, ["alice/past-tense"])
 
 
+def test_a_source_filter_holds_with_one_source_or_several(
+    catalogue: RegistryStore, module_factory: Factory
+) -> None:
+    """Where every module has the asked source the filter is skipped (a no-op); once another
+    source exists it filters again, with text and without."""
+    source = catalogue.search(SearchQuery(limit=1))[0].source
+    for text in ("past tense", None):
+        alone = catalogue.search_page(SearchQuery(text=text, source=source))
+        assert alone.total == catalogue.count(SearchQuery(text=text))
+    catalogue.upsert_module(module_factory("zed/past-tense", source="http://elsewhere"))
+    catalogue.upsert_module(module_factory("aaa/past-tense", source="a-first"))
+    for text in ("past tense", None):
+        mine = catalogue.search_page(SearchQuery(text=text, source=source))
+        assert {m.source for m in mine.modules} == {source}
+        assert mine.total == catalogue.count(SearchQuery(text=text)) - 2
+        other = catalogue.search_page(SearchQuery(text=text, source="http://elsewhere"))
+        assert _ids(list(other.modules)) == ["zed/past-tense"] and other.total == 1
+    assert catalogue.search(SearchQuery(source="nowhere")) == []
+
+
 def test_sync_states_in_bulk_and_forgetting_repos(
     store: RegistryStore, module_factory: Factory
 ) -> None:
