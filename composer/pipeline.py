@@ -9,7 +9,8 @@ module is the ``fetch`` collaborator's job, and publishing the result is the cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,29 +148,40 @@ def select_candidates(
         ), ({"method": "random", "k": chosen.k} if chosen.k is not None else None)
     if not chosen:
         raise ConfigError("no candidates: give adapter folders or ids, or a registry selection")
-    lookup = local_module_lookup(settings.db_url)
-    return [resolve_candidate(ref, settings.cache_dir, dirs, fetch, lookup) for ref in chosen], None
+    with local_module_lookup(settings.db_url) as lookup:
+        return [resolve_candidate(ref, settings.cache_dir, dirs, fetch, lookup)
+                for ref in chosen], None
 
 
-def local_module_lookup(db_url: str) -> Callable[[str], Module | None]:
-    """Look up ``local/NAME`` in the registry (None when not indexed or no registry there)."""
+@contextmanager
+def local_module_lookup(db_url: str) -> Iterator[Callable[[str], Module | None]]:
+    """A lookup of ``local/NAME`` in the registry (None when not indexed or no registry
+    there), open for the ``with`` block: the store is opened at the first lookup, once."""
     from loradex.errors import RegistryNotFound
     from registry.entities import LOCAL_SOURCE
     from registry.schema import registry_missing
     from registry.store import RegistryStore
 
-    def lookup(repo_id: str) -> Module | None:
-        if registry_missing(db_url):
-            return None
-        store = RegistryStore.from_url(db_url)
-        try:
-            return store.get_module(repo_id, source=LOCAL_SOURCE)
-        except (ModuleNotFound, RegistryNotFound):
-            return None
-        finally:
-            store.engine.dispose()
+    stores: list[RegistryStore] = []
 
-    return lookup
+    def lookup(repo_id: str) -> Module | None:
+        if not stores:
+            if registry_missing(db_url):
+                return None
+            try:
+                stores.append(RegistryStore.from_url(db_url))
+            except RegistryNotFound:
+                return None
+        try:
+            return stores[0].get_module(repo_id, source=LOCAL_SOURCE)
+        except ModuleNotFound:
+            return None
+
+    try:
+        yield lookup
+    finally:
+        for store in stores:
+            store.engine.dispose()
 
 
 def _retrieve_candidates(

@@ -507,8 +507,9 @@ def eval_cmd(settings: Settings, data: Path, adapter: str | None, base_model: st
         dirs = [*module_dirs, settings.home / "modules"]
         from composer.pipeline import local_module_lookup
 
-        candidate = resolve_candidate(adapter, settings.cache_dir, dirs, _hub_fetcher(settings),
-                                      local_module_lookup(settings.db_url))
+        with local_module_lookup(settings.db_url) as lookup:
+            candidate = resolve_candidate(adapter, settings.cache_dir, dirs,
+                                          _hub_fetcher(settings), lookup)
         check_compatible([candidate], base_model=base_model_name_for(base_model), same_rank=False)
     loaded = _load_model(base_model, device, dtype)
     if candidate is not None:
