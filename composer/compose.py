@@ -32,6 +32,7 @@ from composer.crossval import (
     cross_validated_search,
     cv_folds,
     prepared,
+    resolved_guard,
 )
 from composer.data import Example
 from composer.lora_runtime import attached
@@ -90,8 +91,9 @@ class ComposeConfig:
     )
     guard: str = field(
         default="off",
-        metadata={"help": "off (the paper) or cv: keep the start point unless the search beats "
-                          "it in cross-validation on the examples (folds x more searches)"},
+        metadata={"help": "off (the paper), cv: keep the start point unless the search beats "
+                          "it in cross-validation on the examples (folds x more searches), or "
+                          "auto: cv when starting from the best single candidate"},
     )
 
     def make_method(self) -> CompositionMethod:
@@ -255,6 +257,7 @@ def compose(
     """
     config = config or ComposeConfig()
     method = config.make_method()
+    config = replace(config, guard=resolved_guard(config.guard, config.start, len(examples)))
     method.check(candidates, base_model=loaded.name)
     config.check_budget(len(candidates))
     objective = prepared(loaded, config, examples)

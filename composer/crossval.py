@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 MAX_FOLDS = 5
 RESTART_PICKS = ("best", "average")
 # off: keep what the search found (the paper). cv: keep the start point unless the search
-# beats it in cross-validation on the few-shot examples.
-GUARDS = ("off", "cv")
+# beats it in cross-validation on the few-shot examples. auto: cv for a search started from
+# the best single candidate (where the control measured it to help), given 2+ examples.
+GUARDS = ("off", "cv", "auto")
 
 Run = Callable[[Objective, int, str], SearchResult]
 
@@ -79,6 +80,13 @@ def cv_folds(n_examples: int) -> list[np.ndarray]:
             "cross-validation (--restarts > 1 or --guard cv) needs at least 2 few-shot examples"
         )
     return list(np.array_split(np.arange(n_examples), min(n_examples, MAX_FOLDS)))
+
+
+def resolved_guard(guard: str, start: str, n_examples: int) -> str:
+    """``off`` or ``cv``: what ``auto`` means for this start and number of examples."""
+    if guard != "auto":
+        return guard
+    return "cv" if start == "best-single" and n_examples >= 2 else "off"
 
 
 def prepared(loaded: LoadedModel, config: ComposeConfig, examples: Sequence[Example]) -> Objective:

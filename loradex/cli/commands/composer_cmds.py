@@ -331,11 +331,13 @@ def _hub_fetcher(settings: Settings) -> Any:
                    "try zero and each candidate alone (k + 1 evaluations of --budget) and "
                    "search from the best. auto: best-single for candidates chosen by "
                    "retrieve+screen, else zero.")
-@click.option("--guard", default="off", show_default=True, type=click.Choice(["off", "cv"]),
+@click.option("--guard", default="auto", show_default=True,
+              type=click.Choice(["auto", "off", "cv"]),
               help="cv: score the search and its start point (zero weights, or the best single "
                    "candidate) by cross-validation on the examples (leave-one-out up to 5) and "
                    "keep the start point unless the search does better; costs folds x more "
-                   "searches.")
+                   "searches. auto: cv when the search starts from the best single candidate "
+                   "(as --select retrieve+screen does), else off.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the composed PEFT adapter into.")
 @click.option("--output", "output_kind", default="lora", show_default=True,
