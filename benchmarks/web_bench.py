@@ -130,21 +130,25 @@ def fill_hub_tables(url: str, modules: list[Module], blobs: BlobStore) -> None:
     engine.dispose()
 
 
-def page_requests(modules: list[Module], count: int, seed: int) -> list[tuple[str, str]]:
-    """``count`` requests of each kind, (kind, path), shuffled together."""
+def page_requests(modules: list[Module], count: int, seed: int) -> list[tuple[str, str, str]]:
+    """``count`` requests of each kind, (kind, path, search page shape or ""), shuffled
+    together."""
     rng = random.Random(seed)
     bases = [b for b, _ in BASE_MODELS]
     authors = sorted({m.repo_id.split("/")[0] for m in modules})
     words = [*VERBS, *DOMAINS]
-    makers: list[Callable[[], dict[str, Any]]] = [
-        lambda: {"base_model": rng.choice(bases)},
-        lambda: {"base_model": rng.choice(bases), "rank": rng.choice((8, 16))},
-        lambda: {"tag": rng.choice(DOMAINS), "sort": "likes"},
-        lambda: {"task": rng.choice(CATEGORIES), "license": str(rng.choice(LICENSES)[0])},
-        lambda: {"author": rng.choice(authors)},
-        lambda: {"kind": "lora", "sort": "updated"},
-        lambda: {"q": rng.choice(words)},
-        lambda: {"q": " ".join(rng.sample(words, 2)), "base_model": rng.choice(bases)},
+    makers: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("base model", lambda: {"base_model": rng.choice(bases)}),
+        ("base model + rank",
+         lambda: {"base_model": rng.choice(bases), "rank": rng.choice((8, 16))}),
+        ("tag, by likes", lambda: {"tag": rng.choice(DOMAINS), "sort": "likes"}),
+        ("task + licence",
+         lambda: {"task": rng.choice(CATEGORIES), "license": str(rng.choice(LICENSES)[0])}),
+        ("author", lambda: {"author": rng.choice(authors)}),
+        ("kind, by updated", lambda: {"kind": "lora", "sort": "updated"}),
+        ("one word", lambda: {"q": rng.choice(words)}),
+        ("two words + base model",
+         lambda: {"q": " ".join(rng.sample(words, 2)), "base_model": rng.choice(bases)}),
     ]
     api_makers: list[Callable[[], dict[str, Any]]] = [
         lambda: {"search": rng.choice(words)},
@@ -156,11 +160,12 @@ def page_requests(modules: list[Module], count: int, seed: int) -> list[tuple[st
     composed = [m for m in modules if m.lineage]
     requests = []
     for _ in range(count):
-        requests.append(("search page", "/models?" + urlencode(rng.choice(makers)())))
+        shape, make = rng.choice(makers)
+        requests.append(("search page", "/models?" + urlencode(make()), shape))
         module = rng.choice(composed) if rng.random() < 0.2 else rng.choice(modules)
-        requests.append(("module page", "/" + quote(module.repo_id)))
+        requests.append(("module page", "/" + quote(module.repo_id), ""))
         requests.append(("API listing", "/api/models?" + urlencode(
-            {**rng.choice(api_makers)(), "limit": 20})))
+            {**rng.choice(api_makers)(), "limit": 20}), ""))
     rng.shuffle(requests)
     return requests
 
@@ -193,12 +198,13 @@ def run_backend(name: str, modules: list[Module], count: int, seed: int) -> dict
         print(f"  {name}: loaded {len(modules)} modules in {load_seconds:.0f} s", file=sys.stderr)
         requests = page_requests(modules, count, seed)
         times: dict[str, list[float]] = {}
+        by_shape: dict[str, list[float]] = {}
         with start_server(url, tmp / "data", workers=1, log_level="warning",
                           log_path=tmp / "server.log", timeout=120) as server, \
                 httpx.Client(base_url=server.url, timeout=60) as client:
-            for _, path in requests[:30]:  # warm the caches as a running server's are
+            for _, path, _ in requests[:30]:  # warm the caches as a running server's are
                 client.get(path)
-            for kind, path in requests:
+            for kind, path, shape in requests:
                 t = time.perf_counter()
                 answer = client.get(path)
                 elapsed = (time.perf_counter() - t) * 1000
@@ -206,15 +212,19 @@ def run_backend(name: str, modules: list[Module], count: int, seed: int) -> dict
                     raise SystemExit(f"{name}: {path} answered {answer.status_code}: "
                                      f"{answer.text[:300]}")
                 times.setdefault(kind, []).append(elapsed)
+                if shape:
+                    by_shape.setdefault(shape, []).append(elapsed)
         return {
             "load_seconds": round(load_seconds, 1),
-            "pages": {
-                kind: {"n": len(v), "p50_ms": round(statistics.median(v), 1),
-                       "p95_ms": round(_percentile(v, 0.95), 1),
-                       "max_ms": round(max(v), 1)}
-                for kind, v in sorted(times.items())
-            },
+            "pages": {kind: _summary(v) for kind, v in sorted(times.items())},
+            # The search page's query shapes apart: which ones make its p95.
+            "search page shapes": {shape: _summary(v) for shape, v in sorted(by_shape.items())},
         }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": round(statistics.median(values), 1),
+            "p95_ms": round(_percentile(values, 0.95), 1), "max_ms": round(max(values), 1)}
 
 
 def main() -> None:
@@ -257,6 +267,11 @@ def main() -> None:
         cells = [f"{r['pages'][kind]['p50_ms']} / {r['pages'][kind]['p95_ms']}"
                  for r in results.values()]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    shapes = next(iter(results.values()))["search page shapes"]
+    for shape in shapes:
+        cells = [f"{r['search page shapes'][shape]['p50_ms']} / "
+                 f"{r['search page shapes'][shape]['p95_ms']}" for r in results.values()]
+        print(f"| search page: {shape} | " + " | ".join(cells) + " |")
     print(f"load average before/after: {report['load_average_before']} / "
           f"{report['load_average_after']}; written to {out}", file=sys.stderr)
 
