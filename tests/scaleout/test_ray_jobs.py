@@ -84,9 +84,19 @@ def assert_same_library(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def local_library(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The library built in-process (40 steps a module: long enough to kill a driver mid-run)."""
+    """The library built in-process (40 steps a module: long enough to kill a driver mid-run),
+    on one torch thread as each Ray worker runs (Ray sets OMP_NUM_THREADS=1): with two, the
+    float sums split across threads, and on a busy machine MKL picks how many, so the last bits
+    of the weights could differ from a worker's."""
+    import torch
+
     out = tmp_path_factory.mktemp("local") / "library"
-    _build(upstream, out, steps=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _build(upstream, out, steps=40)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
