@@ -5,7 +5,7 @@ composition settings; ``defaults`` apply to every task unless the task sets its 
 ```yaml
 base_model: null            # one base model for the batch (null: the embedded SmolLM2)
 out_dir: composed           # a task's module goes to out_dir/NAME unless it names an out
-defaults: {method: lorahub, budget: 40, seed: 0}
+defaults: {method: lorahub, budget: 40, seed: 0}   # also start, guard (compose --start/--guard)
 tasks:
   - name: past-tense
     examples: few/past_tense.jsonl
@@ -37,7 +37,7 @@ from loradex.errors import ConfigError
 # The settings a task (or the defaults) may give, and their types.
 SETTINGS: dict[str, type] = {
     "method": str, "objective": str, "budget": int, "seed": int, "layer_groups": int,
-    "restarts": int, "start": str, "chat_template": bool, "optimizer": str,
+    "restarts": int, "start": str, "guard": str, "chat_template": bool, "optimizer": str,
 }
 TASK_KEYS = {"name", "examples", "out", "candidates", "registry", "holdout", *SETTINGS}
 REGISTRY_KEYS = {"k", "select", "text", "task", "tags", "rank", "screen_pool"}
@@ -109,12 +109,17 @@ def load_plan(path: Path, *, index: bool = True) -> BatchPlan:
             if not isinstance(value, SETTINGS[key]) or (SETTINGS[key] is int
                                                         and isinstance(value, bool)):
                 raise fail(f"{where}'{key}' must be {SETTINGS[key].__name__}, got {value!r}")
+        config = _config(settings)
+        try:
+            config.make_method()  # a bad method, start or guard, named before any work
+        except ConfigError as bad:
+            raise fail(f"{where}{bad}") from None
         parsed.append(BatchTask(name, ComposeRequest(
             examples=_file(root, entry.get("examples"), where + "'examples'", fail),
             out=root / entry["out"] if entry.get("out") else out_dir / name,
             candidates=_candidates(root, entry, where, fail),
             model=model,
-            compose=_config(settings),
+            compose=config,
             holdout=(_file(root, entry["holdout"], where + "'holdout'", fail)
                      if entry.get("holdout") else None),
             name=name,
@@ -126,7 +131,7 @@ def load_plan(path: Path, *, index: bool = True) -> BatchPlan:
 def _config(settings: dict[str, Any]) -> ComposeConfig:
     search = SearchConfig(**{k: settings[k] for k in ("budget", "seed", "optimizer")
                              if k in settings})
-    kwargs = {k: settings[k] for k in ("method", "layer_groups", "restarts", "start")
+    kwargs = {k: settings[k] for k in ("method", "layer_groups", "restarts", "start", "guard")
               if k in settings}
     return ComposeConfig(objective=settings.get("objective", "auto"), search=search,
                          use_chat_template=settings.get("chat_template", True), **kwargs)

@@ -34,7 +34,7 @@ defaults: {budget: 12, seed: 3, method: mixed-rank}
 tasks:
   - {name: one, examples: few.jsonl, candidates: [lib/m0, org/hub-module@abc]}
   - {name: two, examples: few.jsonl, registry: {k: 4, select: random, tags: [bigbench]},
-     budget: 20, holdout: few.jsonl, out: elsewhere/two}
+     budget: 20, holdout: few.jsonl, out: elsewhere/two, start: best-single, guard: cv}
 """), index=False)
     one, two = (t.request for t in plan.tasks)
     assert one.candidates == (str(plan_dir / "lib" / "m0"), "org/hub-module@abc")
@@ -44,6 +44,8 @@ tasks:
     assert two.candidates == RegistrySelection(k=4, select="random", tags=("bigbench",))
     assert two.compose.search.budget == 20 and two.out == plan_dir / "elsewhere" / "two"
     assert two.holdout == plan_dir / "few.jsonl"
+    assert (one.compose.start, one.compose.guard) == ("zero", "off")
+    assert (two.compose.start, two.compose.guard) == ("best-single", "cv")
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -59,6 +61,8 @@ tasks:
      "{name: a, examples: few.jsonl, candidates: [x]}]", "task a: named twice"),
     ("tasks: [{name: ../up, examples: few.jsonl, candidates: [x]}]", "'name' must be letters"),
     ("tasks: [", "cannot read it"),
+    ("tasks: [{name: a, examples: few.jsonl, candidates: [x], guard: always}]",
+     "task a: --guard must be one of off, cv, auto"),
 ])
 def test_a_bad_plan_is_refused_with_what_is_wrong(plan_dir: Path, text: str,
                                                   message: str) -> None:
