@@ -66,7 +66,6 @@ _PG_DOCUMENT = (
     "setweight(to_tsvector('english', s.card), 'C')"
 )
 
-
 _modules = cast(sa.Table, ModuleRow.__table__)
 _tags = cast(sa.Table, ModuleTagRow.__table__)
 _targets = cast(sa.Table, ModuleTargetRow.__table__)
