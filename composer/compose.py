@@ -288,7 +288,7 @@ def compose(
 
         if cross_validate:
             picked = cross_validated_search(session, run, loaded, config, examples, objective,
-                                            0 if first is None else len(first))
+                                            0 if first is None else len(first), zero_loss)
         else:
             picked = Picked.of(run(objective, search_cfg.seed, "compose"))
         result, weights = picked.search, picked.weights

@@ -56,6 +56,11 @@ class GuardRecord:
     search_fold_losses: list[float]
     kept: str
 
+    def summary(self) -> dict[str, Any]:
+        """What was kept and the two mean held-out losses (a command's JSON, a study row)."""
+        return {"kept": self.kept, "search_cv_loss": round(self.search_cv_loss, 6),
+                "start_cv_loss": round(self.start_cv_loss, 6)}
+
 
 @dataclass
 class Picked:
@@ -96,12 +101,15 @@ def prepared(loaded: LoadedModel, config: ComposeConfig, examples: Sequence[Exam
     return objective
 
 
-def start_of(search: SearchResult, n_first: int) -> dict[str, Any]:
-    """The point a search started from: the best of its ``n_first`` first points (by loss +
+def start_of(search: SearchResult, n_first: int) -> np.ndarray:
+    """The weights a search started from: the best of its ``n_first`` first points (by loss +
     penalty, as the search chose it), or zero weights when it had none."""
     if n_first == 0:
-        dim = len(search.weights)
-        return {"weights": [0.0] * dim, "loss": float("nan"), "objective": float("nan")}
+        return np.zeros(len(search.weights))
+    return np.asarray(_best_first(search, n_first)["weights"], dtype=np.float64)
+
+
+def _best_first(search: SearchResult, n_first: int) -> dict[str, Any]:
     return min(search.history[:n_first], key=lambda h: h["objective"])
 
 
@@ -113,9 +121,11 @@ def cross_validated_search(
     examples: Sequence[Example],
     objective: Objective,
     n_first: int,
+    zero_loss: float,
 ) -> Picked:
     """Score seeds ``seed .. seed+N-1`` by cross-validation, search all the examples with the
-    picked seed (or every seed, for ``average``), then apply the guard."""
+    picked seed (or every seed, for ``average``), then apply the guard. ``n_first``: how many
+    first points each search tries; ``zero_loss``: the loss of zero weights on all examples."""
     folds = cv_folds(len(examples))
     # Each fold's (fit, score) objectives are tokenised once and serve every restart.
     fold_objectives: list[tuple[Objective, Objective]] = []
@@ -136,8 +146,7 @@ def cross_validated_search(
             fold_losses.append(_held_out(session, scorer, fit.weights))
             if r == 0 and config.guard == "cv":
                 # Every seed starts from the same first points: score the start once.
-                start = np.asarray(start_of(fit, n_first)["weights"])
-                start_fold_losses.append(_held_out(session, scorer, start))
+                start_fold_losses.append(_held_out(session, scorer, start_of(fit, n_first)))
         records.append(RestartRecord(seed, float(np.mean(fold_losses)), fold_losses))
 
     best = min(records, key=lambda rec: rec.cv_loss)
@@ -158,19 +167,16 @@ def cross_validated_search(
         # stands in for them.
         search_fold_losses = np.mean([rec.fold_losses for rec in records], axis=0).tolist()
     if config.guard == "cv":
-        picked = _guarded(session, objective, config, picked, start_fold_losses,
-                          search_fold_losses, n_first)
+        picked = _guarded(picked, start_fold_losses, search_fold_losses, n_first, zero_loss)
     return picked
 
 
 def _guarded(
-    session: ComposeSession,
-    objective: Objective,
-    config: ComposeConfig,
     picked: Picked,
     start_fold_losses: list[float],
     search_fold_losses: list[float],
     n_first: int,
+    zero_loss: float,
 ) -> Picked:
     """Keep the start point of the full search unless the search won in cross-validation."""
     start_cv, search_cv = float(np.mean(start_fold_losses)), float(np.mean(search_fold_losses))
@@ -179,14 +185,12 @@ def _guarded(
                                list(search_fold_losses), kept)
     if kept == "search":
         return picked
-    start = start_of(picked.search, n_first)
-    weights = np.asarray(start["weights"], dtype=np.float64)
-    if n_first == 0:  # zero weights were never evaluated as a point of this search
-        loss = _held_out(session, objective, weights)
-        objective_value = loss
+    picked.weights = start_of(picked.search, n_first)
+    if n_first == 0:  # zero weights: no penalty
+        picked.loss = picked.objective = zero_loss
     else:
-        loss, objective_value = float(start["loss"]), float(start["objective"])
-    picked.weights, picked.loss, picked.objective = weights, loss, objective_value
+        start = _best_first(picked.search, n_first)
+        picked.loss, picked.objective = float(start["loss"]), float(start["objective"])
     return picked
 
 

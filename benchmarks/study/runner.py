@@ -439,9 +439,7 @@ class Study:
             out["restarts"] = [{"seed": r.seed, "cv_loss": round(r.cv_loss, 6)}
                                for r in result.restarts]
         if result.guard is not None:
-            out["guard"] = {"kept": result.guard.kept,
-                            "search_cv_loss": round(result.guard.search_cv_loss, 6),
-                            "start_cv_loss": round(result.guard.start_cv_loss, 6)}
+            out["guard"] = result.guard.summary()
         return out
 
     def _hydra_compose_system(

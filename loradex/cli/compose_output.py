@@ -41,9 +41,7 @@ def print_compose(outcome: ComposeOutcome, request: ComposeRequest,
             for r in result.restarts
         ]
     if result.guard is not None:
-        summary["guard"] = {"kept": result.guard.kept,
-                            "search_cv_loss": round(result.guard.search_cv_loss, 6),
-                            "start_cv_loss": round(result.guard.start_cv_loss, 6)}
+        summary["guard"] = result.guard.summary()
     if result.holdout:
         summary["holdout"] = [row.__dict__ for row in result.holdout]
     hydra_summary = None

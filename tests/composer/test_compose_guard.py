@@ -55,7 +55,8 @@ def test_the_guard_keeps_the_start_unless_the_search_wins_held_out(
 ):
     config = ComposeConfig(start="best-single", guard="cv", search=SearchConfig(budget=10))
     picked = crossval.cross_validated_search(
-        _Session(start_loss, search_loss), _run, None, config, EXAMPLES[:4], None, n_first=3)
+        _Session(start_loss, search_loss), _run, None, config, EXAMPLES[:4], None, n_first=3,
+        zero_loss=3.0)
     guard = picked.guard
     assert guard is not None and guard.kept == kept
     assert guard.start_fold_losses == [start_loss] * 4  # leave-one-out: 4 folds
@@ -72,7 +73,7 @@ def test_a_guarded_search_from_zero_falls_back_to_zero_weights(no_tokenising):
     config = ComposeConfig(guard="cv", search=SearchConfig(budget=10))
     session = _Session(start_loss=9.0, search_loss=9.5)  # zero weights score 9.0 (the default)
     picked = crossval.cross_validated_search(session, _run, None, config, EXAMPLES[:3], None,
-                                             n_first=0)
+                                             n_first=0, zero_loss=9.0)
     assert picked.guard.kept == "start"
     assert picked.weights.tolist() == [0.0, 0.0] and picked.loss == picked.objective == 9.0
 
