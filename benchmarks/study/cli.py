@@ -35,6 +35,10 @@ each cell finishes): several machines without ``--first-seed`` and ``--merge``.
 (or the whole of it): the seeds' few-shot examples and candidates are the same and the first
 test examples too, so each recorded row is rebuilt from what it recorded (weights, module) and
 scores only the new examples; no search runs again.
+``--baselines-from OTHER`` copies the zero-shot and in-context rows from another study of the
+same splits (same tasks, shots, test limit, prompt settings and dtype; other candidates, other
+selection): those rows do not depend on the candidates, and they are the slowest of a cell.
+Each copied row names its file; a cell whose split differs there is computed as usual.
 
 Run:  .venv/bin/python benchmarks/bbh_study.py --tasks navigate --seeds 2 --markdown
 """
@@ -120,6 +124,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a results file of the same settings with a smaller --test-limit: its "
                         "rows are extended to this run's larger test split by scoring only the "
                         "new examples with the systems it recorded (no search runs again)")
+    p.add_argument("--baselines-from", type=Path, action="append", default=[],
+                   help="copy the zero-shot and in-context rows from this results file of the "
+                        "same splits (other candidates or selection), checked per cell "
+                        "(repeatable)")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="run the (task, seed) cells on a Ray cluster (ADDRESS, or alone for "
                         "RAY_ADDRESS or a Ray on this machine): every worker holds the base "
@@ -201,14 +209,21 @@ def main(argv: Sequence[str] | None = None) -> Study:
     for other in args.merge:
         taken = study.merge(other)
         study._say(f"merged {taken} row(s) from {other}")
+    seeds = range(args.first_seed, args.seeds)
+    for other in args.baselines_from:
+        if args.report_only:
+            break
+        taken, mismatched = study.adopt_baselines(other, tasks, seeds)
+        study._say(f"copied {taken} zero-shot/in-context row(s) from {other}"
+                   + (f"; {mismatched} cell(s) there have another split" if mismatched else ""))
     if args.report_only:
         print(report(study.results, study.systems()))
         return study
     try:
         if args.ray is not None:
-            run_on_ray(study, tasks, range(args.first_seed, args.seeds), args)
+            run_on_ray(study, tasks, seeds, args)
         else:
-            study.run(tasks, range(args.first_seed, args.seeds))
+            study.run(tasks, seeds)
     except KeyboardInterrupt:
         study.save()
         print(f"stopped; finished cells are in {args.out}, run again to resume",

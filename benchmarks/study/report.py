@@ -153,12 +153,14 @@ def _pooled(distributions: Sequence[dict[str, int]]) -> dict[str, int]:
 
 
 def row_seconds(results: dict[str, Any]) -> float:
-    """The time spent computing every row of a results file, whichever process computed it."""
+    """The time spent computing every row of a results file, whichever process computed it
+    (rows copied from another study with ``--baselines-from`` are not counted)."""
     return sum(
         system.get("seconds", 0.0)
         for cells in results["tasks"].values()
         for cell in cells.values()
         for system in cell.get("systems", {}).values()
+        if "copied_from" not in system
     )
 
 
@@ -177,7 +179,8 @@ def report(results: dict[str, Any], systems: Sequence[str]) -> str:
         + ").",
     ]
     for task, cells in results["tasks"].items():
-        if any(c.get("systems") for c in cells.values()):
-            done = {s: c for s, c in cells.items() if c.get("systems")}
+        if any(c.get("systems") and "candidates" in c for c in cells.values()):
+            # A cell with only copied baselines has no candidates yet: not started here.
+            done = {s: c for s, c in cells.items() if c.get("systems") and "candidates" in c}
             parts.append(task_table(task, done, systems))
     return "\n\n".join(parts)

@@ -1,6 +1,8 @@
 """The results file of a study: its format, the checks that let a run resume it, merging the
-rows of another process's file (``--merge``) and taking a smaller study's rows to a larger test
-split (``--extend-from``). Every function works on the plain JSON object of the file."""
+rows of another process's file (``--merge``), taking a smaller study's rows to a larger test
+split (``--extend-from``) and the rows that do not depend on the candidates from another study
+of the same splits (``--baselines-from``). Every function works on the plain JSON object of
+the file."""
 
 from __future__ import annotations
 
@@ -11,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.study.inputs import library_pool
-from benchmarks.study.settings import DEFAULT_MAX_LENGTH, StudySettings
+from benchmarks.study.settings import DEFAULT_MAX_LENGTH, IN_CONTEXT, ZERO_SHOT, StudySettings
 from loradex.errors import ConfigError
 from loradex.files import atomic_write
 
 RESULTS_VERSION = 1
+# Rows that depend on the task's split alone, not on the candidates or the search, and the
+# settings they depend on: another study of the same splits has them already.
+BASELINE_SYSTEMS = (ZERO_SHOT, IN_CONTEXT)
+BASELINE_SETTINGS = ("shots", "test_limit", "use_chat_template", "dtype", "base_model",
+                     "max_length")
 
 
 def read_results_file(path: Path, option: str) -> dict[str, Any]:
@@ -135,6 +142,50 @@ def prior_cell(
     return cell
 
 
+def open_baselines(path: Path, settings: StudySettings) -> dict[str, Any]:
+    """A results file to take the candidate-free rows from (``--baselines-from``), checked:
+    made with the same settings those rows depend on (the candidates and search may differ)."""
+    other = read_results_file(path, "--baselines-from")
+    theirs, mine = other["settings"]["fingerprint"], settings.fingerprint()
+    diff = ", ".join(f"{k} {theirs.get(k)!r} -> {mine[k]!r}"
+                     for k in BASELINE_SETTINGS if theirs.get(k) != mine[k])
+    if diff:
+        raise ConfigError(f"--baselines-from {path}: made with other settings ({diff})")
+    return other
+
+
+def take_baselines(
+    results: dict[str, Any],
+    other: dict[str, Any],
+    source: str,
+    task: str,
+    seed: int,
+    few_idx: list[int],
+    targets: list[str],
+) -> int | None:
+    """Copy the candidate-free rows ``other`` has for (task, seed) and ``results`` lacks; the
+    number copied, or None when ``other``'s cell has another split (a different task file)."""
+    cell = other["tasks"].get(task, {}).get(str(seed))
+    if not cell or not cell.get("systems"):
+        return 0
+    if cell.get("few_shot_indices") != few_idx or cell.get("test_targets") != targets:
+        return None
+    here = results["tasks"].setdefault(task, {}).setdefault(str(seed), {})
+    if here.setdefault("few_shot_indices", few_idx) != few_idx:
+        return None
+    for key in ("n_test", "test_targets", "has_choices", "majority"):  # the split's, as there
+        if key in cell:
+            here.setdefault(key, cell[key])
+    systems = here.setdefault("systems", {})
+    taken = 0
+    for name in BASELINE_SYSTEMS:
+        row = cell["systems"].get(name)
+        if row is not None and name not in systems:
+            systems[name] = {**row, "copied_from": source}
+            taken += 1
+    return taken
+
+
 def merge_results(results: dict[str, Any], other_path: Path) -> int:
     """Take into ``results`` the rows another results file of the same settings has and it
     lacks; return the number of rows taken (the caller saves)."""
@@ -148,8 +199,11 @@ def merge_results(results: dict[str, Any], other_path: Path) -> int:
     for task, cells in other.get("tasks", {}).items():
         for seed, cell in cells.items():
             here = results["tasks"].setdefault(task, {}).setdefault(seed, {})
+            # A cell may hold copied baselines before its candidates are chosen: compare what
+            # both have.
             if here.get("systems") and any(
-                here.get(key) != cell.get(key) for key in ("few_shot_indices", "candidates")
+                here.get(key) is not None and here.get(key) != cell.get(key)
+                for key in ("few_shot_indices", "candidates")
             ):
                 raise ConfigError(f"--merge {other_path}: {task} seed {seed} has another split")
             for key, value in cell.items():

@@ -13,10 +13,12 @@ from benchmarks.study.inputs import pick_candidates, split_task
 from benchmarks.study.results import (
     adopt_prior,
     merge_results,
+    open_baselines,
     open_prior,
     open_results,
     prior_cell,
     save_results,
+    take_baselines,
 )
 from benchmarks.study.scoring import PER_EXAMPLE, cell_metrics, extended_row, score_test
 from benchmarks.study.settings import (
@@ -98,6 +100,31 @@ class Study:
         taken = merge_results(self.results, other_path)
         self.save()
         return taken
+
+    def adopt_baselines(self, path: Path, tasks: dict[str, Path], seeds: Sequence[int],
+                        ) -> tuple[int, int]:
+        """Copy the zero-shot and in-context rows of these cells from another study of the
+        same splits (``--baselines-from``); (rows copied, cells whose split differs there)."""
+        from composer.data import load_examples
+
+        other = open_baselines(path, self.settings)
+        source = str(path.resolve())
+        taken = mismatched = 0
+        for task, file in tasks.items():
+            if task not in other["tasks"]:
+                continue
+            examples = load_examples(file, min_examples=self.settings.shots + 1)
+            for seed in seeds:
+                few_idx, test_idx = split_task(examples, self.settings.shots, seed,
+                                               self.settings.test_limit)
+                got = take_baselines(self.results, other, source, task, seed, few_idx,
+                                     [examples[i].target for i in test_idx])
+                if got is None:
+                    mismatched += 1
+                else:
+                    taken += got
+        self.save()
+        return taken, mismatched
 
     def save(self) -> None:
         """Write the results file atomically (a crash never leaves half a file); a worker

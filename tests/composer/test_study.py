@@ -398,6 +398,54 @@ def test_seeds_split_over_processes_merge_into_one_run(tiny_study, tmp_path):
             main(argv(*rows, "--first-seed", bad))
 
 
+def test_baselines_come_from_another_study_of_the_same_splits(tiny_study, tmp_path, capsys):
+    """--baselines-from copies zero-shot and in-context (they do not depend on the candidates)
+    from a study with other candidates, cell by cell where the split agrees."""
+    argv, out = tiny_study
+    rows = ("--tasks", "yesno,truth", "--seeds", "2", "--methods", "lorahub", "--objectives",
+            "lm")
+    main(argv(*rows))  # the reference: every row computed, k = 20 (both modules)
+
+    def elsewhere(name: str, *extra: str) -> list[str]:
+        return _out_to(argv(*rows, *extra), tmp_path / name)
+
+    other = elsewhere("k1.json", "--k", "1", "--baselines-from", str(out))
+    study = main(other)
+    computed = {name for _, _, name in study.computed}
+    assert "zero-shot" not in computed and "in-context" not in computed
+    assert "single (by few-shot loss)" in computed and "compose lorahub/lm" in computed
+    mine = json.loads((tmp_path / "k1.json").read_text())
+    theirs = json.loads(out.read_text())
+    for task in ("yesno", "truth"):
+        for seed in ("0", "1"):
+            here, there = mine["tasks"][task][seed], theirs["tasks"][task][seed]
+            assert len(here["candidates"]) == 1
+            for name in ("zero-shot", "in-context"):
+                row = dict(here["systems"][name])
+                assert row.pop("copied_from") == str(out.resolve())
+                assert row == there["systems"][name]
+    # Copied rows are not this file's time; a second run copies and computes nothing.
+    assert row_seconds(mine) == pytest.approx(sum(
+        r["seconds"] for c in mine["tasks"].values() for cell in c.values()
+        for n, r in cell["systems"].items() if n not in ("zero-shot", "in-context")))
+    assert main(other).computed == []
+    capsys.readouterr()
+    main(_out_to(argv(*rows, "--k", "1", "--report-only"), tmp_path / "k1.json"))
+    assert "**yesno**" in capsys.readouterr().out
+
+    # Another split (a task file that changed) is computed here, not copied.
+    changed = json.loads(out.read_text())
+    changed["tasks"]["yesno"]["1"]["few_shot_indices"] = [0, 1, 2, 3, 4]
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    again = main(elsewhere("k1b.json", "--k", "1", "--baselines-from",
+                           str(tmp_path / "changed.json")))
+    assert ("yesno", 1, "zero-shot") in again.computed
+    assert ("yesno", 0, "zero-shot") not in again.computed
+    # Settings the baselines depend on must agree; the candidates' may differ.
+    with pytest.raises(ConfigError, match=r"other settings \(shots 5 -> 4\)"):
+        main(elsewhere("shots.json", "--shots", "4", "--baselines-from", str(out)))
+
+
 def test_table_counts_significant_seeds_by_direction():
     tests = [
         {"mcnemar_p": 0.01, "only_this": 10, "only_other": 2},  # better
