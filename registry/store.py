@@ -480,8 +480,8 @@ class RegistryStore(SearchStatements, SignatureQueries, SyncStateQueries):
                     ranked = self._with_text(stmt, terms, scored=True, page=True)
                     inner = ranked.add_columns(_modules.c.downloads).subquery()
                     tiebreak = [inner.c.downloads.desc(), inner.c.id]
-                else:
-                    inner = self._fenced(self._pg_ranked_survivors(stmt, terms)).subquery()
+                else:  # a materialised CTE: a fence of its own
+                    inner = self._pg_ranked_survivors(stmt, terms).subquery()
                     tiebreak = [inner.c.downloads.desc(), inner.c.id]
                 ordered = sa.select(
                     inner.c.id, sa.func.count().over().label("total")
