@@ -210,9 +210,7 @@ def main(argv: Sequence[str] | None = None) -> Study:
         taken = study.merge(other)
         study._say(f"merged {taken} row(s) from {other}")
     seeds = range(args.first_seed, args.seeds)
-    for other in args.baselines_from:
-        if args.report_only:
-            break
+    for other in [] if args.report_only else args.baselines_from:
         taken, mismatched = study.adopt_baselines(other, tasks, seeds)
         study._say(f"copied {taken} zero-shot/in-context row(s) from {other}"
                    + (f"; {mismatched} cell(s) there have another split" if mismatched else ""))
