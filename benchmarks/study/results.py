@@ -199,10 +199,11 @@ def merge_results(results: dict[str, Any], other_path: Path) -> int:
     for task, cells in other.get("tasks", {}).items():
         for seed, cell in cells.items():
             here = results["tasks"].setdefault(task, {}).setdefault(seed, {})
-            # A cell may hold copied baselines before its candidates are chosen: compare what
-            # both have.
+            # A cell may hold copied baselines before its candidates are chosen (here or
+            # there): compare what both have.
             if here.get("systems") and any(
-                here.get(key) is not None and here.get(key) != cell.get(key)
+                here.get(key) is not None and cell.get(key) is not None
+                and here.get(key) != cell.get(key)
                 for key in ("few_shot_indices", "candidates")
             ):
                 raise ConfigError(f"--merge {other_path}: {task} seed {seed} has another split")

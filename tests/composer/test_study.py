@@ -432,6 +432,14 @@ def test_baselines_come_from_another_study_of_the_same_splits(tiny_study, tmp_pa
     capsys.readouterr()
     main(_out_to(argv(*rows, "--k", "1", "--report-only"), tmp_path / "k1.json"))
     assert "**yesno**" in capsys.readouterr().out
+    # A copy taken before a cell chose its candidates (baselines only) merges back cleanly.
+    early = json.loads((tmp_path / "k1.json").read_text())
+    cell = early["tasks"]["truth"]["1"]
+    del cell["candidates"]
+    cell["systems"] = {n: r for n, r in cell["systems"].items() if "copied_from" in r}
+    (tmp_path / "early.json").write_text(json.dumps(early))
+    assert main(elsewhere("k1.json", "--k", "1", "--merge", str(tmp_path / "early.json"))
+                ).computed == []
 
     # Another split (a task file that changed) is computed here, not copied.
     changed = json.loads(out.read_text())
