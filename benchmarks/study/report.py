@@ -179,8 +179,8 @@ def report(results: dict[str, Any], systems: Sequence[str]) -> str:
         + ").",
     ]
     for task, cells in results["tasks"].items():
-        if any(c.get("systems") and "candidates" in c for c in cells.values()):
-            # A cell with only copied baselines has no candidates yet: not started here.
-            done = {s: c for s, c in cells.items() if c.get("systems") and "candidates" in c}
+        # A cell with only copied baselines has no candidates yet: not started here.
+        done = {s: c for s, c in cells.items() if c.get("systems") and "candidates" in c}
+        if done:
             parts.append(task_table(task, done, systems))
     return "\n\n".join(parts)
